@@ -1,0 +1,369 @@
+"""The Python binding of the C core.  The only module that touches ``_ffi``/``_lib``.
+
+Every C status passes through :func:`_check`.  Arrays are handed to C
+zero-copy with ``ffi.from_buffer`` after their dtype, shape, contiguity and
+writability were checked here (cffi checks none of the first three).
+
+Threading: cffi releases the GIL during C calls, so a :class:`Core` could be
+entered from two threads at once; that would corrupt its state.  Each call
+takes a non-blocking lock and raises :class:`CoreBusyError` instead.
+"""
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from ._spikewire_c import ffi as _ffi, lib as _lib
+from .config import Chip, CoreConfig, FixedPopulation, fixed_params
+from .events import Events, as_channels as _as_channels
+
+W_IN, W_REC, W_OUT = "in", "rec", "out"
+_WHICH = {W_IN: _lib.SW_W_IN, W_REC: _lib.SW_W_REC, W_OUT: _lib.SW_W_OUT}
+_KERNELS = {"fast": 0, "reference": 1}
+MAX_EVENTS_PER_STEP = 1 << 20
+
+
+class CoreError(RuntimeError):
+    """A C status other than SW_OK; ``code`` is the numeric status."""
+
+    def __init__(self, code: int, msg: str):
+        name = _ffi.string(_lib.sw_strerror(code)).decode()
+        super().__init__(f"{msg} [{name}, code {code}]")
+        self.code = code
+
+
+class CoreInputError(CoreError, ValueError):
+    """The C core rejected an argument (channel, weight, size, parameter, events, state)."""
+
+
+_INPUT_CODES = {_lib.SW_E_SIZE, _lib.SW_E_PARAM, _lib.SW_E_WEIGHT, _lib.SW_E_CHANNEL,
+                _lib.SW_E_EVENTS, _lib.SW_E_PRESET, _lib.SW_E_STATE, _lib.SW_E_BUFFER}
+
+
+class CoreBusyError(RuntimeError):
+    """The core is being stepped from another thread."""
+
+
+def _check(status: int, msg: str, core_ptr=None) -> None:
+    if status != _lib.SW_OK:
+        detail = ""
+        if core_ptr is not None and status not in (_lib.SW_E_NULL, _lib.SW_E_BADCTX):
+            detail = _ffi.string(_lib.sw_core_last_error(core_ptr)).decode()
+        cls = CoreInputError if status in _INPUT_CODES else CoreError
+        raise cls(status, f"{msg}: {detail}" if detail else msg)
+
+
+class StepOutput(NamedTuple):
+    spikes: np.ndarray  # uint8 [n_hid] 0/1
+    out_v: np.ndarray  # int16 [n_out] raw readout membrane
+    cadc: np.ndarray  # uint8 [n_out] 8-bit CADC code
+
+
+class RunOutput(NamedTuple):
+    spikes: np.ndarray  # uint8 [T x n_hid]
+    out_v: np.ndarray  # int16 [T x n_out]
+    cadc: np.ndarray  # uint8 [T x n_out]
+    hid_v: np.ndarray | None  # int16 [T x n_hid] when requested
+    n_spikes: int
+
+
+class Core:
+    """A fixed-point LIF array (hidden recurrent spiking + leaky readout) in C.
+
+    Parameters
+    ----------
+    config : CoreConfig
+        Sizes, preset, time constants, weight gains (docs/fixed-point.md).
+    chip : Chip, optional
+        Device mismatch (a seed and spreads); ideal when omitted.
+    params : (FixedPopulation, FixedPopulation), optional
+        Explicit integer per-neuron parameters (hidden, readout), e.g. from a
+        model file or a calibration; overrides ``config``/``chip`` mapping.
+    """
+
+    def __init__(self, config: CoreConfig, chip: Chip | None = None,
+                 params: tuple[FixedPopulation, FixedPopulation] | None = None):
+        if not isinstance(config, CoreConfig):
+            raise TypeError(f"config must be a CoreConfig, got {type(config).__name__}")
+        self.config = config
+        self.chip = chip or Chip()
+        hid, out = params if params is not None else fixed_params(config, self.chip)
+        if hid.n != config.n_hid or out.n != config.n_out:
+            raise ValueError(f"params are for {hid.n} hidden / {out.n} readout neurons, "
+                             f"config has {config.n_hid} / {config.n_out}")
+        self.params = (hid, out)
+        self._lock = threading.Lock()
+        self._ptr = None
+
+        c = _ffi.new("sw_config *")
+        c.n_in, c.n_hid, c.n_out = config.n_in, config.n_hid, config.n_out
+        c.preset = _lib.SW_PRESET_BSS2 if config.preset == "bss2" else _lib.SW_PRESET_UNBOUNDED
+        c.shift_in, c.shift_rec, c.shift_out = config.shift_in, config.shift_rec, config.shift_out
+        c.t_ref = config.t_ref_steps
+        c.noise_amp, c.noise_seed = config.noise_amp, config.noise_seed
+        c.cadc_base, c.cadc_shift = config.cadc_base, config.cadc_shift
+        keep = []  # the cdata below must stay alive during sw_core_create
+
+        def pop(fp: FixedPopulation):
+            p = _ffi.new("sw_pop_params *")
+            for name in FixedPopulation.FIELDS:
+                arr = np.ascontiguousarray(getattr(fp, name), dtype=np.int32)
+                keep.append(arr)
+                setattr(p, name, _ffi.from_buffer("int32_t[]", arr))
+            keep.append(p)
+            return p
+
+        pp = _ffi.new("sw_core **")
+        st = _lib.sw_core_create(c, pop(hid), pop(out), pp)
+        if st != _lib.SW_OK:
+            cls = CoreInputError if st in _INPUT_CODES else CoreError
+            raise cls(st, "cannot create core: " + _ffi.string(_lib.sw_create_error()).decode())
+        self._ptr = pp[0]
+        n_h, n_o = config.n_hid, config.n_out
+        # Per-step output buffers; their cdata views are made once (they must
+        # stay alive as long as the buffers are used by C).
+        self._s_spk = np.zeros(n_h, np.uint8)
+        self._s_ov = np.zeros(n_o, np.int16)
+        self._s_cadc = np.zeros(n_o, np.uint8)
+        self._c_spk = _ffi.from_buffer("uint8_t[]", self._s_spk, require_writable=True)
+        self._c_ov = _ffi.from_buffer("int16_t[]", self._s_ov, require_writable=True)
+        self._c_cadc = _ffi.from_buffer("uint8_t[]", self._s_cadc, require_writable=True)
+        self._c_empty = _ffi.NULL
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self) -> None:
+        """Free the C context; safe to call twice."""
+        with self._guard():
+            if self._ptr is not None:
+                _lib.sw_core_destroy(self._ptr)
+                self._ptr = None
+
+    def __enter__(self) -> "Core":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            if getattr(self, "_ptr", None) is not None:
+                _lib.sw_core_destroy(self._ptr)
+                self._ptr = None
+        except Exception:  # interpreter shutdown
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def _guard(self):
+        return _Guard(self._lock)
+
+    def _live(self):
+        if self._ptr is None:
+            raise CoreError(_lib.SW_E_BADCTX, "core is closed")
+        return self._ptr
+
+    # -- weights ----------------------------------------------------------
+    def _wshape(self, which: str) -> tuple[int, int]:
+        c = self.config
+        if which not in _WHICH:
+            raise ValueError(f"weight matrix must be one of {list(_WHICH)}, got {which!r}")
+        return {W_IN: (c.n_in, c.n_hid), W_REC: (c.n_hid, c.n_hid), W_OUT: (c.n_hid, c.n_out)}[which]
+
+    def set_weights(self, which: str, w: np.ndarray) -> None:
+        """Set one matrix: ``"in"`` [n_in x n_hid], ``"rec"`` [n_hid x n_hid], ``"out"`` [n_hid x n_out].
+
+        Weights are signed 6 bit: int8 values in -63..63 (others raise ValueError).
+        """
+        shape = self._wshape(which)
+        w = np.asarray(w)
+        if w.dtype != np.int8:
+            if not np.issubdtype(w.dtype, np.integer):
+                raise TypeError(f"weights {which!r} must be integers (int8), got dtype {w.dtype}")
+        if w.shape != shape:
+            raise ValueError(f"weights {which!r} must have shape {shape}, got {w.shape}")
+        if w.size and (w.min() < -63 or w.max() > 63):
+            bad = w[(w < -63) | (w > 63)].ravel()[0]
+            raise ValueError(f"weights {which!r} must be in -63..63 (6-bit signed), found {int(bad)}")
+        w8 = np.ascontiguousarray(w, dtype=np.int8)
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_set_weights(ptr, _WHICH[which], _ffi.from_buffer("int8_t[]", w8), w8.size),
+                   f"cannot set weights {which!r}", ptr)
+
+    def get_weights(self, which: str) -> np.ndarray:
+        shape = self._wshape(which)
+        w = np.zeros(shape, np.int8)
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_get_weights(ptr, _WHICH[which],
+                                            _ffi.from_buffer("int8_t[]", w, require_writable=True), w.size),
+                   f"cannot get weights {which!r}", ptr)
+        return w
+
+    # -- simulation ---------------------------------------------------------
+    @property
+    def kernel(self) -> str:
+        return self._kernel if hasattr(self, "_kernel") else "fast"
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        if name not in _KERNELS:
+            raise ValueError(f"kernel must be one of {list(_KERNELS)}, got {name!r}")
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_set_kernel(ptr, _KERNELS[name]), "cannot set kernel", ptr)
+            self._kernel = name
+
+    def reset(self) -> None:
+        """Back to rest: I = 0, V = v_leak, no refractory, step counter and noise stream at 0."""
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_reset(ptr), "cannot reset", ptr)
+
+    def step(self, channels=()) -> StepOutput:
+        """Advance one time step with the given input channel ids (repeats allowed).
+
+        Returns copies of the hidden spikes, readout membranes and CADC codes.
+        """
+        if type(channels) is np.ndarray and channels.dtype == np.int32 and channels.ndim == 1 \
+                and channels.flags.c_contiguous:
+            ch = channels
+        else:
+            ch = _as_channels(channels)
+        n = ch.shape[0]
+        if n > MAX_EVENTS_PER_STEP:
+            raise ValueError(f"{n} input events in one step (max {MAX_EVENTS_PER_STEP})")
+        if not self._lock.acquire(blocking=False):
+            raise CoreBusyError("Core is being used from another thread")
+        try:
+            ptr = self._ptr
+            if ptr is None:
+                raise CoreError(_lib.SW_E_BADCTX, "core is closed")
+            st = _lib.sw_core_step(ptr, _ffi.from_buffer("int32_t[]", ch) if n else _ffi.NULL, n,
+                                   self._c_spk, _ffi.NULL, self._c_ov, self._c_cadc)
+            if st != _lib.SW_OK:
+                _check(st, "step failed", ptr)
+            return StepOutput(self._s_spk.copy(), self._s_ov.copy(), self._s_cadc.copy())
+        finally:
+            self._lock.release()
+
+    def run(self, events, record_hidden_v: bool = False, n_steps: int | None = None) -> RunOutput:
+        """Run a block of steps in one C call.
+
+        ``events``: an :class:`Events` (CSR, or any ``(indptr, channels)`` pair)
+        or a dense [T x n_in] raster of event counts.  ``n_steps`` checks T.
+        """
+        if isinstance(events, np.ndarray):
+            ev = Events.from_raster(events)
+            if events.shape[1] != self.config.n_in:
+                raise ValueError(f"raster has {events.shape[1]} channels, core has n_in={self.config.n_in}")
+        elif isinstance(events, tuple) and len(events) == 2:
+            ev = Events(*events)
+        else:
+            raise TypeError("events must be Events/(indptr, channels) or a dense [T x n_in] raster")
+        indptr = np.asarray(ev.indptr)
+        if indptr.ndim != 1 or indptr.shape[0] < 1:
+            raise ValueError(f"indptr must be 1-D with T+1 >= 1 entries, got shape {indptr.shape}")
+        if not np.issubdtype(indptr.dtype, np.integer):
+            raise TypeError(f"indptr must be integers, got dtype {indptr.dtype}")
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        ch = _as_channels(ev.channels)
+        T = indptr.shape[0] - 1
+        if T >= 2**31:
+            raise ValueError(f"too many steps in one block: {T}")
+        if n_steps is not None and n_steps != T:
+            raise ValueError(f"events describe {T} steps, expected {n_steps}")
+        if indptr[0] != 0 or indptr[-1] != ch.shape[0]:
+            raise ValueError(f"indptr must start at 0 and end at the number of events ({ch.shape[0]}), "
+                             f"got {indptr[0]}..{indptr[-1]}")
+        d = np.diff(indptr)
+        if d.size and d.min() < 0:
+            raise ValueError("indptr must be non-decreasing")
+        if d.size and d.max() > MAX_EVENTS_PER_STEP:
+            raise ValueError(f"{d.max()} input events in one step (max {MAX_EVENTS_PER_STEP})")
+        if ch.size and (ch.min() < 0 or ch.max() >= self.config.n_in):
+            bad = ch[(ch < 0) | (ch >= self.config.n_in)][0]
+            raise ValueError(f"input channel id {bad} out of range 0..{self.config.n_in - 1}")
+        c = self.config
+        spikes = np.zeros((T, c.n_hid), np.uint8)
+        out_v = np.zeros((T, c.n_out), np.int16)
+        cadc = np.zeros((T, c.n_out), np.uint8)
+        hid_v = np.zeros((T, c.n_hid), np.int16) if record_hidden_v else None
+        nsp = _ffi.new("int64_t *")
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_run(
+                ptr, T, _ffi.from_buffer("int64_t[]", indptr),
+                _ffi.from_buffer("int32_t[]", ch) if ch.size else _ffi.NULL, ch.shape[0],
+                _ffi.from_buffer("uint8_t[]", spikes, require_writable=True),
+                _ffi.from_buffer("int16_t[]", hid_v, require_writable=True) if hid_v is not None else _ffi.NULL,
+                _ffi.from_buffer("int16_t[]", out_v, require_writable=True),
+                _ffi.from_buffer("uint8_t[]", cadc, require_writable=True), nsp), "run failed", ptr)
+        return RunOutput(spikes, out_v, cadc, hid_v, int(nsp[0]))
+
+    # -- state ----------------------------------------------------------------
+    def save_state(self) -> bytes:
+        """The full state (currents, membranes, refractory counters, last spikes,
+        step counter, weights) as a portable little-endian blob."""
+        with self._guard():
+            ptr = self._live()
+            size = _ffi.new("int64_t *")
+            _check(_lib.sw_core_state_size(ptr, size), "cannot size state", ptr)
+            buf = np.zeros(int(size[0]), np.uint8)
+            _check(_lib.sw_core_save_state(ptr, _ffi.from_buffer("uint8_t[]", buf, require_writable=True),
+                                           buf.size), "cannot save state", ptr)
+        return buf.tobytes()
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore a blob from :meth:`save_state` of a core with the same config."""
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes, got {type(blob).__name__}")
+        buf = np.frombuffer(bytes(blob), np.uint8)
+        with self._guard():
+            ptr = self._live()
+            _check(_lib.sw_core_load_state(ptr, _ffi.from_buffer("uint8_t[]", buf), buf.size),
+                   "cannot load state", ptr)
+
+    def membrane(self, population: str = "hidden") -> np.ndarray:
+        return self._pop_view(population, _lib.sw_core_get_membrane)
+
+    def current(self, population: str = "hidden") -> np.ndarray:
+        return self._pop_view(population, _lib.sw_core_get_current)
+
+    def _pop_view(self, population: str, fn) -> np.ndarray:
+        pops = {"hidden": (_lib.SW_POP_HIDDEN, self.config.n_hid), "readout": (_lib.SW_POP_READOUT, self.config.n_out)}
+        if population not in pops:
+            raise ValueError(f"population must be 'hidden' or 'readout', got {population!r}")
+        pid, n = pops[population]
+        v = np.zeros(n, np.int16)
+        with self._guard():
+            ptr = self._live()
+            _check(fn(ptr, pid, _ffi.from_buffer("int16_t[]", v, require_writable=True) if n else _ffi.NULL, n)
+                   if n else _lib.SW_OK, "cannot read state", ptr)
+        return v
+
+    @property
+    def steps(self) -> int:
+        with self._guard():
+            ptr = self._live()
+            s = _ffi.new("int64_t *")
+            _check(_lib.sw_core_steps_done(ptr, s), "cannot read step counter", ptr)
+            return int(s[0])
+
+
+class _Guard:
+    __slots__ = ("lock",)
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            raise CoreBusyError("Core is being used from another thread")
+
+    def __exit__(self, *exc):
+        self.lock.release()

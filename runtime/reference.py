@@ -1,0 +1,113 @@
+"""Plain numpy reference of the core: the same integer arithmetic as csrc/core.c.
+
+This is the executable form of docs/fixed-point.md ("Update equations").  It
+is written for clarity, not speed: one numpy expression per equation, a
+Python loop over time steps.  Tests require it to agree with the C core bit
+for bit; it is also the model the torch training code is checked against.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import CoreConfig, FixedPopulation, splitmix64_at
+
+_I64 = np.int64
+
+
+def floor_shr(x: np.ndarray, s: int) -> np.ndarray:
+    """floor(x / 2^s) (numpy's >> on signed ints is arithmetic, i.e. floor)."""
+    return np.right_shift(x, s)
+
+
+def trunc_shr(x: np.ndarray, s: int) -> np.ndarray:
+    """x / 2^s rounded toward zero."""
+    return np.where(x >= 0, x >> s, -((-x) >> s))
+
+
+def away_shr(x: np.ndarray, s: int) -> np.ndarray:
+    """x / 2^s rounded away from zero."""
+    m = (1 << s) - 1
+    return np.where(x >= 0, (x + m) >> s, -(((-x) + m) >> s))
+
+
+def sat16(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, -32768, 32767)
+
+
+def noise(seed: int, step: int, n: int, amp: int) -> np.ndarray:
+    """Membrane noise of hidden neurons 0..n-1 at ``step``: uniform in -amp..amp."""
+    ctr = np.uint64(step) * np.uint64(n) + np.arange(n, dtype=np.uint64)
+    hi = splitmix64_at(seed, ctr) >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        v = (hi * np.uint64(2 * amp + 1)) >> np.uint64(32)
+    return v.astype(_I64) - amp
+
+
+def cadc(v: np.ndarray, base: int, shift: int) -> np.ndarray:
+    return np.clip(floor_shr(v.astype(_I64) - base, shift), 0, 255).astype(np.uint8)
+
+
+class ReferenceCore:
+    """Numpy twin of :class:`runtime.core.Core` (same constructor inputs, same outputs)."""
+
+    def __init__(self, config: CoreConfig, hid: FixedPopulation, out: FixedPopulation):
+        self.config = config
+        self.hid = {k: v.astype(_I64) for k, v in hid.arrays().items()}
+        self.out = {k: v.astype(_I64) for k, v in out.arrays().items()}
+        self.w_in = np.zeros((config.n_in, config.n_hid), np.int8)
+        self.w_rec = np.zeros((config.n_hid, config.n_hid), np.int8)
+        self.w_out = np.zeros((config.n_hid, config.n_out), np.int8)
+        self.reset()
+
+    def reset(self) -> None:
+        c = self.config
+        self.h_I = np.zeros(c.n_hid, _I64)
+        self.h_V = self.hid["v_leak"].copy()
+        self.h_ref = np.zeros(c.n_hid, _I64)
+        self.z = np.zeros(c.n_hid, bool)
+        self.o_I = np.zeros(c.n_out, _I64)
+        self.o_V = self.out["v_leak"].copy()
+        self.steps = 0
+
+    def step(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One step; returns (hidden spikes uint8, hidden V int16, readout V int16, CADC uint8)."""
+        c, h, o = self.config, self.hid, self.out
+        channels = np.asarray(channels, dtype=np.int64)
+        # 1. synaptic input: rows of the active input channels and of last step's spikes
+        acc_in = self.w_in[channels].astype(_I64).sum(axis=0) if channels.size else np.zeros(c.n_hid, _I64)
+        acc_rec = self.w_rec[self.z].astype(_I64).sum(axis=0)
+        tot = acc_in * (1 << c.shift_in) + acc_rec * (1 << c.shift_rec)
+        inp = trunc_shr(tot * h["g_syn"], 14)
+        # 2. current: decay rounded toward zero, plus input, saturated
+        self.h_I = sat16(trunc_shr(self.h_I * h["decay_syn"], 15) + inp)
+        # 3. membrane: step toward L + I, rounded away from zero; refractory clamp
+        refr = self.h_ref > 0
+        e = sat16(h["v_leak"] + self.h_I - self.h_V)
+        V = self.h_V + away_shr(e * h["gain_mem"], 15)
+        if c.noise_amp > 0:
+            V = V + noise(c.noise_seed, self.steps, c.n_hid, c.noise_amp)
+        V = sat16(V)
+        z = (~refr) & (V >= h["v_th"])
+        V = np.where(refr | z, h["v_reset"], V)
+        self.h_ref = np.where(refr, self.h_ref - 1, np.where(z, c.t_ref_steps, 0))
+        self.h_V = V
+        self.z = z
+        # 4. readout: same-step hidden spikes, never spikes itself
+        acc_out = self.w_out[z].astype(_I64).sum(axis=0)
+        oin = trunc_shr(acc_out * (1 << c.shift_out) * o["g_syn"], 14)
+        self.o_I = sat16(trunc_shr(self.o_I * o["decay_syn"], 15) + oin)
+        e = sat16(o["v_leak"] + self.o_I - self.o_V)
+        self.o_V = sat16(self.o_V + away_shr(e * o["gain_mem"], 15))
+        self.steps += 1
+        return (z.astype(np.uint8), V.astype(np.int16), self.o_V.astype(np.int16),
+                cadc(self.o_V, c.cadc_base, c.cadc_shift))
+
+    def run(self, indptr: np.ndarray, channels: np.ndarray):
+        """Steps over a CSR event list; returns stacked (spikes, hid_v, out_v, cadc)."""
+        T = len(indptr) - 1
+        outs = [self.step(channels[indptr[t]:indptr[t + 1]]) for t in range(T)]
+        c = self.config
+        if not outs:
+            return (np.zeros((0, c.n_hid), np.uint8), np.zeros((0, c.n_hid), np.int16),
+                    np.zeros((0, c.n_out), np.int16), np.zeros((0, c.n_out), np.uint8))
+        return tuple(np.stack(x) for x in zip(*outs))

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# C-level tests of the core: golden vectors and malformed calls.
+#  1. native build with -fsanitize=address,undefined (both kernels, AVX2 clones on x86-64)
+#  2. native build with SW_NO_CLONES (the baseline-ISA path)
+#  3. aarch64 cross build run under qemu-user, if aarch64-linux-gnu-gcc and qemu-aarch64 exist
+#     (tests/run.sh installs them); the same golden file must pass there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=tests/c/build
+mkdir -p "$out"
+FLAGS=(-std=c99 -O2 -g -Wall -Wextra -Werror -fsigned-char -ffp-contract=off -fwrapv -Icsrc)
+SRC=(tests/c/test_core.c csrc/core.c)
+GOLD=tests/golden/core_v1.txt
+
+echo "== C core tests: native, ASan + UBSan"
+cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${SRC[@]}" -o "$out/test_core_asan"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan" "$GOLD"
+
+echo "== C core tests: native, baseline ISA (SW_NO_CLONES)"
+cc "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${SRC[@]}" -o "$out/test_core_base"
+"$out/test_core_base" "$GOLD"
+
+if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
+    echo "== C core tests: aarch64 under qemu"
+    aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${SRC[@]}" -o "$out/test_core_a64"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_core_a64" "$GOLD"
+elif [ "${SPIKEWIRE_REQUIRE_AARCH64:-0}" = 1 ]; then
+    echo "aarch64 cross compiler or qemu-aarch64 missing (SPIKEWIRE_REQUIRE_AARCH64=1)" >&2
+    exit 1
+else
+    echo "== C core tests: aarch64 SKIPPED (no aarch64-linux-gnu-gcc / qemu-aarch64)"
+fi

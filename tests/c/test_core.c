@@ -1,0 +1,373 @@
+/*
+ * C-level tests of the spikewire core: golden vectors and malformed calls.
+ *
+ *   cc -std=c99 -fsigned-char -ffp-contract=off -fwrapv -Icsrc \
+ *      tests/c/test_core.c csrc/core.c -o test_core
+ *   ./test_core tests/golden/core_v1.txt
+ *
+ * Built by tests/c/run.sh natively with -fsanitize=address,undefined and,
+ * where a cross compiler and qemu exist, for aarch64.  Prints one line per
+ * check and a final "N passed, N failed" line; exit status 1 on failure.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spikewire.h"
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                          \
+    do {                                          \
+        if (cond) {                               \
+            n_pass++;                             \
+        } else {                                  \
+            n_fail++;                             \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+            printf(__VA_ARGS__);                  \
+            printf("\n");                         \
+        }                                         \
+    } while (0)
+
+/* ---- FNV-1a 64 ---------------------------------------------------------- */
+static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= UINT64_C(0x100000001B3);
+    }
+    return h;
+}
+
+static uint64_t fnv_i16le(uint64_t h, const int16_t *v, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint8_t b[2];
+        uint16_t u = (uint16_t)v[i];
+        b[0] = (uint8_t)u;
+        b[1] = (uint8_t)(u >> 8);
+        h = fnv(h, b, 2);
+    }
+    return h;
+}
+
+/* ---- a tiny tokenizer for the golden file ----------------------------------- */
+static FILE *gf;
+
+static int next_tok(char *buf, size_t cap)
+{
+    int ch;
+    size_t n = 0;
+    for (;;) {
+        ch = fgetc(gf);
+        if (ch == EOF)
+            return 0;
+        if (ch == '#') {
+            while (ch != '\n' && ch != EOF)
+                ch = fgetc(gf);
+            continue;
+        }
+        if (ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r')
+            continue;
+        break;
+    }
+    while (ch != EOF && ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r') {
+        if (n + 1 < cap)
+            buf[n++] = (char)ch;
+        ch = fgetc(gf);
+    }
+    buf[n] = 0;
+    return 1;
+}
+
+static long long tok_ll(void)
+{
+    char b[64];
+    if (!next_tok(b, sizeof b)) {
+        printf("golden file ended early\n");
+        exit(2);
+    }
+    return strtoll(b, NULL, 10);
+}
+
+static unsigned long long tok_ull(int base)
+{
+    char b[64];
+    if (!next_tok(b, sizeof b)) {
+        printf("golden file ended early\n");
+        exit(2);
+    }
+    return strtoull(b, NULL, base);
+}
+
+static void expect_word(const char *w)
+{
+    char b[64];
+    if (!next_tok(b, sizeof b) || strcmp(b, w) != 0) {
+        printf("golden file: expected '%s', got '%s'\n", w, b);
+        exit(2);
+    }
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        printf("out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static void read_i32(int32_t *a, long long n)
+{
+    long long i;
+    for (i = 0; i < n; i++)
+        a[i] = (int32_t)tok_ll();
+}
+
+static void read_i8(int8_t *a, long long n)
+{
+    long long i;
+    for (i = 0; i < n; i++)
+        a[i] = (int8_t)tok_ll();
+}
+
+static int run_golden_case(const char *name)
+{
+    sw_config cfg;
+    int32_t *hp, *op;
+    sw_pop_params hid, out;
+    int8_t *w_in, *w_rec, *w_out;
+    int64_t *indptr, n_spk = 0, ssize = 0;
+    int32_t *ch, T;
+    long long nh, no, ni, t, n_ev, exp_spikes;
+    unsigned long long exp_out, exp_state;
+    uint8_t *spk, *cadc, *state;
+    int16_t *hv, *ov;
+    uint64_t h;
+    sw_core *core = NULL;
+    int s, kernel;
+
+    memset(&cfg, 0, sizeof cfg);
+    expect_word("config");
+    cfg.n_in = (int32_t)tok_ll();
+    cfg.n_hid = (int32_t)tok_ll();
+    cfg.n_out = (int32_t)tok_ll();
+    cfg.preset = (int32_t)tok_ll();
+    cfg.shift_in = (int32_t)tok_ll();
+    cfg.shift_rec = (int32_t)tok_ll();
+    cfg.shift_out = (int32_t)tok_ll();
+    cfg.t_ref = (int32_t)tok_ll();
+    cfg.noise_amp = (int32_t)tok_ll();
+    cfg.noise_seed = (uint64_t)tok_ull(10);
+    cfg.cadc_base = (int32_t)tok_ll();
+    cfg.cadc_shift = (int32_t)tok_ll();
+    ni = cfg.n_in;
+    nh = cfg.n_hid;
+    no = cfg.n_out;
+    hp = xmalloc(sizeof(int32_t) * 6 * (size_t)nh);
+    op = xmalloc(sizeof(int32_t) * 6 * (size_t)no);
+    expect_word("hidden");
+    read_i32(hp, 6 * nh);
+    expect_word("readout");
+    read_i32(op, 6 * no);
+    hid.decay_syn = hp; hid.gain_mem = hp + nh; hid.v_leak = hp + 2 * nh;
+    hid.v_th = hp + 3 * nh; hid.v_reset = hp + 4 * nh; hid.g_syn = hp + 5 * nh;
+    out.decay_syn = op; out.gain_mem = op + no; out.v_leak = op + 2 * no;
+    out.v_th = op + 3 * no; out.v_reset = op + 4 * no; out.g_syn = op + 5 * no;
+    w_in = xmalloc((size_t)(ni * nh));
+    w_rec = xmalloc((size_t)(nh * nh));
+    w_out = xmalloc((size_t)(nh * no));
+    expect_word("w_in");
+    read_i8(w_in, ni * nh);
+    expect_word("w_rec");
+    read_i8(w_rec, nh * nh);
+    expect_word("w_out");
+    read_i8(w_out, nh * no);
+    expect_word("events");
+    T = (int32_t)tok_ll();
+    indptr = xmalloc(sizeof(int64_t) * (size_t)(T + 1));
+    for (t = 0; t <= T; t++)
+        indptr[t] = tok_ll();
+    n_ev = indptr[T];
+    ch = xmalloc(sizeof(int32_t) * (size_t)n_ev);
+    read_i32(ch, n_ev);
+    expect_word("expect");
+    exp_spikes = tok_ll();
+    exp_out = tok_ull(16);
+    exp_state = tok_ull(16);
+    expect_word("end");
+
+    spk = xmalloc((size_t)(T * nh));
+    hv = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    ov = xmalloc(sizeof(int16_t) * (size_t)(T * no));
+    cadc = xmalloc((size_t)(T * no));
+    s = sw_core_create(&cfg, &hid, &out, &core);
+    CHECK(s == SW_OK, "%s: create: %s (%s)", name, sw_strerror(s), sw_create_error());
+    if (s != SW_OK)
+        return 1;
+    CHECK(sw_core_set_weights(core, SW_W_IN, w_in, ni * nh) == SW_OK, "%s: w_in", name);
+    CHECK(sw_core_set_weights(core, SW_W_REC, w_rec, nh * nh) == SW_OK, "%s: w_rec", name);
+    CHECK(sw_core_set_weights(core, SW_W_OUT, w_out, nh * no) == SW_OK, "%s: w_out", name);
+    for (kernel = 0; kernel <= 1; kernel++) {
+        CHECK(sw_core_set_kernel(core, kernel) == SW_OK, "set kernel");
+        CHECK(sw_core_reset(core) == SW_OK, "reset");
+        s = sw_core_run(core, T, indptr, ch, n_ev, spk, hv, ov, cadc, &n_spk);
+        CHECK(s == SW_OK, "%s: run: %s", name, sw_strerror(s));
+        h = UINT64_C(0xCBF29CE484222325);
+        h = fnv(h, spk, (size_t)(T * nh));
+        h = fnv_i16le(h, hv, (size_t)(T * nh));
+        h = fnv_i16le(h, ov, (size_t)(T * no));
+        h = fnv(h, cadc, (size_t)(T * no));
+        CHECK(n_spk == exp_spikes, "%s kernel %d: %lld spikes, golden %lld", name, kernel,
+              (long long)n_spk, exp_spikes);
+        CHECK(h == (uint64_t)exp_out, "%s kernel %d: output hash %016llx, golden %016llx", name,
+              kernel, (unsigned long long)h, exp_out);
+        CHECK(sw_core_state_size(core, &ssize) == SW_OK, "state size");
+        state = xmalloc((size_t)ssize);
+        CHECK(sw_core_save_state(core, state, ssize) == SW_OK, "save state");
+        h = fnv(UINT64_C(0xCBF29CE484222325), state, (size_t)ssize);
+        CHECK(h == (uint64_t)exp_state, "%s kernel %d: state hash %016llx, golden %016llx", name,
+              kernel, (unsigned long long)h, exp_state);
+        free(state);
+    }
+    printf("golden %-16s %6lld spikes  %s\n", name, (long long)n_spk,
+           n_fail ? "(failures above)" : "ok");
+    sw_core_destroy(core);
+    free(hp); free(op); free(w_in); free(w_rec); free(w_out); free(indptr); free(ch);
+    free(spk); free(hv); free(ov); free(cadc);
+    return 0;
+}
+
+/* ---- malformed calls: every one must return a status, never crash ------ */
+static void test_malformed(void)
+{
+    int32_t ones[4] = {16384, 16384, 16384, 16384};
+    int32_t A[4] = {26828, 26828, 26828, 26828}, G[4] = {3118, 3118, 3118, 3118};
+    int32_t z[4] = {0, 0, 0, 0}, th[4] = {4096, 4096, 4096, 4096};
+    int32_t bad[4] = {40000, 0, 0, 0};
+    sw_pop_params p = {A, G, z, th, z, ones};
+    sw_pop_params pb = {bad, G, z, th, z, ones};
+    sw_pop_params pnull = {A, NULL, z, th, z, ones};
+    sw_config cfg = {3, 4, 2, SW_PRESET_UNBOUNDED, 6, 5, 6, 2, 0, 0, -8192, 6};
+    sw_config c2;
+    sw_core *core = NULL, *tmp = NULL;
+    int8_t w[16] = {0}, wbad[12] = {0};
+    int64_t ip[3] = {0, 2, 3}, ip_bad[3] = {0, 3, 2}, ip_bad0[3] = {1, 2, 3};
+    int32_t ch[3] = {0, 2, 1}, ch_bad[3] = {0, 3, 1}, ch_neg[3] = {0, -1, 1};
+    uint8_t spk[8], cadc[4], blob[4096];
+    int16_t ov[4];
+    int64_t size = 0, steps = -1;
+
+    CHECK(sw_core_create(NULL, &p, &p, &core) == SW_E_NULL, "NULL config");
+    CHECK(sw_core_create(&cfg, NULL, &p, &core) == SW_E_NULL, "NULL hidden params");
+    CHECK(sw_core_create(&cfg, &p, &p, NULL) == SW_E_NULL, "NULL out pointer");
+    CHECK(sw_core_create(&cfg, &pnull, &p, &core) == SW_E_NULL, "NULL param array");
+    CHECK(sw_core_create(&cfg, &pb, &p, &core) == SW_E_PARAM && core == NULL, "decay out of range");
+    c2 = cfg; c2.n_hid = 0;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_SIZE, "n_hid 0");
+    c2 = cfg; c2.n_in = -5;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_SIZE, "negative n_in");
+    c2 = cfg; c2.n_hid = 1 << 30;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_SIZE, "huge n_hid");
+    c2 = cfg; c2.shift_in = 15;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PARAM, "shift 15");
+    c2 = cfg; c2.t_ref = 256;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PARAM, "t_ref 256");
+    c2 = cfg; c2.noise_amp = -1;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PARAM, "negative noise");
+    c2 = cfg; c2.preset = 7;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PARAM, "unknown preset");
+    c2 = cfg; c2.preset = SW_PRESET_BSS2; c2.n_in = 300;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PRESET, "bss2 fan-in");
+    CHECK(strlen(sw_create_error()) > 0, "create error message");
+
+    CHECK(sw_core_create(&cfg, &p, &p, &core) == SW_OK && core != NULL, "valid create");
+    if (!core)
+        return;
+    /* weights */
+    w[5] = 64;
+    CHECK(sw_core_set_weights(core, SW_W_IN, w, 12) == SW_E_WEIGHT, "weight 64");
+    w[5] = -64;
+    CHECK(sw_core_set_weights(core, SW_W_IN, w, 12) == SW_E_WEIGHT, "weight -64");
+    w[5] = 63;
+    CHECK(sw_core_set_weights(core, SW_W_IN, w, 11) == SW_E_SIZE, "wrong weight count");
+    CHECK(sw_core_set_weights(core, 9, w, 12) == SW_E_PARAM, "unknown matrix");
+    CHECK(sw_core_set_weights(core, SW_W_IN, NULL, 12) == SW_E_NULL, "NULL weights");
+    CHECK(sw_core_set_weights(core, SW_W_IN, w, 12) == SW_OK, "valid weights");
+    CHECK(sw_core_get_weights(core, SW_W_IN, wbad, 12) == SW_OK && wbad[5] == 63, "weights round trip");
+    /* events */
+    CHECK(sw_core_run(core, 2, ip, ch_bad, 3, spk, NULL, ov, cadc, NULL) == SW_E_CHANNEL, "channel 3 of 3");
+    CHECK(sw_core_run(core, 2, ip, ch_neg, 3, spk, NULL, ov, cadc, NULL) == SW_E_CHANNEL, "channel -1");
+    CHECK(sw_core_run(core, 2, ip_bad, ch, 2, spk, NULL, ov, cadc, NULL) == SW_E_EVENTS, "decreasing indptr");
+    CHECK(sw_core_run(core, 2, ip_bad0, ch, 3, spk, NULL, ov, cadc, NULL) == SW_E_EVENTS, "indptr[0] != 0");
+    CHECK(sw_core_run(core, 2, ip, ch, 2, spk, NULL, ov, cadc, NULL) == SW_E_EVENTS, "n_events mismatch");
+    CHECK(sw_core_run(core, 2, NULL, ch, 3, spk, NULL, ov, cadc, NULL) == SW_E_NULL, "NULL indptr");
+    CHECK(sw_core_run(core, 2, ip, NULL, 3, spk, NULL, ov, cadc, NULL) == SW_E_NULL, "NULL channels");
+    CHECK(sw_core_run(core, -1, ip, ch, 3, spk, NULL, ov, cadc, NULL) == SW_E_SIZE, "negative T");
+    CHECK(sw_core_steps_done(core, &steps) == SW_OK && steps == 0, "failed runs did not step");
+    CHECK(sw_core_step(core, ch, -2, spk, NULL, ov, cadc) == SW_E_EVENTS, "negative event count");
+    CHECK(sw_core_run(core, 2, ip, ch, 3, spk, NULL, ov, cadc, NULL) == SW_OK, "valid run");
+    CHECK(sw_core_run(core, 2, ip, ch, 3, NULL, NULL, NULL, NULL, NULL) == SW_OK, "run without outputs");
+    CHECK(sw_core_step(core, NULL, 0, spk, NULL, ov, cadc) == SW_OK, "empty step");
+    CHECK(sw_core_steps_done(core, &steps) == SW_OK && steps == 5, "5 steps done");
+    CHECK(sw_core_set_kernel(core, 2) == SW_E_PARAM, "unknown kernel");
+    /* state */
+    CHECK(sw_core_state_size(core, &size) == SW_OK && size > 0 && size < (int64_t)sizeof blob, "state size");
+    CHECK(sw_core_save_state(core, blob, size - 1) == SW_E_BUFFER, "short save buffer");
+    CHECK(sw_core_save_state(core, blob, size) == SW_OK, "save");
+    CHECK(sw_core_load_state(core, blob, size - 1) == SW_E_STATE, "short state");
+    blob[0] ^= 0xFF;
+    CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE, "bad magic");
+    blob[0] ^= 0xFF;
+    blob[size - 1] = 100; /* last weight out of range */
+    CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE, "weight out of range in state");
+    CHECK(sw_core_load_state(core, NULL, size) == SW_E_NULL, "NULL state");
+    CHECK(sw_core_get_membrane(core, 5, ov, 4) == SW_E_PARAM, "bad population");
+    CHECK(sw_core_get_membrane(core, SW_POP_HIDDEN, ov, 3) == SW_E_SIZE, "bad membrane count");
+    /* NULL / dead contexts */
+    CHECK(sw_core_run(NULL, 2, ip, ch, 3, spk, NULL, ov, cadc, NULL) == SW_E_NULL, "run NULL ctx");
+    CHECK(sw_core_step(NULL, ch, 1, spk, NULL, ov, cadc) == SW_E_NULL, "step NULL ctx");
+    CHECK(sw_core_reset(NULL) == SW_E_NULL, "reset NULL ctx");
+    CHECK(sw_core_set_weights(NULL, SW_W_IN, w, 12) == SW_E_NULL, "weights NULL ctx");
+    CHECK(sw_core_destroy(NULL) == SW_OK, "destroy NULL");
+    CHECK(strlen(sw_strerror(SW_E_CHANNEL)) > 0 && strlen(sw_strerror(12345)) > 0, "strerror");
+    CHECK(sw_core_destroy(core) == SW_OK, "destroy");
+    /* a zero-readout network is valid */
+    c2 = cfg; c2.n_out = 0;
+    CHECK(sw_core_create(&c2, &p, NULL, &tmp) == SW_OK, "n_out 0 with NULL readout params");
+    CHECK(sw_core_run(tmp, 2, ip, ch, 3, spk, NULL, NULL, NULL, NULL) == SW_OK, "run n_out 0");
+    sw_core_destroy(tmp);
+    printf("malformed calls checked\n");
+}
+
+int main(int argc, char **argv)
+{
+    char word[64];
+    const char *path = argc > 1 ? argv[1] : "tests/golden/core_v1.txt";
+    int cases = 0;
+    test_malformed();
+    gf = fopen(path, "r");
+    if (!gf) {
+        printf("cannot open golden file %s\n", path);
+        return 2;
+    }
+    while (next_tok(word, sizeof word)) {
+        char name[64];
+        if (strcmp(word, "case") != 0) {
+            printf("golden file: expected 'case', got '%s'\n", word);
+            return 2;
+        }
+        next_tok(name, sizeof name);
+        run_golden_case(name);
+        cases++;
+    }
+    fclose(gf);
+    CHECK(cases >= 4, "golden file has %d cases", cases);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
