@@ -1,0 +1,232 @@
+"""Shared fixtures: real mosquitto brokers on free loopback ports.
+
+Session-scoped: ``mqtt_broker`` (anonymous), ``mqtt_auth_broker`` (user/password),
+``mqtt_tls_broker`` (TLS with a throwaway CA + user/password). Function-scoped:
+``mqtt_restartable_broker`` (anonymous, persistent sessions, can be stopped and
+restarted on the same port for outage tests). Tests that use them are marked
+``mqtt`` (deselect with ``-m "not mqtt"``) and skipped, with the reason, when
+``mosquitto`` (or ``openssl`` for TLS) or ``aiomqtt`` is not installed.
+
+Every broker runs ``user root`` so that it can read the key files and write its
+persistence file in pytest's private (0700) temp dirs when started as root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+HOST = "127.0.0.1"
+USERNAME = "spiker"
+PASSWORD = "s3cret:p@ss/word"  # needs percent-encoding in URLs: exercises the URL parser
+
+
+BROKER_FIXTURES = {"mqtt_broker", "mqtt_auth_broker", "mqtt_tls_broker", "mqtt_restartable_broker"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mqtt: needs a real mosquitto broker (added automatically)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mqtt)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Broker:
+    """One mosquitto process. ``url()`` builds a spikewire MQTT URL for it."""
+
+    workdir: Path
+    port: int
+    conf_lines: list[str]
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    host: str = HOST
+    proc: subprocess.Popen | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def start(self, timeout: float = 5.0) -> None:
+        assert self.proc is None, "broker already running"
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(self.conf_lines) + "\n")
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.proc = None
+                raise RuntimeError(f"mosquitto exited at start:\n{self.log_file.read_text()[-2000:]}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop(hard=True)
+                    raise RuntimeError(f"mosquitto not accepting on port {self.port} after {timeout} s") from None
+                time.sleep(0.01)
+
+    def stop(self, *, hard: bool = False) -> None:
+        """SIGTERM (mosquitto saves its persistence file) or, with ``hard``, SIGKILL."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def url(self, prefix: str, *, username: str | None = "", password: str | None = "",
+            ca: bool = True, scheme: str | None = None, **query: str) -> str:
+        """URL with this broker's credentials unless overridden (``None`` leaves them out)."""
+        user = self.username if username == "" else username
+        pw = self.password if password == "" else password
+        auth = ""
+        if user is not None:
+            auth = quote(user, safe="") + (":" + quote(pw, safe="") if pw is not None else "") + "@"
+        if self.tls and ca and "cafile" not in query:
+            query["cafile"] = str(self.ca_file)
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        scheme = scheme or ("mqtts" if self.tls else "mqtt")
+        return f"{scheme}://{auth}{self.host}:{self.port}/{prefix}" + (f"?{qs}" if qs else "")
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for an ``aiomqtt.Client`` talking to this broker (test subscribers)."""
+        import ssl
+
+        kw: dict = {"hostname": self.host, "port": self.port, "timeout": 5}
+        if self.username:
+            kw.update(username=self.username, password=self.password)
+        if self.tls:
+            kw["tls_context"] = ssl.create_default_context(cafile=str(self.ca_file))
+        return kw
+
+
+def _base_conf(workdir: Path, port: int, *, persistence: bool = False) -> list[str]:
+    lines = ["user root", "per_listener_settings true", f"listener {port} {HOST}"]
+    if persistence:
+        lines[:0] = ["persistence true", f"persistence_location {workdir}/", "persistence_file mosquitto.db"]
+    else:
+        lines[:0] = ["persistence false"]
+    return lines
+
+
+def _need(binary: str) -> None:
+    pytest.importorskip("aiomqtt", reason="broker tests talk to mosquitto through aiomqtt")
+    if shutil.which(binary) is None:
+        pytest.skip(f"{binary} not installed (apt-get install mosquitto mosquitto-clients openssl)")
+
+
+def _password_file(workdir: Path) -> Path:
+    path = workdir / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), USERNAME, PASSWORD],
+                   check=True, capture_output=True, timeout=10)
+    return path
+
+
+def _throwaway_ca(workdir: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for localhost/127.0.0.1 made with openssl (about 1 s)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=workdir, timeout=30)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=spikewire-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+        "-out", "server.csr")
+    (workdir / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    return workdir / "ca.crt", workdir / "server.crt", workdir / "server.key"
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory):
+    """Anonymous mosquitto on a free loopback port."""
+    _need("mosquitto")
+    workdir = tmp_path_factory.mktemp("mosquitto-plain")
+    port = free_port()
+    broker = Broker(workdir, port, _base_conf(workdir, port) + ["allow_anonymous true"])
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mqtt_auth_broker(tmp_path_factory):
+    """mosquitto that requires USERNAME/PASSWORD."""
+    _need("mosquitto")
+    _need("mosquitto_passwd")
+    workdir = tmp_path_factory.mktemp("mosquitto-auth")
+    port = free_port()
+    conf = _base_conf(workdir, port) + ["allow_anonymous false", f"password_file {_password_file(workdir)}"]
+    broker = Broker(workdir, port, conf, username=USERNAME, password=PASSWORD)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mqtt_tls_broker(tmp_path_factory):
+    """mosquitto with TLS (throwaway CA, server cert for localhost and 127.0.0.1) and USERNAME/PASSWORD."""
+    _need("mosquitto")
+    _need("mosquitto_passwd")
+    _need("openssl")
+    workdir = tmp_path_factory.mktemp("mosquitto-tls")
+    ca, cert, key = _throwaway_ca(workdir)
+    port = free_port()
+    conf = _base_conf(workdir, port) + [
+        "allow_anonymous false",
+        f"password_file {_password_file(workdir)}",
+        f"cafile {ca}",
+        f"certfile {cert}",
+        f"keyfile {key}",
+    ]
+    broker = Broker(workdir, port, conf, username=USERNAME, password=PASSWORD, ca_file=ca)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mqtt_restartable_broker(tmp_path):
+    """Anonymous mosquitto of this test only; ``stop()``/``start()`` keep the port.
+
+    Persistence is on: a SIGTERM-stopped broker keeps persistent (clean_session=False)
+    subscriber sessions and their subscriptions across the restart.
+    """
+    _need("mosquitto")
+    port = free_port()
+    broker = Broker(tmp_path, port, _base_conf(tmp_path, port, persistence=True) + ["allow_anonymous true"])
+    broker.start()
+    yield broker
+    broker.stop(hard=True)
