@@ -1,0 +1,125 @@
+"""Keyword decisions from the readout's 8-bit CADC codes.
+
+Streaming rule (``Decider``), applied per time step t to the CADC vector c(t):
+
+* ``best``  = the word unit with the highest code;
+  ``other`` = the highest code of every other unit (other words and the
+  "no keyword" unit);
+* the step is *evidence for* ``best`` when ``c_best >= threshold`` and
+  ``c_best - other >= margin``;
+* a keyword fires when the same word has been evidenced for ``min_steps``
+  consecutive steps and the last keyword is more than ``refractory_ms`` ago.
+  ``t_start`` is the first step of that run, ``t_end`` the step it fired at
+  (so ``t_end - t_start`` is the decision latency past the onset of evidence);
+  ``score`` is ``c_best / 255`` at firing.
+
+Offline rule (``classify``) for whole files: each unit's score is its maximum
+code over the file; the prediction is the best word, or ``None`` (rejected)
+when the "no keyword" unit's maximum exceeds it (``offline_reject``) or the
+best word never reaches ``threshold``.
+
+Both are deterministic integer comparisons on uint8 codes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import DecisionConfig
+
+
+@dataclass(frozen=True)
+class Keyword:
+    word: str
+    score: float  # 0..1 (CADC code / 255 at firing)
+    t_start: float  # seconds of stream time (since the decider's step 0)
+    t_end: float
+    step: int  # absolute step index at firing
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "score": round(self.score, 4), "t_start": round(self.t_start, 4),
+                "t_end": round(self.t_end, 4)}
+
+
+class Decider:
+    """Streaming keyword decisions; feed it CADC blocks in time order."""
+
+    def __init__(self, vocabulary: list[str], has_none_unit: bool, config: DecisionConfig,
+                 step_ms: float = 1.0):
+        if step_ms <= 0:
+            raise ValueError(f"step_ms must be > 0, got {step_ms}")
+        self.vocabulary = list(vocabulary)
+        self.n_words = len(self.vocabulary)
+        self.n_units = self.n_words + (1 if has_none_unit else 0)
+        self.config = config
+        self.step_s = step_ms / 1000.0
+        self._refr_steps = int(round(config.refractory_ms / step_ms))
+        self.reset()
+
+    def reset(self) -> None:
+        self._run_word = -1
+        self._run_start = 0
+        self._run_len = 0
+        self._last_fire = None  # step of the last keyword
+        self._next_step = 0
+
+    def update(self, cadc: np.ndarray, t0: int | None = None) -> list[Keyword]:
+        """Process a [T x n_units] uint8 block whose first row is step ``t0``
+        (default: right after the previous block)."""
+        c = np.asarray(cadc)
+        if c.ndim != 2 or c.shape[1] != self.n_units:
+            raise ValueError(f"cadc must be [T x {self.n_units}], got shape {c.shape}")
+        if c.dtype != np.uint8:
+            raise TypeError(f"cadc must be uint8 codes, got {c.dtype}")
+        t0 = self._next_step if t0 is None else int(t0)
+        if t0 < self._next_step:
+            raise ValueError(f"block starts at step {t0}, before the end of the previous one ({self._next_step})")
+        if t0 > self._next_step:  # a gap (dropped steps): evidence runs do not span it
+            self._run_word, self._run_len = -1, 0
+        self._next_step = t0 + c.shape[0]
+        if c.shape[0] == 0:
+            return []
+        cfg = self.config
+        ci = c.astype(np.int16)
+        words = ci[:, :self.n_words]
+        best = words.argmax(axis=1)
+        c_best = words[np.arange(len(best)), best]
+        masked = ci.copy()
+        masked[np.arange(len(best)), best] = -1
+        other = masked.max(axis=1) if self.n_units > 1 else np.full(len(best), -1, np.int16)
+        evid = (c_best >= cfg.threshold) & (c_best - other >= cfg.margin)
+        out: list[Keyword] = []
+        # the per-step state machine only visits evidence steps and run breaks
+        for i in range(c.shape[0]):
+            if not evid[i]:
+                self._run_word, self._run_len = -1, 0
+                continue
+            w = int(best[i])
+            step = t0 + i
+            if w != self._run_word:
+                self._run_word, self._run_start, self._run_len = w, step, 0
+            self._run_len += 1
+            if self._run_len == cfg.min_steps:
+                if self._last_fire is None or step - self._last_fire > self._refr_steps:
+                    self._last_fire = step
+                    out.append(Keyword(self.vocabulary[w], float(c_best[i]) / 255.0,
+                                       self._run_start * self.step_s, step * self.step_s, step))
+        return out
+
+
+def classify(cadc: np.ndarray, n_words: int, has_none_unit: bool, config: DecisionConfig
+             ) -> tuple[int | None, np.ndarray]:
+    """Offline decision for one file: (word index or None if rejected, per-unit max codes)."""
+    c = np.asarray(cadc)
+    if c.ndim != 2 or c.shape[1] != n_words + (1 if has_none_unit else 0):
+        raise ValueError(f"cadc has shape {c.shape}, expected [T x {n_words + int(has_none_unit)}]")
+    if c.shape[0] == 0:
+        return None, np.zeros(c.shape[1], np.int32)
+    scores = c.max(axis=0).astype(np.int32)
+    w = int(scores[:n_words].argmax())
+    if scores[w] < config.threshold:
+        return None, scores
+    if has_none_unit and config.offline_reject and scores[n_words] > scores[w]:
+        return None, scores
+    return w, scores

@@ -1,0 +1,201 @@
+"""Typed spikewire models (schema v1) on top of the container in runtime/modelfile.py.
+
+A model is everything the runtime needs to listen the way the model was
+trained: the vocabulary, the front-end config, the core config, the integer
+per-neuron parameters and weights, the decision rule's parameters, plus the
+training config and metrics for provenance.  See docs/model-format.md, part 2.
+
+Models are resolved by name (``"kws-digits"``) from the ``models`` package
+data, so they work after a plain ``pip install``, or by path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .config import Chip, CoreConfig, FixedPopulation
+from .frontend import FrontEndConfig
+from .modelfile import ModelFileError, load_container, save_container
+
+SCHEMA_VERSION = 1
+KIND = "spikewire-model"
+MODEL_SUFFIX = ".swm"
+NONE_LABEL = "_none"  # the "no keyword" readout unit (silence, noise, unknown words)
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """Parameters of the streaming keyword decision (runtime/decision.py).
+
+    Evidence is the readout's 8-bit CADC code (what BSS-2 gives you), one
+    readout unit per vocabulary word plus, optionally, a "no keyword" unit.
+    """
+
+    threshold: int = 160  # CADC code a word unit must reach
+    margin: int = 8  # ... and exceed every other unit (incl. the none unit) by
+    min_steps: int = 3  # consecutive steps above threshold before firing
+    refractory_ms: int = 400  # no second keyword within this time
+    offline_reject: bool = True  # file classification: reject when the none unit wins
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("threshold", 0, 255), ("margin", 0, 255), ("min_steps", 1, 10000),
+                             ("refractory_ms", 0, 60000)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"decision {name} must be an int in {lo}..{hi}, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DecisionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ValueError(f"unknown decision keys: {sorted(bad)}")
+        return cls(**d)
+
+
+@dataclass
+class Model:
+    name: str
+    vocabulary: list[str]
+    has_none_unit: bool
+    frontend: FrontEndConfig
+    core: CoreConfig
+    params: tuple[FixedPopulation, FixedPopulation]
+    weights: dict[str, np.ndarray]  # "in", "rec", "out": int8
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError("model name must be a non-empty string")
+        if len(set(self.vocabulary)) != len(self.vocabulary) or not self.vocabulary:
+            raise ValueError(f"vocabulary must be non-empty and unique, got {self.vocabulary!r}")
+        if NONE_LABEL in self.vocabulary:
+            raise ValueError(f"{NONE_LABEL!r} is reserved for the no-keyword unit")
+        n_units = len(self.vocabulary) + (1 if self.has_none_unit else 0)
+        if self.core.n_out != n_units:
+            raise ValueError(f"core has {self.core.n_out} readout units, vocabulary needs {n_units}")
+        if self.core.n_in != self.frontend.n_channels:
+            raise ValueError(f"core has n_in={self.core.n_in}, front end has {self.frontend.n_channels} channels")
+        shapes = {"in": (self.core.n_in, self.core.n_hid), "rec": (self.core.n_hid, self.core.n_hid),
+                  "out": (self.core.n_hid, self.core.n_out)}
+        for k, shape in shapes.items():
+            w = self.weights.get(k)
+            if not isinstance(w, np.ndarray) or w.dtype != np.int8 or w.shape != shape:
+                raise ValueError(f"weights[{k!r}] must be int8 {shape}")
+            if w.size and (w.min() < -63 or w.max() > 63):
+                raise ValueError(f"weights[{k!r}] outside -63..63")
+        hid, out = self.params
+        if hid.n != self.core.n_hid or out.n != self.core.n_out:
+            raise ValueError("per-neuron params do not match the core sizes")
+
+    # -- use ------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        """Readout unit labels in order (words, then the none unit if any)."""
+        return list(self.vocabulary) + ([NONE_LABEL] if self.has_none_unit else [])
+
+    def make_core(self, chip: Chip | None = None):
+        """A Core with this model's parameters and weights; ``chip`` adds device mismatch."""
+        from .config import apply_chip
+        from .core import Core
+
+        hid, out = self.params
+        if chip is not None:
+            hid, out = apply_chip(hid, chip, 0), apply_chip(out, chip, 1)
+        core = Core(self.core, chip=chip, params=(hid, out))
+        for k, w in self.weights.items():
+            core.set_weights(k, w)
+        return core
+
+    # -- files ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        header = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "vocabulary": list(self.vocabulary),
+            "has_none_unit": bool(self.has_none_unit),
+            "frontend": self.frontend.to_dict(),
+            "core": self.core.to_dict(),
+            "decision": dataclasses.asdict(self.decision),
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+        arrays: dict[str, np.ndarray] = {f"w_{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
+        for prefix, pop in (("hid", self.params[0]), ("out", self.params[1])):
+            for k, v in pop.arrays().items():
+                arrays[f"{prefix}_{k}"] = v
+        save_container(path, header, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Model":
+        header, arrays = load_container(path)
+
+        def bad(problem: str) -> ModelFileError:
+            return ModelFileError(path, problem)
+
+        if header.get("kind") != KIND:
+            raise bad(f"not a spikewire model (kind={header.get('kind')!r})")
+        if header.get("schema_version") != SCHEMA_VERSION:
+            raise bad(f"unsupported model schema version {header.get('schema_version')!r} "
+                      f"(this spikewire reads {SCHEMA_VERSION})")
+        try:
+            fe = FrontEndConfig.from_dict(header["frontend"])
+            core = CoreConfig.from_dict(header["core"])
+            pops = []
+            for prefix in ("hid", "out"):
+                pops.append(FixedPopulation(*[arrays[f"{prefix}_{k}"] for k in FixedPopulation.FIELDS]))
+            weights = {k: arrays[f"w_{k}"] for k in ("in", "rec", "out")}
+            return cls(name=header["name"], vocabulary=list(header["vocabulary"]),
+                       has_none_unit=bool(header["has_none_unit"]), frontend=fe, core=core,
+                       params=(pops[0], pops[1]), weights=weights,
+                       decision=DecisionConfig.from_dict(header.get("decision", {})),
+                       training=header.get("training", {}), metrics=header.get("metrics", {}))
+        except KeyError as e:
+            raise bad(f"missing field or array {e}") from None
+        except (ValueError, TypeError) as e:
+            raise bad(f"invalid model: {e}") from None
+
+
+def shipped_models() -> dict[str, Path]:
+    """Names and paths of the models shipped in the ``models`` package."""
+    out: dict[str, Path] = {}
+    try:
+        root = resources.files("models")
+    except ModuleNotFoundError:
+        return out
+    for d in root.iterdir():
+        if d.is_dir():
+            for f in d.iterdir():
+                if f.name.endswith(MODEL_SUFFIX):
+                    out[d.name] = Path(str(f))
+    return out
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A model name (shipped) or a path to a ``.swm`` file (or a folder holding one)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = sorted(p.glob("*" + MODEL_SUFFIX))
+        if len(found) == 1:
+            return found[0]
+        raise FileNotFoundError(f"{p} holds {len(found)} model files, expected one")
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise FileNotFoundError(f"no model {str(name_or_path)!r}: not a file, and shipped models are "
+                            f"{sorted(shipped) or 'none'}")
+
+
+def load(name_or_path: str | os.PathLike) -> Model:
+    return Model.load(resolve(name_or_path))

@@ -1,0 +1,162 @@
+"""Typed model files (schema v1) and the keyword decision rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.config import Chip, CoreConfig, fixed_params
+from runtime.decision import Decider, classify
+from runtime.frontend import FrontEndConfig
+from runtime.model import DecisionConfig, Model, ModelFileError, load, resolve
+from runtime.modelfile import load_container, save_container
+
+WORDS = ["yes", "no", "up"]
+
+
+def tiny_model(**kw) -> Model:
+    fe = FrontEndConfig(n_channels=16)
+    cfg = CoreConfig(n_in=16, n_hid=8, n_out=4, preset="bss2")
+    rng = np.random.default_rng(0)
+    weights = {"in": rng.integers(-63, 64, (16, 8)).astype(np.int8),
+               "rec": rng.integers(-63, 64, (8, 8)).astype(np.int8),
+               "out": rng.integers(-63, 64, (8, 4)).astype(np.int8)}
+    args = dict(name="tiny", vocabulary=WORDS, has_none_unit=True, frontend=fe, core=cfg,
+                params=fixed_params(cfg), weights=weights, decision=DecisionConfig(threshold=150),
+                training={"seed": 1}, metrics={"accuracy": 0.5})
+    args.update(kw)
+    return Model(**args)
+
+
+def test_model_round_trip(tmp_path):
+    m = tiny_model()
+    m.save(tmp_path / "m.swm")
+    m2 = load(tmp_path / "m.swm")
+    assert m2.name == "tiny" and m2.vocabulary == WORDS and m2.labels == WORDS + ["_none"]
+    assert m2.frontend == m.frontend and m2.core == m.core and m2.decision == m.decision
+    assert m2.training == {"seed": 1} and m2.metrics == {"accuracy": 0.5}
+    for k in ("in", "rec", "out"):
+        assert np.array_equal(m2.weights[k], m.weights[k])
+    # the loaded model runs the same on the core as the original
+    ev = np.random.default_rng(1).random((50, 16)) < 0.2
+    a = m.make_core().run(ev)
+    b = m2.make_core().run(ev)
+    assert np.array_equal(a.cadc, b.cadc) and a.n_spikes == b.n_spikes
+    # a chip applies mismatch on top of the stored integers
+    c = m2.make_core(Chip(seed=3, threshold=0.2))
+    assert not np.array_equal(c.params[0].v_th, m2.params[0].v_th)
+
+
+def test_model_validation():
+    with pytest.raises(ValueError, match="readout units"):
+        tiny_model(vocabulary=["a", "b"])
+    with pytest.raises(ValueError, match="reserved"):
+        tiny_model(vocabulary=["a", "b", "_none"])
+    m = tiny_model()
+    bad = dict(m.weights, out=np.full((8, 4), 64, np.int8))
+    with pytest.raises(ValueError, match="outside -63..63"):
+        tiny_model(weights=bad)
+    with pytest.raises(ValueError, match="n_in=16"):
+        tiny_model(frontend=FrontEndConfig(n_channels=32))
+    with pytest.raises(ValueError, match="threshold"):
+        DecisionConfig(threshold=300)
+
+
+def test_corrupt_or_foreign_model_files(tmp_path):
+    m = tiny_model()
+    p = tmp_path / "m.swm"
+    m.save(p)
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (tmp_path / "flip.swm").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load(tmp_path / "flip.swm")
+    (tmp_path / "trunc.swm").write_bytes(p.read_bytes()[:100])
+    with pytest.raises(ModelFileError):
+        load(tmp_path / "trunc.swm")
+    # a valid container that is not a model
+    save_container(tmp_path / "other.swm", {"schema_version": 1, "kind": "something"}, {})
+    with pytest.raises(ModelFileError, match="not a spikewire model"):
+        load(tmp_path / "other.swm")
+    # a model with a missing array
+    header, arrays = load_container(p)
+    del arrays["w_rec"]
+    save_container(tmp_path / "miss.swm", header, arrays)
+    with pytest.raises(ModelFileError, match="w_rec"):
+        load(tmp_path / "miss.swm")
+    # a future schema
+    save_container(tmp_path / "future.swm", dict(header, schema_version=99), arrays)
+    with pytest.raises(ModelFileError, match="schema version 99"):
+        load(tmp_path / "future.swm")
+
+
+def test_resolve(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model 'nonexistent'"):
+        resolve("nonexistent")
+    tiny_model().save(tmp_path / "x.swm")
+    assert resolve(tmp_path) == tmp_path / "x.swm"
+    assert resolve(str(tmp_path / "x.swm")) == tmp_path / "x.swm"
+
+
+# ---------------------------------------------------------------------------
+# decisions
+
+def codes(rows):
+    return np.array(rows, dtype=np.uint8)
+
+
+def test_decider_fires_after_min_steps_with_margin_and_refractory():
+    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=5)
+    d = Decider(WORDS, True, cfg)
+    c = np.zeros((30, 4), np.uint8)
+    c[2:8, 1] = 200          # "no" evidenced at steps 2..7
+    c[4, 3] = 195            # step 4: none unit too close (margin) -> breaks the run
+    c[12:20, 0] = 150        # "yes" at 12..19, but refractory ends at 5+5=10 -> fires at 14
+    c[22:24, 2] = 250        # too short for min_steps
+    ev = d.update(c, 0)
+    assert [k.word for k in ev] == ["no", "yes"]
+    assert ev[0].step == 7 and ev[0].t_start == pytest.approx(0.005)  # run restarted at 5
+    assert ev[1].step == 14 and ev[1].t_start == pytest.approx(0.012)
+    assert ev[0].score == pytest.approx(200 / 255)
+
+
+def test_decider_is_block_invariant():
+    rng = np.random.default_rng(0)
+    c = (rng.random((2000, 4)) * 255).astype(np.uint8)
+    c[rng.random(2000) < 0.6, 1] = 250
+    cfg = DecisionConfig(threshold=200, margin=5, min_steps=2, refractory_ms=50)
+    whole = Decider(WORDS, True, cfg).update(c, 0)
+    d = Decider(WORDS, True, cfg)
+    parts, t = [], 0
+    for n in rng.integers(1, 97, 100):
+        parts += d.update(c[t:t + n])
+        t += n
+    parts += d.update(c[t:])
+    assert whole and parts == whole
+
+
+def test_decider_bad_input_and_gaps():
+    d = Decider(WORDS, True, DecisionConfig(threshold=100, margin=0, min_steps=2, refractory_ms=0))
+    with pytest.raises(ValueError, match="4"):
+        d.update(np.zeros((3, 3), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        d.update(np.zeros((3, 4), np.float32))
+    d.update(codes([[200, 0, 0, 0]]), 0)
+    with pytest.raises(ValueError, match="before the end"):
+        d.update(codes([[200, 0, 0, 0]]), 0)
+    # a gap in steps breaks an evidence run
+    assert d.update(codes([[200, 0, 0, 0]]), 5) == []
+    assert [k.step for k in d.update(codes([[200, 0, 0, 0]]))] == [6]
+
+
+def test_classify_offline():
+    cfg = DecisionConfig(threshold=100)
+    c = np.zeros((10, 4), np.uint8)
+    c[3, 2] = 180
+    c[5, 0] = 120
+    assert classify(c, 3, True, cfg)[0] == 2
+    c[7, 3] = 200  # none unit wins -> rejected
+    assert classify(c, 3, True, cfg)[0] is None
+    assert classify(c, 3, True, DecisionConfig(threshold=100, offline_reject=False))[0] == 2
+    assert classify(np.full((5, 4), 50, np.uint8), 3, True, cfg)[0] is None  # below threshold
+    with pytest.raises(ValueError):
+        classify(np.zeros((5, 3), np.uint8), 3, True, cfg)
