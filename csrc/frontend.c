@@ -163,6 +163,7 @@ int sw_fe_create(const sw_fe_params *params, sw_fe **out_fe)
 int sw_fe_destroy(sw_fe *fe)
 {
     if (fe == NULL) return SW_OK;
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     fe->magic = 0;
     free(fe);
@@ -171,6 +172,7 @@ int sw_fe_destroy(sw_fe *fe)
 
 int sw_fe_reset(sw_fe *fe)
 {
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     size_t C = (size_t)fe->p.n_channels, S = (size_t)fe->p.n_stages;
     size_t K = (size_t)fe->p.rs_taps;
@@ -210,6 +212,7 @@ int sw_fe_block_steps(const sw_fe *fe, int64_t n, int64_t *steps)
 {
     if (steps == NULL) return SW_E_NULL;
     *steps = 0;
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     if (n < 0 || n > SW_FE_MAX_BLOCK) return SW_E_SIZE;
     int64_t st = fe->p.step_samples;
@@ -227,6 +230,7 @@ int sw_fe_flush_steps(const sw_fe *fe, int64_t *steps)
 {
     if (steps == NULL) return SW_E_NULL;
     *steps = 0;
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     int64_t st = fe->p.step_samples;
     int64_t target = fe_flush_target(fe);
@@ -383,6 +387,7 @@ int sw_fe_process(sw_fe *fe, const int16_t *x, int64_t n,
     if (n_steps == NULL || n_events == NULL) return SW_E_NULL;
     *n_steps = 0;
     *n_events = 0;
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     if (n < 0 || n > SW_FE_MAX_BLOCK) return SW_E_SIZE;
     if (n > 0 && x == NULL) return SW_E_NULL;
@@ -417,6 +422,7 @@ int sw_fe_flush(sw_fe *fe, int64_t *indptr, int64_t max_steps,
     if (n_steps == NULL || n_events == NULL) return SW_E_NULL;
     *n_steps = 0;
     *n_events = 0;
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     int64_t steps;
     int st = sw_fe_flush_steps(fe, &steps);
@@ -441,6 +447,7 @@ int sw_fe_flush(sw_fe *fe, int64_t *indptr, int64_t max_steps,
 
 int sw_fe_counters(const sw_fe *fe, int64_t *n_in, int64_t *n_internal, int64_t *n_steps)
 {
+    if (!fe) return SW_E_NULL;
     if (!fe_ok(fe)) return SW_E_BADCTX;
     if (n_in) *n_in = fe->n_in;
     if (n_internal) *n_internal = fe->n_int;

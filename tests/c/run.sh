@@ -10,20 +10,34 @@ out=tests/c/build
 mkdir -p "$out"
 FLAGS=(-std=c99 -O2 -g -Wall -Wextra -Werror -fsigned-char -ffp-contract=off -fwrapv -Icsrc)
 SRC=(tests/c/test_core.c csrc/core.c)
+FE_SRC=(tests/c/test_frontend.c csrc/frontend.c csrc/core.c)
 GOLD=tests/golden/core_v1.txt
 
 echo "== C core tests: native, ASan + UBSan"
 cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${SRC[@]}" -o "$out/test_core_asan"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan" "$GOLD"
+cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${FE_SRC[@]}" -lm -o "$out/test_fe_asan"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_fe_asan" | tee "$out/fe_x86_asan.txt"
 
 echo "== C core tests: native, baseline ISA (SW_NO_CLONES)"
 cc "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${SRC[@]}" -o "$out/test_core_base"
 "$out/test_core_base" "$GOLD"
+cc "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe"
+"$out/test_fe" > "$out/fe_x86.txt"
+grep fe_hash "$out/fe_x86.txt"
+# the front end's float path must not depend on optimisation level or sanitizers
+[ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_x86_asan.txt")" ] \
+    || { echo "front-end hash differs between -O1+sanitizers and -O3" >&2; exit 1; }
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
     echo "== C core tests: aarch64 under qemu"
     aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${SRC[@]}" -o "$out/test_core_a64"
     qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_core_a64" "$GOLD"
+    aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe_a64"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_fe_a64" > "$out/fe_a64.txt"
+    grep fe_hash "$out/fe_a64.txt"
+    [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_a64.txt")" ] \
+        || { echo "front-end events differ between x86-64 and aarch64" >&2; exit 1; }
 elif [ "${SPIKEWIRE_REQUIRE_AARCH64:-0}" = 1 ]; then
     echo "aarch64 cross compiler or qemu-aarch64 missing (SPIKEWIRE_REQUIRE_AARCH64=1)" >&2
     exit 1

@@ -1,0 +1,177 @@
+/*
+ * C-level tests of the front end (csrc/frontend.c): malformed calls return a
+ * status (never crash, never touch state), block invariance, and a hash of
+ * the events of a fixed signal that tests/c/run.sh compares between x86-64
+ * and aarch64 (the front end promises bit-identical results across CPUs).
+ *
+ * Prints "fe_hash <hex>" and a final "N passed, N failed" line.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spikewire.h"
+
+static int n_pass, n_fail;
+#define CHECK(cond, ...)                                                 \
+    do {                                                                 \
+        if (cond) {                                                      \
+            n_pass++;                                                    \
+        } else {                                                         \
+            n_fail++;                                                    \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                  \
+            printf(__VA_ARGS__);                                         \
+            printf("\n");                                                \
+        }                                                                \
+    } while (0)
+
+#define C 8
+#define S 2
+#define L 2
+#define M 3
+#define K 8
+static int16_t coef[L * K];
+static float sos[S * 5 * C];
+
+static void params(sw_fe_params *p)
+{
+    int i, s, c;
+    for (i = 0; i < L * K; i++)
+        coef[i] = (int16_t)(2048 + 64 * (i % K)); /* a positive lowpass-ish kernel */
+    for (s = 0; s < S; s++)
+        for (c = 0; c < C; c++) {
+            /* a mild resonator per channel: b0 b1 b2 a1 a2 */
+            float r = 0.9f, w = 0.2f + 0.3f * (float)c;
+            sos[(s * 5 + 0) * C + c] = 0.1f;
+            sos[(s * 5 + 1) * C + c] = 0.0f;
+            sos[(s * 5 + 2) * C + c] = -0.1f;
+            sos[(s * 5 + 3) * C + c] = -2.0f * r * (1.0f - w * w / 2.0f);
+            sos[(s * 5 + 4) * C + c] = r * r;
+        }
+    memset(p, 0, sizeof *p);
+    p->n_channels = C;
+    p->n_stages = S;
+    p->step_samples = 8;
+    p->max_spikes = 4;
+    p->rs_up = L;
+    p->rs_down = M;
+    p->rs_taps = K;
+    p->rs_skip = 2;
+    p->rs_coef = coef;
+    p->sos = sos;
+    p->preemph = 0.97f;
+    p->env_alpha = 0.125f;
+    p->power_scale = 1.0f;
+    p->log2_k = 2.8853900817779268f;
+    p->floor_power = 1e-7f;
+    p->log2_floor = -23.253496664211536f;
+    p->drive_scale = 0.05f;
+    p->tiny = 1e-30f;
+}
+
+static uint64_t fnv(uint64_t h, const void *data, size_t n)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= UINT64_C(0x100000001B3);
+    }
+    return h;
+}
+
+#define NSAMP 24000
+#define MAXST 4096
+static int16_t x[NSAMP];
+static int64_t ip[MAXST + 1];
+static int32_t ch[MAXST * C * 4];
+
+/* Feed x in blocks of the given sizes (cycled); return a hash of all events
+ * (step-relative CSR rebuilt as (step, channel) pairs). */
+static uint64_t run_blocks(sw_fe *fe, const int *sizes, int n_sizes, int64_t *total_events)
+{
+    uint64_t h = UINT64_C(0xCBF29CE484222325);
+    int64_t pos = 0, step0 = 0, ns, ne, k, e;
+    int i = 0, st;
+    *total_events = 0;
+    sw_fe_reset(fe);
+    while (pos < NSAMP) {
+        int64_t n = sizes[i++ % n_sizes];
+        if (n > NSAMP - pos)
+            n = NSAMP - pos;
+        st = sw_fe_process(fe, x + pos, n, ip, MAXST, ch, (int64_t)MAXST * C * 4, &ns, &ne);
+        if (st != SW_OK) {
+            printf("process failed: %s\n", sw_strerror(st));
+            return 0;
+        }
+        for (k = 0; k < ns; k++)
+            for (e = ip[k]; e < ip[k + 1]; e++) {
+                int64_t rec[2];
+                rec[0] = step0 + k;
+                rec[1] = ch[e];
+                h = fnv(h, rec, sizeof rec);
+            }
+        step0 += ns;
+        *total_events += ne;
+        pos += n;
+    }
+    return h;
+}
+
+int main(void)
+{
+    sw_fe_params p, q;
+    sw_fe *fe = NULL;
+    uint64_t seed = 12345, h1, h2, h3;
+    int64_t ns = -1, ne = -1, ev1, ev2, ev3, steps = 0;
+    int i;
+    const int one[] = {NSAMP}, odd[] = {1, 37, 160, 7, 999}, tiny[] = {3};
+
+    for (i = 0; i < NSAMP; i++) { /* deterministic chirp + LCG noise, integer only */
+        seed = seed * UINT64_C(6364136223846793005) + 1;
+        x[i] = (int16_t)((int32_t)((seed >> 52) & 0x3FF) - 512 + ((i / 40) % 2 ? 6000 : -6000) * ((i / 2000) % 2));
+    }
+    params(&p);
+    /* malformed creation */
+    CHECK(sw_fe_create(NULL, &fe) == SW_E_NULL, "NULL params");
+    CHECK(sw_fe_create(&p, NULL) == SW_E_NULL, "NULL out");
+    q = p; q.n_channels = 0;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK && fe == NULL, "0 channels");
+    q = p; q.n_channels = SW_FE_MAX_CHANNELS + 1;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK, "too many channels");
+    q = p; q.rs_taps = 0;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK, "0 taps");
+    q = p; q.rs_coef = NULL;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK, "NULL coefficients");
+    q = p; q.sos = NULL;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK, "NULL sos");
+    q = p; q.max_spikes = 99;
+    CHECK(sw_fe_create(&q, &fe) != SW_OK, "max_spikes 99");
+
+    CHECK(sw_fe_create(&p, &fe) == SW_OK && fe, "valid create");
+    if (!fe)
+        return 1;
+    /* malformed calls leave the state untouched */
+    CHECK(sw_fe_block_steps(fe, 8000, &steps) == SW_OK && steps > 2, "block steps");
+    CHECK(sw_fe_process(fe, x, 8000, ip, steps - 1, ch, 1 << 20, &ns, &ne) == SW_E_BUFFER, "short indptr");
+    CHECK(sw_fe_process(fe, x, 8000, ip, MAXST, ch, 1, &ns, &ne) == SW_E_BUFFER, "short channels");
+    CHECK(sw_fe_process(fe, NULL, 8000, ip, MAXST, ch, 1 << 20, &ns, &ne) == SW_E_NULL, "NULL samples");
+    CHECK(sw_fe_process(fe, x, -1, ip, MAXST, ch, 1 << 20, &ns, &ne) != SW_OK, "negative n");
+    CHECK(sw_fe_process(NULL, x, 10, ip, MAXST, ch, 1 << 20, &ns, &ne) == SW_E_NULL, "NULL fe");
+    CHECK(sw_fe_counters(fe, &ns, NULL, NULL) == SW_OK && ns == 0, "nothing consumed by failed calls");
+
+    /* block invariance */
+    h1 = run_blocks(fe, one, 1, &ev1);
+    h2 = run_blocks(fe, odd, 5, &ev2);
+    h3 = run_blocks(fe, tiny, 1, &ev3);
+    CHECK(ev1 > 100, "the test signal produces events (%lld)", (long long)ev1);
+    CHECK(h1 == h2 && ev1 == ev2, "blocks 1,37,160,7,999 == one call");
+    CHECK(h1 == h3 && ev1 == ev3, "blocks of 3 == one call");
+    CHECK(sw_fe_flush(fe, ip, MAXST, ch, (int64_t)MAXST * C * 4, &ns, &ne) == SW_OK, "flush");
+    CHECK(sw_fe_destroy(fe) == SW_OK, "destroy");
+    CHECK(sw_fe_destroy(NULL) == SW_OK, "destroy NULL");
+    printf("fe_hash %016llx events %lld\n", (unsigned long long)h1, (long long)ev1);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
