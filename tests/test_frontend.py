@@ -400,7 +400,7 @@ def test_c_rejects_bad_params_and_buffers():
                             ffi.from_buffer("int64_t[]", ip), 1, ffi.from_buffer("int32_t[]", ch), 10, ns, ne)
     assert st_ == lib.SW_E_BUFFER
     assert k.block_steps(1600) == steps_before and steps_before > 1
-    assert lib.sw_fe_process(ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, ffi.NULL, 0, ns, ne) == lib.SW_E_BADCTX
+    assert lib.sw_fe_process(ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, ffi.NULL, 0, ns, ne) == lib.SW_E_NULL
     assert lib.sw_fe_process(k._fe, ffi.NULL, 5, ffi.from_buffer("int64_t[]", ip), 1,
                              ffi.NULL, 0, ns, ne) == lib.SW_E_NULL
     assert lib.sw_fe_process(k._fe, ffi.NULL, -1, ffi.NULL, 0, ffi.NULL, 0, ns, ne) == lib.SW_E_SIZE
