@@ -334,7 +334,9 @@ class SpikeBatch:
 
     ``steps`` are offsets from ``t0`` (``0 <= step < n_steps``) and ``units`` are
     unit indices (``0 <= unit < n_units``), both ``uint32`` arrays of equal
-    length, sorted by ``(step, unit)`` with no duplicates.
+    length, sorted by ``(step, unit)``.  A repeated ``(step, unit)`` record is
+    one more spike of that unit in that step (input channels can fire several
+    times per step), so counts survive the round trip.
     """
 
     t0: int
@@ -363,10 +365,10 @@ class SpikeBatch:
         return self.steps.astype(np.uint64) + np.uint64(self.t0)
 
     def to_raster(self) -> np.ndarray:
-        """Dense ``uint8`` raster of shape ``(n_steps, n_units)``, 1 where a unit spiked."""
-        raster = np.zeros((self.n_steps, self.n_units), dtype=np.uint8)
-        raster[self.steps, self.units] = 1
-        return raster
+        """Dense raster of spike counts, shape ``(n_steps, n_units)`` (uint8, saturating at 255)."""
+        counts = np.zeros((self.n_steps, self.n_units), dtype=np.int64)
+        np.add.at(counts, (self.steps.astype(np.int64), self.units.astype(np.int64)), 1)
+        return np.minimum(counts, 255).astype(np.uint8)
 
 
 def _check_uint(name: str, value: Any, bits: int, minimum: int = 0) -> int:
@@ -446,12 +448,7 @@ def encode_spike_batch(
     steps_a = steps_a.astype(np.uint64)
     units_a = units_a.astype(np.uint64)
     key = (steps_a << np.uint64(32)) | units_a
-    key.sort()
-    if key.size > 1:
-        dup = np.flatnonzero(np.diff(key) == 0)
-        if dup.size:
-            k = int(key[dup[0]])
-            raise ValueError(f"duplicate spike (step {k >> 32}, unit {k & 0xFFFFFFFF})")
+    key.sort()  # repeats are kept: each is one spike
     wide = n_steps > _NARROW_LIMIT or n_units > _NARROW_LIMIT
     records = np.empty(key.size, dtype=_WIDE if wide else _NARROW)
     records["step"] = key >> np.uint64(32)
@@ -482,7 +479,7 @@ def decode_spike_batch(data: bytes | bytearray | memoryview) -> SpikeBatch:
     PayloadError
         For anything malformed: not bytes, too short, wrong magic, unknown
         version or flags, zero width/steps, u64 overflow, length not matching the
-        record count, step or unit out of range, records unsorted or duplicated.
+        record count, step or unit out of range, records not sorted.
         No other exception escapes for any byte string.
     """
     if isinstance(data, memoryview):
@@ -525,10 +522,10 @@ def decode_spike_batch(data: bytes | bytearray | memoryview) -> SpikeBatch:
             i = int(bad[0])
             raise PayloadError(f"spike record {i}: unit {units[i]} out of range [0, n_units={n_units})")
         key = (steps.astype(np.uint64) << np.uint64(32)) | units
-        bad = np.flatnonzero(key[1:] <= key[:-1])
+        bad = np.flatnonzero(key[1:] < key[:-1])
         if bad.size:
             i = int(bad[0]) + 1
-            raise PayloadError(f"spike record {i}: not after record {i - 1} in (step, unit) order (unsorted or duplicate)")
+            raise PayloadError(f"spike record {i}: before record {i - 1} in (step, unit) order (unsorted)")
     return SpikeBatch(t0=t0, n_steps=n_steps, n_units=n_units, steps=steps, units=units,
                       population=population, version=version)
 
