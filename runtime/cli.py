@@ -71,8 +71,232 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from . import bench_core
         bench_core.run(args.json, args.runs, args.kernel)
         return 0
+    if args.what == "e2e":
+        from . import bench_e2e
+        return bench_e2e.run(args.json, args.model)
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``spikewire eval``: offline / streaming evaluation and calibration (tools/evaluate.py)."""
+    from tools import evaluate  # lazy: keeps the other subcommands light
+    from .modelfile import ModelFileError
+
+    try:
+        report = evaluate.run(args)
+    except (evaluate.EvalError, ModelFileError, FileNotFoundError, ValueError) as e:
+        log.debug("eval failed", exc_info=True)
+        print(f"spikewire eval: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, allow_nan=False) if args.json else evaluate.format_report(report))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# streaming runtime: run / demo / devices  (runtime/pipeline.py, docs/runtime.md)
+
+#: TOML keys of ``spikewire run --config FILE`` (flat, or under a [run] table) and their defaults.
+RUN_DEFAULTS: dict = {
+    "model": "kws-digits", "source": "mic", "sink": ["stdout"], "fast": False, "speed": 1.0, "rate": None,
+    "block_ms": None, "device_id": None, "broker": None, "spikes": False, "metrics_interval": 5.0,
+    "snapshot_dir": ".", "drain_timeout": 5.0, "duration": None, "log_level": None, "mqtt": {},
+}
+_RUN_TYPES: dict = {"model": str, "source": str, "sink": (str, list), "fast": bool, "speed": (int, float),
+                    "rate": int, "block_ms": (int, float), "device_id": str, "broker": str, "spikes": bool,
+                    "metrics_interval": (int, float), "snapshot_dir": str, "drain_timeout": (int, float),
+                    "duration": (int, float), "log_level": str, "mqtt": dict}
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _load_run_config(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise _UsageError(f"cannot read config {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise _UsageError(f"config {path} is not valid TOML: {e}") from None
+    doc = doc.get("run", doc) if isinstance(doc.get("run"), dict) else doc
+    if "sinks" in doc:
+        doc["sink"] = doc.pop("sinks")
+    out = {}
+    for k, v in doc.items():
+        if k not in _RUN_TYPES:
+            raise _UsageError(f"config {path}: unknown key {k!r}; known keys: {', '.join(sorted(_RUN_TYPES))}")
+        t = _RUN_TYPES[k]
+        if isinstance(v, bool) and t is not bool or not isinstance(v, t):
+            raise _UsageError(f"config {path}: {k} has the wrong type ({type(v).__name__})")
+        out[k] = [v] if k == "sink" and isinstance(v, str) else v
+    return out
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    """Defaults < TOML file < command-line flags."""
+    cfg = dict(RUN_DEFAULTS)
+    if getattr(args, "config", None):
+        cfg.update(_load_run_config(args.config))
+    for k in RUN_DEFAULTS:
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[k] = v
+    return cfg
+
+
+def _mqtt_options(opts: dict) -> dict:
+    from .mqtt import Backoff
+
+    o = dict(opts)
+    if isinstance(o.get("backoff"), dict):
+        o["backoff"] = Backoff(**o["backoff"])
+    return o
+
+
+def build_pipeline(cfg: dict, *, stream=None):
+    """A :class:`runtime.pipeline.Pipeline` from run settings (``RUN_DEFAULTS`` keys)."""
+    from .pipeline import Pipeline
+    from .sinks import parse_sink
+    from .sources import SourceOptions, parse_source
+
+    sinks_specs = cfg["sink"] or ["stdout"]
+    broker = cfg["broker"] or next((s for s in sinks_specs if s.startswith(("mqtt://", "mqtts://"))), None)
+    fast = bool(cfg["fast"])
+    block_ms = cfg["block_ms"] or (100.0 if fast else 10.0)
+    source = parse_source(cfg["source"], SourceOptions(block_ms=block_ms, fast=fast, speed=float(cfg["speed"]),
+                                                       rate=cfg["rate"], broker=broker))
+    mopts = _mqtt_options(cfg.get("mqtt") or {})
+    sinks = [parse_sink(s, device_id=cfg["device_id"] or _default_device_id(), spikes=bool(cfg["spikes"]),
+                        mqtt_options=mopts, stream=stream) for s in sinks_specs]
+    return Pipeline(cfg["model"], source, sinks, metrics_interval=float(cfg["metrics_interval"]),
+                    snapshot_dir=cfg["snapshot_dir"], drain_timeout=float(cfg["drain_timeout"]),
+                    device_id=cfg["device_id"])
+
+
+def _default_device_id() -> str:
+    import socket
+
+    return socket.gethostname().split(".")[0] or "spikewire"
+
+
+def _run_and_report(cfg: dict, prog: str) -> int:
+    import asyncio
+
+    from .mqtt import MqttSinkError
+    from .modelfile import ModelFileError
+    from .pipeline import PipelineError, run_pipeline
+    from .sinks import SinkError
+    from .sources import SourceError
+
+    async def go() -> dict:
+        pipeline = build_pipeline(cfg)
+        if cfg["duration"]:
+            asyncio.get_running_loop().call_later(float(cfg["duration"]), pipeline.request_stop)
+        return await run_pipeline(pipeline)
+
+    try:
+        final = asyncio.run(go())
+    except (SourceError, SinkError, ModelFileError, FileNotFoundError, _UsageError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (MqttSinkError, PipelineError, OSError) as e:
+        log.debug("pipeline failed", exc_info=True)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"{prog}: aborted", file=sys.stderr)
+        return 130
+    print(json.dumps({"event": "final_metrics", **final}, separators=(",", ":")), file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``spikewire run``: the streaming runtime (docs/runtime.md)."""
+    try:
+        cfg = _run_settings(args)
+    except _UsageError as e:
+        print(f"spikewire run: error: {e}", file=sys.stderr)
+        return 2
+    if cfg["log_level"] and args.log_level == "warning":
+        logging.getLogger().setLevel(getattr(logging, cfg["log_level"].upper(), logging.WARNING))
+    return _run_and_report(cfg, "spikewire run")
+
+
+def demo_recording() -> str:
+    """Path of the bundled recording of spoken digits (runtime/data/digits.wav, see its README)."""
+    from importlib import resources
+
+    return str(resources.files("runtime") / "data" / "digits.wav")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``spikewire demo``: the bundled digits recording through the whole pipeline, keywords as JSON lines."""
+    cfg = dict(RUN_DEFAULTS)
+    cfg.update(model=args.model, source=f"wav:{demo_recording()}", fast=not args.paced, spikes=args.spikes,
+               sink=["stdout"] + ([args.mqtt] if args.mqtt else []), metrics_interval=0.0 if not args.mqtt else 5.0)
+    return _run_and_report(cfg, "spikewire demo")
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """``spikewire devices``: list audio input devices (for ``--source mic:DEVICE``)."""
+    from .sources import SourceError, list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except SourceError as e:
+        print(f"spikewire devices: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(devices))
+    elif not devices:
+        print("spikewire devices: no audio input devices found (no sound card, or no audio server such as "
+              "PulseAudio running)", file=sys.stderr)
+        return 1
+    else:
+        for d in devices:
+            print(f"{'*' if d['default'] else ' '} {d['index']:3d}  {d['name']}  ({d['hostapi']}, "
+                  f"{d['channels']} ch, {d['default_rate']:g} Hz)")
+    return 0
+
+
+def add_runtime_commands(sub) -> None:
+    r = sub.add_parser("run", help="the streaming runtime: audio/spikes in, keywords/spikes/metrics out",
+                       description="Stream a source through front end, core and decision to sinks. "
+                       "Flags override the --config TOML file. See docs/runtime.md.")
+    r.add_argument("--config", metavar="TOML", help="settings file (keys as the long flags, '-' -> '_')")
+    r.add_argument("--model", help="shipped model name or .swm path (default kws-digits)")
+    r.add_argument("--source", help="mic[:DEVICE] | wav:PATH | stdin | mqtt:TOPIC (default mic)")
+    r.add_argument("--sink", action="append", help="stdout | file:PATH | mqtt://HOST/PREFIX | mqtts://... "
+                   "(repeatable; default stdout)")
+    r.add_argument("--fast", action="store_true", default=None, help="wav: as fast as possible (not paced)")
+    r.add_argument("--speed", type=float, help="wav: pace factor (2 = twice real time)")
+    r.add_argument("--rate", type=int, help="stdin: sample rate (default 16000); mic: requested rate")
+    r.add_argument("--block-ms", type=float, help="audio block length (default 10, 100 with --fast)")
+    r.add_argument("--device-id", help="MQTT device id (default: host name)")
+    r.add_argument("--broker", help="broker URL for an mqtt:TOPIC source (default: the first mqtt sink's)")
+    r.add_argument("--spikes", action="store_true", default=None, help="stdout: also print spike batch lines")
+    r.add_argument("--metrics-interval", type=float, help="seconds between metrics (default 5; 0 = off)")
+    r.add_argument("--snapshot-dir", help="where 'snapshot' writes without a path (default .)")
+    r.add_argument("--drain-timeout", type=float, help="seconds to drain on stop (default 5)")
+    r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="keyword spotting on a bundled recording of spoken digits (no mic, no broker)")
+    d.add_argument("--model", default="kws-digits")
+    d.add_argument("--mqtt", metavar="URL", help="also publish to this broker (mqtt://HOST/PREFIX)")
+    d.add_argument("--spikes", action="store_true", help="also print spike batch lines")
+    d.add_argument("--paced", action="store_true", help="play at real time instead of as fast as possible")
+    d.set_defaults(fn=cmd_demo)
+
+    v = sub.add_parser("devices", help="list audio input devices")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_devices)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +311,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_core_demo)
 
     b = sub.add_parser("bench", help="benchmarks (print JSON; never part of the tests)")
-    b.add_argument("what", choices=["core"])
+    b.add_argument("what", choices=["core", "e2e"])
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--kernel", choices=["fast", "reference"], default="fast")
+    b.add_argument("--model", help="e2e: model name or .swm path (default kws-digits)")
     b.set_defaults(fn=cmd_bench)
+
+    e = sub.add_parser("eval", help="evaluate a keyword model on labelled WAVs (offline, --stream, --calibrate)",
+                       description="Offline per-file accuracy, --stream keyword spotting on a long seeded "
+                       "recording, or --calibrate the decision rule on the train split; see docs/evaluation.md.")
+    e.add_argument("--model", required=True, help="shipped model name or path to a .swm file")
+    e.add_argument("--data", required=True, help="FSDD folder (or its recordings/) or a labelled WAV folder")
+    e.add_argument("--split", choices=["all", "train", "test"], default="all",
+                   help="FSDD index convention for {label}_{speaker}_{index}.wav: 0-4 test, 5+ train")
+    e.add_argument("--speaker", action="append", metavar="NAME", help="only this speaker (repeatable)")
+    e.add_argument("--per-speaker", action="store_true", help="offline: add per-speaker accuracy")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--plot", metavar="PNG", help="offline: confusion matrix + one file's spike raster")
+    e.add_argument("--chip", type=int, metavar="SEED", help="simulate the device mismatch of this chip seed")
+    e.add_argument("--mismatch", type=float, metavar="SPREAD",
+                   help="relative mismatch spread of threshold, leak, decay, gain (default 0.05 with --chip)")
+    e.add_argument("--stream", action="store_true", help="streaming evaluation on a concatenated recording")
+    e.add_argument("--calibrate", action="store_true",
+                   help="sweep threshold/margin/min_steps on a train-split stream, write the model to --out")
+    e.add_argument("--out", metavar="SWM", help="--calibrate: where to write the calibrated model")
+    e.add_argument("--seed", type=int, default=0, help="stream seed: order, gaps, noise")
+    e.add_argument("--repeat", type=int, default=1, help="K streams, seeds seed..seed+K-1 (more audio hours)")
+    e.add_argument("--noise", choices=["pink", "white", "none"], help="stream background noise (default pink)")
+    e.add_argument("--noise-db", help="background noise RMS in dBFS, or 'off' (default -50)")
+    e.add_argument("--gap", type=float, nargs=2, metavar=("MIN_S", "MAX_S"), help="gap range (default 0.3 2.0)")
+    e.add_argument("--tolerance", type=float, help="seconds after an utterance in which it may fire (default 0.5)")
+    e.add_argument("--block-ms", type=float, help="streaming block size in ms (default 10)")
+    e.add_argument("--max-fa-per-hour", type=float, help="--calibrate: false-alarm target (default 2)")
+    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (default 136..248 step 8)")
+    e.add_argument("--margins", help="--calibrate: comma-separated grid")
+    e.add_argument("--min-steps", help="--calibrate: comma-separated grid")
+    e.set_defaults(fn=cmd_eval)
+
+    add_runtime_commands(sub)
     return p
 
 

@@ -230,3 +230,39 @@ def mqtt_restartable_broker(tmp_path):
     broker.start()
     yield broker
     broker.stop(hard=True)
+
+
+# ---------------------------------------------------------------------------
+# Streaming runtime (tests/test_pipeline.py, tests/test_mic.py): a tiny hand-made model
+# whose two "word" units respond to low / high channels, so it fires on speech energy.
+# Used until (and besides) the trained kws-digits model.
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_WAV = REPO / "runtime" / "data" / "digits.wav"
+
+
+def make_tiny_model(name: str = "tiny-test"):
+    import numpy as np
+
+    from runtime.config import CoreConfig, fixed_params
+    from runtime.frontend import FrontEndConfig
+    from runtime.model import DecisionConfig, Model
+
+    fe = FrontEndConfig(n_channels=16)
+    cc = CoreConfig(n_in=16, n_hid=16, n_out=3, shift_in=10, shift_out=8)
+    w_in = np.zeros((16, 16), np.int8)
+    np.fill_diagonal(w_in, 40)
+    w_out = np.zeros((16, 3), np.int8)
+    w_out[:8, 0] = 30
+    w_out[8:, 1] = 30
+    return Model(name=name, vocabulary=["low", "high"], has_none_unit=True, frontend=fe, core=cc,
+                 params=fixed_params(cc), weights={"in": w_in, "rec": np.zeros((16, 16), np.int8), "out": w_out},
+                 decision=DecisionConfig(threshold=150, margin=8, min_steps=3, refractory_ms=400))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A saved tiny model (``tiny-test``, 16 in -> 16 hidden -> low/high/_none)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-test.swm"
+    make_tiny_model().save(path)
+    return path

@@ -1,0 +1,523 @@
+"""Input sources of the streaming runtime (``spikewire run --source SPEC``).
+
+=================  ==========================================================
+spec               what it produces
+=================  ==========================================================
+``mic[:DEVICE]``   audio from a sounddevice/PortAudio input (name or index)
+``wav:PATH``       a WAV file, paced at real time (``fast=True``: at once)
+``stdin``          raw PCM S16_LE mono from standard input (``rate``)
+``mqtt:TOPIC``     binary spike batches (docs/mqtt.md) fed straight to the core
+=================  ==========================================================
+
+A source is an async context manager (``__aenter__`` opens and validates, so
+a missing file or device fails before the pipeline starts) with
+``async run(emit)``: it hands :class:`AudioBlock` or :class:`SpikeBlock`
+items to the pipeline through ``emit`` and returns at the end of the stream.
+The pipeline cancels ``run`` to stop a live source.
+
+``emit`` offers two ways in (see :class:`Emitter`): ``await emit.put(item)``
+waits while the pipeline is full (back-pressure: files, stdin, nothing is
+lost), ``emit.put_nowait(item)`` never waits and drops the *oldest* queued
+item when full, counting it (live sources: microphone, MQTT).  Live audio
+callbacks run in PortAudio's thread and only do
+``loop.call_soon_threadsafe(emit.put_nowait, AudioBlock(block.copy(), ...))``.
+
+Library code: no prints; problems go to the ``runtime.sources`` logger.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .events import Events
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AudioBlock", "SpikeBlock", "Emitter", "Source", "SourceError", "WavSource", "StdinSource",
+           "MicSource", "MqttSpikeSource", "parse_source", "list_input_devices"]
+
+
+class SourceError(ValueError):
+    """A source spec or its target (file, device, broker) is unusable; the message says why."""
+
+
+@dataclass
+class AudioBlock:
+    """int16 mono samples; ``t_in`` = ``time.monotonic()`` when the block entered the runtime."""
+
+    samples: np.ndarray
+    t_in: float
+
+
+@dataclass
+class SpikeBlock:
+    """Input events for ``events.n_steps`` core steps (from the ``mqtt:`` source).
+
+    ``t0`` is the sender's absolute step (informational; the pipeline keeps its
+    own step counter, gaps are filled by the source with empty steps)."""
+
+    events: Events
+    t0: int
+    t_in: float
+
+
+class Emitter(Protocol):
+    async def put(self, item: Any) -> None: ...  # back-pressure
+
+    def put_nowait(self, item: Any) -> None: ...  # drop-oldest + count (event loop thread only)
+
+
+class Source:
+    """Base class. ``kind`` is "audio" or "spikes"; audio sources know ``rate`` after ``__aenter__``."""
+
+    kind = "audio"
+    live = False
+    rate: int | None = None
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.counters: dict[str, int] = {}
+
+    async def __aenter__(self) -> "Source":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+    async def run(self, emit: Emitter) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+def _block_samples(rate: int, block_ms: float) -> int:
+    n = int(round(rate * block_ms / 1000.0))
+    if n < 1:
+        raise SourceError(f"block of {block_ms} ms at {rate} Hz has no samples")
+    return n
+
+
+# ---------------------------------------------------------------------------
+# wav:PATH
+
+class WavSource(Source):
+    """A WAV file as a stream of blocks.
+
+    Paced (default): block *i* is emitted when ``(i+1)`` blocks of audio time
+    have passed since the start, divided by ``speed`` (``speed=2`` plays twice
+    as fast); ``fast=True`` emits as fast as the pipeline takes them.
+    Back-pressure either way: nothing is dropped.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, block_ms: float = 10.0, fast: bool = False,
+                 speed: float = 1.0, spec: str | None = None):
+        super().__init__(spec or f"wav:{path}")
+        self.path = Path(path)
+        self.block_ms = float(block_ms)
+        self.fast = bool(fast)
+        if not speed > 0:
+            raise SourceError(f"speed must be > 0, got {speed}")
+        self.speed = float(speed)
+        self._samples: np.ndarray | None = None
+        self.counters = {"blocks": 0, "samples": 0}
+
+    async def __aenter__(self) -> "WavSource":
+        from .audio import AudioFileError, read_wav_int16
+
+        if not self.path.is_file():
+            raise SourceError(f"wav source: no such file: {self.path}")
+        try:
+            self._samples, self.rate = await asyncio.to_thread(read_wav_int16, self.path)
+        except (AudioFileError, OSError) as e:
+            raise SourceError(f"wav source: cannot read {self.path}: {e}") from None
+        log.info("wav source %s: %d samples at %d Hz (%.2f s), %s", self.path, self._samples.size, self.rate,
+                 self._samples.size / self.rate, "fast" if self.fast else f"paced x{self.speed:g}")
+        return self
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self._samples is None else self._samples.size / self.rate
+
+    async def run(self, emit: Emitter) -> None:
+        x, rate = self._samples, self.rate
+        n = _block_samples(rate, self.block_ms)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, a in enumerate(range(0, x.size, n)):
+            block = x[a:a + n]
+            if not self.fast:
+                due = start + (a + block.size) / rate / self.speed
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await emit.put(AudioBlock(block.copy(), time.monotonic()))
+            self.counters["blocks"] += 1
+            self.counters["samples"] += block.size
+
+
+# ---------------------------------------------------------------------------
+# stdin
+
+class StdinSource(Source):
+    """Raw PCM S16_LE mono from a pipe (or any binary file object / fd).
+
+    A daemon thread reads (blocking ``os.read``) and hands blocks to the loop
+    with back-pressure; at EOF the stream ends (an odd trailing byte is
+    dropped and logged).  The thread is a daemon so that a stop request never
+    waits for a writer that keeps the pipe open.
+    """
+
+    def __init__(self, rate: int = 16000, *, block_ms: float = 10.0, fd: int | None = None,
+                 spec: str = "stdin"):
+        super().__init__(spec)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 384000:
+            raise SourceError(f"stdin source: --rate must be an integer in 1000..384000 Hz, got {rate!r}")
+        self.rate = rate
+        self.block_ms = float(block_ms)
+        self.fd = fd
+        self.counters = {"blocks": 0, "samples": 0, "odd_bytes": 0}
+
+    async def run(self, emit: Emitter) -> None:
+        loop = asyncio.get_running_loop()
+        fd = self.fd if self.fd is not None else sys.stdin.buffer.fileno()
+        nbytes = 2 * _block_samples(self.rate, self.block_ms)
+        done: asyncio.Future = loop.create_future()
+        stop = threading.Event()
+
+        def reader() -> None:
+            pending = b""
+            try:
+                while not stop.is_set():
+                    chunk = os.read(fd, nbytes - len(pending))
+                    if not chunk:
+                        break
+                    pending += chunk
+                    if len(pending) < nbytes:
+                        continue
+                    block = np.frombuffer(pending, "<i2").astype(np.int16)
+                    pending = b""
+                    fut = asyncio.run_coroutine_threadsafe(emit.put(AudioBlock(block, time.monotonic())), loop)
+                    fut.result()
+                    self.counters["blocks"] += 1
+                    self.counters["samples"] += block.size
+                if pending and not stop.is_set():
+                    even = len(pending) - len(pending) % 2
+                    if len(pending) % 2:
+                        self.counters["odd_bytes"] += 1
+                        log.warning("stdin source: dropped a trailing odd byte (input is not whole S16_LE samples)")
+                    if even:
+                        block = np.frombuffer(pending[:even], "<i2").astype(np.int16)
+                        asyncio.run_coroutine_threadsafe(emit.put(AudioBlock(block, time.monotonic())),
+                                                         loop).result()
+                        self.counters["samples"] += block.size
+                loop.call_soon_threadsafe(_set_result, done, None)
+            except BaseException as e:  # noqa: BLE001 - reported to the loop, never lost
+                if not stop.is_set():
+                    loop.call_soon_threadsafe(_set_exception, done, e)
+
+        t = threading.Thread(target=reader, name="spikewire-stdin", daemon=True)
+        t.start()
+        try:
+            await done
+        finally:
+            stop.set()
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+# ---------------------------------------------------------------------------
+# mic[:DEVICE]
+
+def _import_sounddevice():
+    try:
+        import sounddevice as sd
+    except ImportError as e:
+        raise SourceError("microphone input needs the 'sounddevice' package (pip install sounddevice)") from e
+    except OSError as e:  # PortAudio shared library missing
+        raise SourceError(f"microphone input needs PortAudio ({e}); on Debian/Ubuntu: "
+                          f"apt-get install libportaudio2") from e
+    return sd
+
+
+def list_input_devices() -> list[dict]:
+    """Input devices as dicts (index, name, hostapi, channels, default_rate, default).
+
+    Raises :class:`SourceError` when sounddevice or PortAudio is missing.
+    """
+    sd = _import_sounddevice()
+    try:
+        devices = sd.query_devices()
+        default_in = sd.default.device[0]
+        apis = sd.query_hostapis()
+    except Exception as e:  # PortAudio errors
+        raise SourceError(f"cannot query audio devices: {e}") from e
+    out = []
+    for d in devices:
+        if d["max_input_channels"] > 0:
+            out.append({"index": d["index"], "name": d["name"], "hostapi": apis[d["hostapi"]]["name"],
+                        "channels": d["max_input_channels"], "default_rate": d["default_samplerate"],
+                        "default": d["index"] == default_in})
+    return out
+
+
+class MicSource(Source):
+    """A sounddevice input stream (mono int16, any device rate; the front end resamples).
+
+    ``device``: None (default input), an index, or a (sub)string of the name.
+    The PortAudio callback only copies the block into the loop; when the
+    pipeline is behind, the oldest queued audio block is dropped and counted.
+    ``first_block`` is set on the first callback (tests start playback then).
+    ``capture``: a list to which every block is appended (tests, debugging).
+    """
+
+    kind = "audio"
+    live = True
+
+    def __init__(self, device: str | int | None = None, *, rate: int | None = None, block_ms: float = 10.0,
+                 spec: str | None = None, capture: list | None = None):
+        super().__init__(spec or ("mic" if device is None else f"mic:{device}"))
+        if isinstance(device, str) and device.strip().lstrip("-").isdigit():
+            device = int(device)
+        self.device = device
+        self.requested_rate = rate
+        self.block_ms = float(block_ms)
+        self.capture = capture
+        self.first_block: asyncio.Event | None = None
+        self._stream = None
+        self.counters = {"blocks": 0, "samples": 0, "status_overflow": 0, "status_other": 0}
+
+    async def __aenter__(self) -> "MicSource":
+        sd = _import_sounddevice()
+        self.first_block = asyncio.Event()
+        try:
+            info = sd.query_devices(self.device, "input")
+        except (ValueError, sd.PortAudioError) as e:
+            names = [f"{d['index']}: {d['name']}" for d in list_input_devices()]
+            raise SourceError(f"mic source: no input device {self.device!r} ({e}); input devices: "
+                              f"{'; '.join(names) or 'none (is an audio server running?)'}") from None
+        self.rate = int(self.requested_rate or round(info["default_samplerate"]))
+        self._device_index = info["index"]
+        self._device_name = info["name"]
+        log.info("mic source: device %s (%s) at %d Hz", info["index"], info["name"], self.rate)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        s, self._stream = self._stream, None
+        if s is not None:
+            try:
+                s.abort()
+                s.close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("mic close: %s", e)
+
+    async def run(self, emit: Emitter) -> None:
+        sd = _import_sounddevice()
+        loop = asyncio.get_running_loop()
+        first = self.first_block
+        cap = self.capture
+
+        def deliver(block: np.ndarray, flags: int) -> None:  # on the loop thread
+            if flags:
+                if flags & 1:
+                    self.counters["status_overflow"] += 1
+                else:
+                    self.counters["status_other"] += 1
+            self.counters["blocks"] += 1
+            self.counters["samples"] += block.size
+            if cap is not None:
+                cap.append(block)
+            first.set()
+            emit.put_nowait(AudioBlock(block, time.monotonic()))
+
+        def callback(indata, frames, t, status) -> None:  # PortAudio thread: copy and hand over only
+            flags = (1 if status.input_overflow else 0) | (2 if (status and not status.input_overflow) else 0)
+            loop.call_soon_threadsafe(deliver, indata[:, 0].copy(), flags)
+
+        try:
+            self._stream = sd.InputStream(device=self._device_index, samplerate=self.rate, channels=1,
+                                          dtype="int16", blocksize=_block_samples(self.rate, self.block_ms),
+                                          callback=callback)
+            self._stream.start()
+        except Exception as e:
+            self._close()
+            raise SourceError(f"mic source: cannot open {self._device_name!r} at {self.rate} Hz: {e}") from None
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self._close()
+
+
+# ---------------------------------------------------------------------------
+# mqtt:TOPIC
+
+class MqttSpikeSource(Source):
+    """Spike batches (docs/mqtt.md binary layout) from an MQTT topic, straight to the core.
+
+    Each valid batch becomes ``n_steps`` core steps.  Malformed payloads
+    (``PayloadError``), unit ids ``>= n_in`` and batches older than the last
+    one are counted and logged, never raised.  A forward jump in ``t0`` of at
+    most ``max_gap_steps`` is filled with empty steps; a larger one resyncs.
+    Live: drop-oldest when the pipeline is behind.
+    """
+
+    kind = "spikes"
+    live = True
+
+    def __init__(self, topic: str, url: str | None, *, n_in: int | None = None, max_gap_steps: int = 1000,
+                 spec: str | None = None):
+        super().__init__(spec or f"mqtt:{topic}")
+        if not topic or any(c in topic for c in "+#\0"):
+            raise SourceError(f"mqtt source: topic must be a non-empty topic without wildcards, got {topic!r}")
+        if url is None:
+            raise SourceError("mqtt source needs a broker: pass --broker mqtt://HOST[:PORT] "
+                              "(or an mqtt:// sink whose broker is used)")
+        from .mqtt import parse_mqtt_url
+
+        try:
+            self.url = parse_mqtt_url(url) if isinstance(url, str) else url
+        except ValueError as e:
+            raise SourceError(f"mqtt source: bad broker URL: {e}") from None
+        self.topic = topic
+        self.n_in = n_in
+        self.max_gap_steps = max_gap_steps
+        self.subscribed: asyncio.Event | None = None
+        self._next_t0: int | None = None
+        self.counters = {"batches": 0, "steps": 0, "events": 0, "malformed": 0, "bad_units": 0,
+                         "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0}
+        self._last_warn = 0.0
+
+    async def __aenter__(self) -> "MqttSpikeSource":
+        self.subscribed = asyncio.Event()
+        return self
+
+    def _warn(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last_warn > 1.0:  # at most one warning per second; the counters have the rest
+            self._last_warn = now
+            log.warning("mqtt source %s: " + msg, self.topic, *args)
+
+    def handle_payload(self, payload: bytes) -> SpikeBlock | None:
+        """Validate one payload; returns the block to feed or None (counted)."""
+        from .mqtt import PayloadError, decode_spike_batch
+
+        try:
+            b = decode_spike_batch(payload)
+        except PayloadError as e:
+            self.counters["malformed"] += 1
+            self._warn("malformed spike batch dropped (%s)", e)
+            return None
+        if self.n_in is not None and b.units.size and int(b.units.max()) >= self.n_in:
+            self.counters["bad_units"] += 1
+            self._warn("spike batch dropped: unit %d >= the core's n_in=%d", int(b.units.max()), self.n_in)
+            return None
+        gap = 0
+        if self._next_t0 is not None:
+            if b.t0 < self._next_t0:
+                self.counters["late"] += 1
+                self._warn("spike batch at t0=%d dropped: older than the next expected step %d", b.t0,
+                           self._next_t0)
+                return None
+            gap = b.t0 - self._next_t0
+            if gap > self.max_gap_steps:
+                self.counters["resyncs"] += 1
+                log.info("mqtt source %s: jump of %d steps; resynchronised", self.topic, gap)
+                gap = 0
+        self._next_t0 = b.t0 + b.n_steps
+        T = gap + b.n_steps
+        counts = np.bincount(b.steps.astype(np.int64) + gap, minlength=T)
+        indptr = np.zeros(T + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        self.counters["batches"] += 1
+        self.counters["steps"] += T
+        self.counters["gap_steps"] += gap
+        self.counters["events"] += int(b.units.size)
+        return SpikeBlock(Events(indptr, b.units.astype(np.int32)), b.t0 - gap, time.monotonic())
+
+    async def run(self, emit: Emitter) -> None:
+        import aiomqtt
+
+        from .mqtt import Backoff
+
+        backoff = Backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with aiomqtt.Client(self.url.host, self.url.port, username=self.url.username,
+                                          password=self.url.password, tls_context=self.url.ssl_context(),
+                                          tls_insecure=True if self.url.insecure else None,
+                                          timeout=5, keepalive=15) as client:
+                    await client.subscribe(self.topic, qos=0)
+                    log.info("mqtt source: subscribed to %s on %s", self.topic, self.url)
+                    if attempt > 1:
+                        self.counters["reconnects"] += 1
+                    attempt = 0
+                    self.subscribed.set()
+                    async for msg in client.messages:
+                        blk = self.handle_payload(bytes(msg.payload))
+                        if blk is not None:
+                            emit.put_nowait(blk)
+            except aiomqtt.MqttError as e:
+                self.subscribed.clear()
+                delay = backoff.delay(max(attempt, 1))
+                log.warning("mqtt source %s: connection to %s failed or lost (%s); retrying in %.2f s",
+                            self.topic, self.url, e, delay)
+                await asyncio.sleep(delay)
+
+
+# ---------------------------------------------------------------------------
+# spec parsing
+
+SOURCE_SPECS = "mic[:DEVICE], wav:PATH, stdin, mqtt:TOPIC"
+
+
+@dataclass
+class SourceOptions:
+    block_ms: float = 10.0
+    fast: bool = False
+    speed: float = 1.0
+    rate: int | None = None  # stdin rate (default 16000) / requested mic rate
+    broker: str | None = None  # for mqtt:TOPIC
+    extra: dict = field(default_factory=dict)
+
+
+def parse_source(spec: str, options: SourceOptions | None = None) -> Source:
+    """A :class:`Source` for ``spec``; :class:`SourceError` names the problem and the valid forms."""
+    o = options or SourceOptions()
+    if not isinstance(spec, str) or not spec:
+        raise SourceError(f"empty source spec; expected one of {SOURCE_SPECS}")
+    kind, _, arg = spec.partition(":")
+    if kind == "mic":
+        return MicSource(arg or None, rate=o.rate, block_ms=o.block_ms, spec=spec)
+    if kind == "wav":
+        if not arg:
+            raise SourceError("wav source needs a path: wav:PATH")
+        return WavSource(arg, block_ms=o.block_ms, fast=o.fast, speed=o.speed, spec=spec)
+    if kind == "stdin" and not arg:
+        return StdinSource(o.rate or 16000, block_ms=o.block_ms, spec=spec)
+    if kind == "mqtt":
+        if not arg or arg.startswith("//"):
+            raise SourceError("mqtt source needs a topic: mqtt:TOPIC (the broker comes from --broker)")
+        return MqttSpikeSource(arg, o.broker, spec=spec)
+    raise SourceError(f"unknown source {spec!r}; expected one of {SOURCE_SPECS}")
