@@ -7,8 +7,10 @@ Streaming rule (``Decider``), applied per time step t to the CADC vector c(t):
   "no keyword" unit);
 * the step is *evidence for* ``best`` when ``c_best >= threshold`` and
   ``c_best - other >= margin``;
-* a keyword fires when the same word has been evidenced for ``min_steps``
-  consecutive steps and the last keyword is more than ``refractory_ms`` ago.
+* a keyword fires (once per run) at the first step where the same word has been
+  evidenced for at least ``min_steps`` consecutive steps and the last keyword
+  is more than ``refractory_ms`` ago (a run that matures inside the refractory
+  window fires as soon as the window ends, if its evidence lasts).
   ``t_start`` is the first step of that run, ``t_end`` the step it fired at
   (so ``t_end - t_start`` is the decision latency past the onset of evidence);
   ``score`` is ``c_best / 255`` at firing.
@@ -61,6 +63,7 @@ class Decider:
         self._run_word = -1
         self._run_start = 0
         self._run_len = 0
+        self._run_fired = False
         self._last_fire = None  # step of the last keyword
         self._next_step = 0
 
@@ -98,11 +101,12 @@ class Decider:
             w = int(best[i])
             step = t0 + i
             if w != self._run_word:
-                self._run_word, self._run_start, self._run_len = w, step, 0
+                self._run_word, self._run_start, self._run_len, self._run_fired = w, step, 0, False
             self._run_len += 1
-            if self._run_len == cfg.min_steps:
+            if self._run_len >= cfg.min_steps and not self._run_fired:
                 if self._last_fire is None or step - self._last_fire > self._refr_steps:
                     self._last_fire = step
+                    self._run_fired = True
                     out.append(Keyword(self.vocabulary[w], float(c_best[i]) / 255.0,
                                        self._run_start * self.step_s, step * self.step_s, step))
         return out

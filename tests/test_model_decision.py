@@ -119,6 +119,16 @@ def test_decider_fires_after_min_steps_with_margin_and_refractory():
     assert ev[0].score == pytest.approx(200 / 255)
 
 
+def test_decider_run_maturing_in_refractory_fires_when_it_ends():
+    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=100)
+    c = np.zeros((1000, 4), np.uint8)
+    c[0:5, 0] = 200      # "yes" fires at step 2
+    c[50:900, 1] = 200   # "no": long evidence starting inside the refractory window
+    ev = Decider(WORDS, True, cfg).update(c, 0)
+    assert [(k.word, k.step) for k in ev] == [("yes", 2), ("no", 103)]  # once, right after 2 + 100
+    assert ev[1].t_start == pytest.approx(0.050)
+
+
 def test_decider_is_block_invariant():
     rng = np.random.default_rng(0)
     c = (rng.random((2000, 4)) * 255).astype(np.uint8)
