@@ -1,0 +1,104 @@
+"""tools/train.py on a tiny synthetic task (two tone "words"), no /work/shared needed."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runtime.audio import write_wav  # noqa: E402
+from runtime.decision import classify  # noqa: E402
+from runtime.events import Events  # noqa: E402
+from runtime.model import load  # noqa: E402
+from tools import train as T  # noqa: E402
+
+VOCAB = ["low", "high"]
+
+
+@pytest.fixture(scope="module")
+def tone_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    rate = 8000
+    for label, f0 in (("low", 300.0), ("high", 1800.0)):
+        for i in range(12):  # index 0..4 test, 5.. train
+            n = int(rate * rng.uniform(0.15, 0.25))
+            t = np.arange(n) / rate
+            env = np.sin(np.pi * t / t[-1])
+            x = 0.3 * env * np.sin(2 * np.pi * f0 * rng.uniform(0.95, 1.05) * t)
+            write_wav(root / f"{label}_synth_{i}.wav", x.astype(np.float32), rate)
+    return root
+
+
+def _cfg(tmp_path, tone_folder, out="run", **kw) -> T.TrainConfig:
+    base = dict(data="", out=str(tmp_path / out), wavs=[str(tone_folder)], cache=str(tmp_path.parent / "cache"),
+                seed=3, epochs=4, float_epochs=2, batch_size=8, lr=0.3, n_hid=16, variants=2, max_steps=500,
+                pre_ms=(0, 100), post_ms=(50, 100), n_noise=4, espeak_per_word=0, threads=2)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def test_tiny_training_lowers_the_loss(tmp_path, tone_folder):
+    cfg = _cfg(tmp_path, tone_folder, epochs=5, float_epochs=3)
+    res = T.train(cfg, vocabulary=VOCAB)
+    h = res["history"]
+    assert [r["mode"] for r in h] == ["float"] * 3 + ["fixed"] * 2
+    assert h[-1]["loss"] < h[0]["loss"]
+    assert all(np.isfinite(r["loss"]) for r in h)
+
+
+def test_resume_equals_uninterrupted(tmp_path, tone_folder):
+    cfg = _cfg(tmp_path, tone_folder, out="a", epochs=3, float_epochs=1)
+    full = T.train(cfg, vocabulary=VOCAB)["net"]
+    cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"))
+    T.train(cfg_b, vocabulary=VOCAB, stop_after=2)  # interrupted after 2 of 3 epochs
+    resumed = T.train(cfg_b, vocabulary=VOCAB, resume=True)
+    assert len(resumed["history"]) == 3
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed["net"].state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_export_round_trip_and_core_agrees(tmp_path, tone_folder):
+    cfg = _cfg(tmp_path, tone_folder, epochs=2, float_epochs=1)
+    res = T.train(cfg, vocabulary=VOCAB)
+    path = tmp_path / "m" / "tones.swm"
+    model = T.export_model(res, cfg, path, name="tones")
+    m = load(path)
+    assert m.vocabulary == VOCAB and m.has_none_unit and m.core.n_out == 3
+    assert m.core.preset == "bss2"
+    for k in ("in", "rec", "out"):
+        np.testing.assert_array_equal(m.weights[k], model.weights[k])
+        np.testing.assert_array_equal(m.weights[k], res["net"].int_weights()[k])
+    assert np.all(np.diag(m.weights["rec"]) == 0)
+    # bit-exact: the torch fixed forward and the C core give the same CADC maxima
+    assert m.metrics["torch_core_codes_identical"] is True
+    assert m.metrics["gap_points"] == 0
+    assert m.training["config"]["seed"] == 3 and "git_commit" in m.training
+    sample = res["data"].clean(res["data"].test)[0]
+    core = m.make_core()
+    r = core.run(Events(sample.indptr, sample.channels))
+    assert r.cadc.shape == (sample.n_steps, 3)
+    classify(r.cadc, 2, True, m.decision)
+
+
+def test_augmentation_context_and_noise_are_deterministic(tmp_path):
+    cfg = T.TrainConfig()
+    x = np.ones(800, np.float32) * 0.1
+    a = T.in_context(x, 8000, np.random.default_rng(1), cfg)
+    b = T.in_context(x, 8000, np.random.default_rng(1), cfg)
+    np.testing.assert_array_equal(a, b)
+    assert 800 + 80 <= a.shape[0] <= 800 * 10 ** (6 / 20) + 8000  # context added around the word
+    for color in ("white", "pink", "brown"):
+        n = T._noise(np.random.default_rng(0), 4000, color)
+        assert abs(np.sqrt(np.mean(n ** 2)) - 1) < 1e-6
+
+
+def test_batches_bucket_by_length():
+    s = [T.Sample(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), 0) for n in range(1, 641)]
+    bl = T.batches(s, 10, np.random.default_rng(0))
+    assert sorted(np.concatenate(bl).tolist()) == list(range(640))
+    spread = [np.ptp([s[i].n_steps for i in b]) for b in bl]
+    assert np.mean(spread) < 150  # sorted within chunks of 8 batches (unbucketed: about 520)
+    assert T.batches(s, 10, np.random.default_rng(0))[0].tolist() == bl[0].tolist()  # seeded
