@@ -43,30 +43,12 @@ def _recording() -> str:
     return str(resources.files("runtime") / "data" / "digits.wav")
 
 
-def _fallback_model_path(tmp: Path) -> tuple[str, str]:
-    """kws-digits if it is installed, else a tiny hand-made energy model (noted in the output)."""
-    from .model import DecisionConfig, Model, load
-    from .config import CoreConfig, fixed_params
-    from .frontend import FrontEndConfig
+def _model_path(ref: str | None) -> tuple[str, str]:
+    """The model to benchmark (default: the shipped kws-digits) and its name."""
+    from .model import load
 
-    try:
-        m = load("kws-digits")
-        return "kws-digits", m.name
-    except (OSError, ValueError):
-        pass
-    fe = FrontEndConfig(n_channels=16)
-    cc = CoreConfig(n_in=16, n_hid=16, n_out=3, shift_in=10, shift_out=8)
-    w_in = np.zeros((16, 16), np.int8)
-    np.fill_diagonal(w_in, 40)
-    w_out = np.zeros((16, 3), np.int8)
-    w_out[:8, 0] = 30
-    w_out[8:, 1] = 30
-    m = Model(name="tiny-energy", vocabulary=["low", "high"], has_none_unit=True, frontend=fe, core=cc,
-              params=fixed_params(cc), weights={"in": w_in, "rec": np.zeros((16, 16), np.int8), "out": w_out},
-              decision=DecisionConfig(threshold=150, margin=8, min_steps=3, refractory_ms=400))
-    p = tmp / "tiny-energy.swm"
-    m.save(p)
-    return str(p), m.name + " (kws-digits not available)"
+    ref = ref or "kws-digits"
+    return ref, load(ref).name
 
 
 def _free_port() -> int:
@@ -171,11 +153,7 @@ def run(json_path: str | None = None, model: str | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        if model is None:
-            model, label = _fallback_model_path(tmp)
-        else:
-            label = model
-        out["model"] = label
+        model, out["model"] = _model_path(model)
         broker, port = _start_mosquitto(tmp)
         try:
             wav = _recording()
