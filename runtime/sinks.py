@@ -136,15 +136,31 @@ class StdoutSink(Sink):
         self.stream = stream
         self.wants_spikes = bool(spikes)
         self._lines = 0
+        self._closed_by_reader = False
+        self._unwritten = 0
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str) -> int:
+        """Write; returns the number of lines written (0 once the reader has gone)."""
+        if self._closed_by_reader:  # the reader left (e.g. `| head`): count, do not retry
+            self._unwritten += text.count("\n")
+            return 0
         s = self.stream or sys.stdout
-        s.write(text)
-        s.flush()
+        try:
+            s.write(text)
+            s.flush()
+            return text.count("\n")
+        except BrokenPipeError:
+            self._closed_by_reader = True
+            self._unwritten += text.count("\n")
+            log.info("stdout closed by its reader; further lines are counted as unwritten")
+            try:  # keep the interpreter's final flush from raising again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), s.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            return 0
 
     async def _emit(self, doc: dict) -> None:
-        await asyncio.to_thread(self._write, json.dumps(doc, separators=(", ", ": ")) + "\n")
-        self._lines += 1
+        self._lines += await asyncio.to_thread(self._write, json.dumps(doc, separators=(", ", ": ")) + "\n")
 
     async def keyword(self, item: KeywordItem) -> None:
         await self._emit(item.event)
@@ -156,11 +172,10 @@ class StdoutSink(Sink):
                            separators=(",", ":")) + "\n"
                 + json.dumps({"spikes": "hidden", "t0": item.t0, "n_steps": item.n_steps,
                               "steps": hs.tolist(), "units": hu.tolist()}, separators=(",", ":")) + "\n")
-        await asyncio.to_thread(self._write, text)
-        self._lines += 2
+        self._lines += await asyncio.to_thread(self._write, text)
 
     def counters(self) -> dict:
-        return {"lines": self._lines}
+        return {"lines": self._lines, "unwritten_lines": self._unwritten}
 
 
 # ---------------------------------------------------------------------------

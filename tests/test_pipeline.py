@@ -483,3 +483,18 @@ def test_mqtt_spike_source_validates_and_feeds_the_core(tiny_model_path, mqtt_br
     np.testing.assert_array_equal(got.indptr, ev.indptr)
     np.testing.assert_array_equal(got.channels, ev.channels)
     np.testing.assert_array_equal(rec.hidden_raster(), model.make_core().run(ev).spikes)
+
+
+def test_stdout_sink_counts_lines_after_the_reader_left():
+    import io
+
+    from runtime.sinks import StdoutSink
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    sink = StdoutSink(Gone())
+    assert sink._write('{"a": 1}\n') == 0
+    assert sink._write('{"b": 2}\n{"c": 3}\n') == 0
+    assert sink.counters() == {"lines": 0, "unwritten_lines": 3}
