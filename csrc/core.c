@@ -67,11 +67,6 @@ static const char *g_create_error = "";
 /* arithmetic helpers: one per trick, each says how it rounds          */
 
 /* floor(x / 2^s) for any sign (arithmetic shift, spelled portably). */
-static inline int64_t floor_shr64(int64_t x, int s)
-{
-    return x >= 0 ? (x >> s) : ~((~x) >> s);
-}
-
 static inline int32_t floor_shr32(int32_t x, int s)
 {
     return x >= 0 ? (x >> s) : ~((~x) >> s);
@@ -491,46 +486,6 @@ static void accumulate_ref(sw_core *c, const int32_t *ch, int64_t n_ev)
     }
 }
 
-/* Synaptic accumulation: optimised.  Rows are added into 16-bit partial
- * sums in chunks small enough that they cannot overflow (127 rows of at
- * most 63 < 2^13), which lets the compiler use wide 16-bit SIMD adds,
- * then folded into the 32-bit accumulators.  Same integer result. */
-#define SW_CHUNK 127
-#define SW_TILE 512
-static void add_rows_fast(int32_t *acc, const int8_t *w, const int32_t *rows,
-                          int64_t n_rows, int32_t nh)
-{
-    int16_t part[SW_TILE];
-    int32_t j0, j, len;
-    int64_t r0, r, rend;
-    for (j0 = 0; j0 < nh; j0 += SW_TILE) {
-        len = nh - j0 < SW_TILE ? nh - j0 : SW_TILE;
-        for (r0 = 0; r0 < n_rows; r0 += SW_CHUNK) {
-            rend = r0 + SW_CHUNK < n_rows ? r0 + SW_CHUNK : n_rows;
-            for (j = 0; j < len; j++)
-                part[j] = 0;
-            for (r = r0; r < rend; r++) {
-                const int8_t *row = w + (int64_t)rows[r] * nh + j0;
-                for (j = 0; j < len; j++)
-                    part[j] = (int16_t)(part[j] + row[j]);
-            }
-            for (j = 0; j < len; j++)
-                acc[j0 + j] += part[j];
-        }
-    }
-}
-
-static void accumulate_fast(sw_core *c, const int32_t *ch, int64_t n_ev)
-{
-    const int32_t nh = c->cfg.n_hid;
-    memset(c->acc_in, 0, (size_t)nh * sizeof(int32_t));
-    memset(c->acc_rec, 0, (size_t)nh * sizeof(int32_t));
-    if (n_ev > 0)
-        add_rows_fast(c->acc_in, c->w_in, ch, n_ev, nh);
-    if (c->n_z > 0)
-        add_rows_fast(c->acc_rec, c->w_rec, c->zidx, c->n_z, nh);
-}
-
 /* Neuron update of the hidden population; returns the number of spikes
  * and writes their indices to zidx. */
 static int32_t update_hidden(sw_core *c, uint8_t *hs, int16_t *hv)
@@ -850,8 +805,8 @@ int sw_core_run(sw_core *c, int32_t T, const int64_t *indptr,
             accumulate_ref(c, ch, n);
             c->n_z = update_hidden(c, hs, hv);
         } else {
-            if (!step_fast(c, ch, n, hs, hv)) {
-                accumulate_fast(c, ch, n);
+            if (!step_fast(c, ch, n, hs, hv)) { /* > SW_ROWS16 rows this step */
+                accumulate_ref(c, ch, n);
                 c->n_z = update_hidden(c, hs, hv);
             }
         }

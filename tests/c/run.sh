@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=tests/c/build
 mkdir -p "$out"
-FLAGS=(-std=c99 -O2 -g -Wall -Wextra -Werror -fsigned-char -ffp-contract=off -fwrapv -Icsrc)
+FLAGS=(-std=c99 -O2 -g -Wall -Wextra -Werror -fsigned-char -ffp-contract=off -fwrapv -Icsrc -Itests/c)
 SRC=(tests/c/test_core.c csrc/core.c)
 FE_SRC=(tests/c/test_frontend.c csrc/frontend.c csrc/core.c)
 GOLD=tests/golden/core_v1.txt

@@ -1,7 +1,7 @@
 /*
  * C-level tests of the spikewire core: golden vectors and malformed calls.
  *
- *   cc -std=c99 -fsigned-char -ffp-contract=off -fwrapv -Icsrc \
+ *   cc -std=c99 -fsigned-char -ffp-contract=off -fwrapv -Icsrc -Itests/c \
  *      tests/c/test_core.c csrc/core.c -o test_core
  *   ./test_core tests/golden/core_v1.txt
  *
@@ -15,20 +15,9 @@
 #include <string.h>
 
 #include "spikewire.h"
+#include "check.h"
 
-static int n_pass, n_fail;
-
-#define CHECK(cond, ...)                          \
-    do {                                          \
-        if (cond) {                               \
-            n_pass++;                             \
-        } else {                                  \
-            n_fail++;                             \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            printf(__VA_ARGS__);                  \
-            printf("\n");                         \
-        }                                         \
-    } while (0)
+SW_CHECK_COUNTERS;
 
 /* ---- FNV-1a 64 ---------------------------------------------------------- */
 static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)

@@ -12,19 +12,9 @@
 #include <string.h>
 
 #include "spikewire.h"
+#include "check.h"
 
-static int n_pass, n_fail;
-#define CHECK(cond, ...)                                                 \
-    do {                                                                 \
-        if (cond) {                                                      \
-            n_pass++;                                                    \
-        } else {                                                         \
-            n_fail++;                                                    \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                  \
-            printf(__VA_ARGS__);                                         \
-            printf("\n");                                                \
-        }                                                                \
-    } while (0)
+SW_CHECK_COUNTERS;
 
 #define C 8
 #define S 2
