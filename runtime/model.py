@@ -84,6 +84,9 @@ class Model:
             raise ValueError(f"core has {self.core.n_out} readout units, vocabulary needs {n_units}")
         if self.core.n_in != self.frontend.n_channels:
             raise ValueError(f"core has n_in={self.core.n_in}, front end has {self.frontend.n_channels} channels")
+        if abs(self.core.dt_ms - self.frontend.step_ms) > 1e-9:
+            raise ValueError(f"core dt_ms={self.core.dt_ms} differs from the front end's step_ms="
+                             f"{self.frontend.step_ms}: the time constants would be wrong")
         shapes = {"in": (self.core.n_in, self.core.n_hid), "rec": (self.core.n_hid, self.core.n_hid),
                   "out": (self.core.n_hid, self.core.n_out)}
         for k, shape in shapes.items():
@@ -114,6 +117,13 @@ class Model:
         for k, w in self.weights.items():
             core.set_weights(k, w)
         return core
+
+    def decider(self, config: "DecisionConfig | None" = None):
+        """A streaming :class:`~runtime.decision.Decider` for this model's labels and time step
+        (``config`` overrides the model's decision rule)."""
+        from .decision import Decider
+
+        return Decider(self.vocabulary, self.has_none_unit, config or self.decision, step_ms=self.frontend.step_ms)
 
     # -- files ------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

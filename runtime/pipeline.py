@@ -360,7 +360,7 @@ class Pipeline:
         if self.source.kind == "audio":  # a spike source's n_in follows the bundle when it is adopted
             fe = FrontEnd(model.frontend, self.source.rate)
         core = model.make_core()
-        dec = Decider(model.vocabulary, model.has_none_unit, model.decision, step_ms=model.frontend.step_ms)
+        dec = model.decider()
         self._generation += 1
         return Bundle(model, fe, core, dec, self._generation, ref)
 

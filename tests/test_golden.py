@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.config import CoreConfig, FixedPopulation, PopulationConfig
+from runtime.config import CoreConfig, FixedPopulation
 from runtime.core import Core, Events
 from runtime.reference import ReferenceCore
 

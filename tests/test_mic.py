@@ -22,7 +22,6 @@ import pytest
 
 from conftest import DIGITS_WAV, make_tiny_model
 from runtime.audio import read_wav_int16
-from runtime.decision import Decider
 from runtime.frontend import encode
 from runtime.pipeline import Pipeline
 from runtime.sinks import StdoutSink
@@ -135,12 +134,12 @@ def test_virtual_mic_reports_the_played_audio(virtual_mic, model):
     # the runtime reports the keywords the model gives offline for what the mic heard
     got = [json.loads(line) for line in out.getvalue().splitlines()]
     cadc = model.make_core().run(encode(heard, RATE, model.frontend)).cadc
-    want = [k.to_dict() for k in Decider(model.vocabulary, model.has_none_unit, model.decision).update(cadc, 0)]
+    want = [k.to_dict() for k in model.decider().update(cadc, 0)]
     assert [{k: g[k] for k in ("word", "score", "t_start", "t_end")} for g in got] == want
     assert len(want) >= 5
     # and the words match those of the file itself (times shifted by the lead-in)
     file_cadc = model.make_core().run(ev_file).cadc
-    file_words = [k.word for k in Decider(model.vocabulary, model.has_none_unit, model.decision).update(file_cadc, 0)]
+    file_words = [k.word for k in model.decider().update(file_cadc, 0)]
     assert [g["word"] for g in got] == file_words
 
 

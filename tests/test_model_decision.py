@@ -57,6 +57,8 @@ def test_model_validation():
         tiny_model(weights=bad)
     with pytest.raises(ValueError, match="n_in=16"):
         tiny_model(frontend=FrontEndConfig(n_channels=32))
+    with pytest.raises(ValueError, match="dt_ms"):  # time constants would mean something else
+        tiny_model(frontend=FrontEndConfig(n_channels=16, step_ms=4.0))
     with pytest.raises(ValueError, match="threshold"):
         DecisionConfig(threshold=300)
 

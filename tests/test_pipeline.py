@@ -20,7 +20,6 @@ import pytest
 
 from conftest import DIGITS_WAV, REPO, make_tiny_model
 from runtime.audio import read_wav_int16
-from runtime.decision import Decider
 from runtime.frontend import encode
 from runtime.model import Model
 from runtime.pipeline import Pipeline
@@ -37,7 +36,7 @@ def offline(model: Model, samples: np.ndarray, rate: int):
     """(events, core output, keyword dicts) of the whole recording in one go."""
     ev = encode(samples, rate, model.frontend)
     out = model.make_core().run(ev)
-    kws = Decider(model.vocabulary, model.has_none_unit, model.decision).update(out.cadc, 0)
+    kws = model.decider().update(out.cadc, 0)
     return ev, out, [k.to_dict() for k in kws]
 
 

@@ -34,7 +34,7 @@ def tone_folder(tmp_path_factory):
 
 def _cfg(tmp_path, tone_folder, out="run", **kw) -> T.TrainConfig:
     base = dict(data="", out=str(tmp_path / out), wavs=[str(tone_folder)], cache=str(tmp_path.parent / "cache"),
-                seed=3, epochs=4, float_epochs=2, batch_size=8, lr=0.3, n_hid=16, variants=2, max_steps=500,
+                seed=3, epochs=4, float_epochs=2, batch_size=8, lr=0.3, n_hid=16, variants=2, max_ms=500.0,
                 pre_ms=(0, 100), post_ms=(50, 100), n_noise=4, espeak_per_word=0, threads=2)
     base.update(kw)
     return T.TrainConfig(**base)
@@ -81,6 +81,27 @@ def test_export_round_trip_and_core_agrees(tmp_path, tone_folder):
     r = core.run(Events(sample.indptr, sample.channels))
     assert r.cadc.shape == (sample.n_steps, 3)
     classify(r.cadc, 2, True, m.decision)
+
+
+def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, tone_folder):
+    cfg = _cfg(tmp_path, tone_folder, epochs=2, float_epochs=1, step_ms=4.0,
+               tau_mem_range_ms=(10.0, 200.0), tau_syn_range_ms=(5.0, 40.0))
+    res = T.train(cfg, vocabulary=VOCAB)
+    assert res["fe"].step_ms == 4.0 and res["core"].dt_ms == 4.0
+    hid, _ = res["net"].params
+    assert len(set(hid.gain_mem.tolist())) > 8 and len(set(hid.decay_syn.tolist())) > 8
+    # tau in [10, 200] ms at 4 ms steps: gain_mem = (1 - exp(-4/tau)) * 2^15
+    assert T.gain_q15(200.0, 4.0) <= hid.gain_mem.min() and hid.gain_mem.max() <= T.gain_q15(10.0, 4.0)
+    again, _ = T.neuron_params(cfg, res["core"])  # seeded: the same draw after a resume
+    np.testing.assert_array_equal(again.gain_mem, hid.gain_mem)
+    m = T.export_model(res, cfg, tmp_path / "m" / "het.swm", name="het")
+    back = load(tmp_path / "m" / "het.swm")
+    np.testing.assert_array_equal(back.params[0].gain_mem, hid.gain_mem)
+    np.testing.assert_array_equal(back.params[0].decay_syn, hid.decay_syn)
+    assert back.frontend.step_ms == 4.0 and back.core.dt_ms == 4.0
+    assert m.metrics["torch_core_codes_identical"] is True  # the core runs the same per-neuron params
+    with pytest.raises(ValueError, match="range"):
+        T.neuron_params(dataclasses.replace(cfg, tau_mem_range_ms=(50.0, 10.0)), res["core"])
 
 
 def test_augmentation_context_and_noise_are_deterministic(tmp_path):

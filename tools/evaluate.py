@@ -363,8 +363,7 @@ def run_stream(model: Model, stream: Stream, block_ms: float = BLOCK_MS, chip: O
     (state carried over, never reset). Returns the keywords and the CADC codes [T x n_units]."""
     fe = FrontEnd(model.frontend, stream.rate)
     core = model.make_core(chip)
-    dec = Decider(model.vocabulary, model.has_none_unit, decision or model.decision,
-                  step_ms=model.frontend.step_ms)
+    dec = model.decider(decision)
     block = max(1, int(round(stream.rate * block_ms / 1000.0)))
     keywords: list[Keyword] = []
     cadc = []

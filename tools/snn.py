@@ -31,7 +31,6 @@ Weights are kept in *integer units* (1.0 = one step of the 6-bit grid), so
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -166,6 +165,8 @@ class SNN(nn.Module):
         self.w_out = nn.Parameter(w_out)
         self.register_buffer("rec_mask", (1.0 - torch.eye(c.n_hid, dtype=torch.float64)) if no_autapses
                              else torch.ones(c.n_hid, c.n_hid, dtype=torch.float64))
+        # per-neuron integer parameters used when forward() gets none (None: the config's ideal chip)
+        self.params: tuple[FixedPopulation, FixedPopulation] | None = None
         self.clamp_weights_()
 
     # -- weights ---------------------------------------------------------------
@@ -202,7 +203,9 @@ class SNN(nn.Module):
     # -- parameters of the neurons --------------------------------------------
     def neuron_params(self, chip: Chip | None = None,
                       params: tuple[FixedPopulation, FixedPopulation] | None = None):
-        """Integer per-neuron params as tensors: the ideal chip, a mismatch chip, or explicit ones."""
+        """Integer per-neuron params as tensors: the ideal chip, a mismatch chip, or explicit ones
+        (``params``, else ``self.params`` when set; a chip then deviates from those)."""
+        params = params if params is not None else self.params
         if params is None:
             params = fixed_params(self.config, chip)
         elif chip is not None:

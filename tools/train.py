@@ -50,10 +50,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from runtime.audio import read_wav, write_wav
-from runtime.config import CoreConfig, PopulationConfig, fixed_params, Chip
+from runtime.config import Chip, CoreConfig, FixedPopulation, PopulationConfig, decay_q15, fixed_params, gain_q15
 from runtime.events import Events
 from runtime.frontend import FrontEndConfig, encode
-from runtime.model import DecisionConfig, Model, NONE_LABEL
+from runtime.model import DecisionConfig, Model
 from tools.datasets import DIGIT_WORDS, SpikeCache, Utterance, default_cache_root, fsdd, wav_folder
 
 log = logging.getLogger("tools.train")
@@ -80,6 +80,8 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     wavs: list = field(default_factory=list)
+    # leave-speakers-out: train without these FSDD speakers, test on all their recordings
+    exclude_speakers: list = field(default_factory=list)
     cache: str = ""
     seed: int = 0
     epochs: int = 46
@@ -90,7 +92,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     n_hid: int = 128
     variants: int = 4
-    max_steps: int = 1300  # crop longer samples
+    step_ms: float = 1.0  # front-end step = core time step
+    max_ms: float = 1300.0  # crop longer samples
     pre_ms: tuple = (0, 300)
     post_ms: tuple = (100, 300)
     noise_prob: float = 0.7  # share of word samples whose context is noise (else silence)
@@ -118,6 +121,9 @@ class TrainConfig:
     # core parameters
     tau_syn_ms: float = 10.0
     tau_mem_ms: float = 20.0
+    # heterogeneous hidden time constants: (lo, hi) ms, log-uniform per neuron (empty: all equal)
+    tau_syn_range_ms: tuple = ()
+    tau_mem_range_ms: tuple = ()
     out_tau_syn_ms: float = 10.0
     out_tau_mem_ms: float = 100.0
     t_ref_steps: int = 2
@@ -126,7 +132,7 @@ class TrainConfig:
     shift_out: int = 6
 
     def core_config(self, n_in: int, n_out: int, cadc_base: int = -8192, cadc_shift: int = 6) -> CoreConfig:
-        return CoreConfig(n_in=n_in, n_hid=self.n_hid, n_out=n_out, preset="bss2",
+        return CoreConfig(n_in=n_in, n_hid=self.n_hid, n_out=n_out, preset="bss2", dt_ms=self.step_ms,
                           hidden=PopulationConfig(tau_syn_ms=self.tau_syn_ms, tau_mem_ms=self.tau_mem_ms),
                           readout=PopulationConfig(tau_syn_ms=self.out_tau_syn_ms, tau_mem_ms=self.out_tau_mem_ms),
                           shift_in=self.shift_in, shift_rec=self.shift_rec, shift_out=self.shift_out,
@@ -283,13 +289,20 @@ class Data:
 
     def __init__(self, cfg: TrainConfig, fe: FrontEndConfig, vocabulary: Sequence[str]):
         self.cfg, self.fe = cfg, fe
+        if abs(fe.step_ms - cfg.step_ms) > 1e-9:
+            raise ValueError(f"front end step_ms={fe.step_ms} differs from the training step_ms={cfg.step_ms}")
+        self.max_steps = int(round(cfg.max_ms / cfg.step_ms))
         self.vocab = list(vocabulary)
         self.none = len(self.vocab)
         self.cache_root = Path(cfg.cache) if cfg.cache else default_cache_root()
         self.spikes = SpikeCache(self.cache_root)
         self.fe_hash = fe.config_hash()[:32]
-        train = fsdd(cfg.data, "train") if cfg.data else []
-        self.test = fsdd(cfg.data, "test") if cfg.data else []
+        if cfg.data and cfg.exclude_speakers:
+            train = fsdd(cfg.data, "all", exclude_speakers=cfg.exclude_speakers)
+            self.test = fsdd(cfg.data, "all", speakers=cfg.exclude_speakers)
+        else:
+            train = fsdd(cfg.data, "train") if cfg.data else []
+            self.test = fsdd(cfg.data, "test") if cfg.data else []
         for folder in cfg.wavs:
             u = wav_folder(folder, self.vocab)
             train += [x for x in u if x.split != "test"]
@@ -316,7 +329,7 @@ class Data:
     def _key(self, what: str, variant: int, files: Sequence[Path]) -> str:
         h = hashlib.sha256()
         aug = {k: v for k, v in self.cfg.to_dict().items()
-               if k in ("seed", "max_steps", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "n_noise",
+               if k in ("seed", "max_ms", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "n_noise",
                         "espeak_per_word")}
         h.update(json.dumps([what, variant, self.fe.to_json(), aug, self.vocab], sort_keys=True).encode())
         for p in files:
@@ -335,14 +348,14 @@ class Data:
             for u in self.train_utts:
                 x, r = read_wav(u.path)
                 y = in_context(x, r, rng, self.cfg)
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.cfg.max_steps), self.label_of(u)))
+                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.label_of(u)))
             for _, p in self.espeak:
                 x, r = read_wav(p)
                 y = in_context(x, r, rng, self.cfg)
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.cfg.max_steps), self.none))
+                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.none))
             for _ in range(self.cfg.n_noise):
                 y = noise_segment(rng)
-                out.append(Sample(*_encode_audio(y, 8000, self.fe, self.cfg.max_steps), self.none))
+                out.append(Sample(*_encode_audio(y, 8000, self.fe, self.max_steps), self.none))
             log.info("encoded training variant %d: %d samples in %.1f s", variant, len(out), time.time() - t0)
             return out
 
@@ -360,14 +373,14 @@ class Data:
             for _, p in clips:
                 x, r = read_wav(p)
                 out.append(Sample(*_encode_audio(in_context(x, r, rng, self.cfg, noise_prob=0.0), r, self.fe,
-                                                 self.cfg.max_steps), self.none))
+                                                 self.max_steps), self.none))
             return out
 
         return _cached_bundle(path, build)
 
     def noise_eval(self, n: int = 100) -> list[Sample]:
         rng = np.random.default_rng([self.cfg.seed, 98])
-        return [Sample(*_encode_audio(noise_segment(rng), 8000, self.fe, self.cfg.max_steps), self.none)
+        return [Sample(*_encode_audio(noise_segment(rng), 8000, self.fe, self.max_steps), self.none)
                 for _ in range(n)]
 
 
@@ -419,11 +432,31 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def neuron_params(cfg: TrainConfig, core: CoreConfig) -> tuple[FixedPopulation, FixedPopulation]:
+    """Integer per-neuron parameters: the config's, with per-neuron hidden time constants drawn
+    log-uniformly from ``tau_*_range_ms`` when given (seeded; they ship in the model file)."""
+    hid, out = fixed_params(core)
+    rng = np.random.default_rng([cfg.seed, 7])
+    repl = {}
+    for key, rang, conv in (("decay_syn", cfg.tau_syn_range_ms, decay_q15),
+                            ("gain_mem", cfg.tau_mem_range_ms, gain_q15)):
+        if rang:
+            lo, hi = (float(v) for v in rang)
+            if not 0 < lo <= hi:
+                raise ValueError(f"time-constant range must be 0 < lo <= hi, got {rang!r}")
+            taus = np.exp(rng.uniform(math.log(lo), math.log(hi), core.n_hid))
+            repl[key] = np.array([conv(float(t), core.dt_ms) for t in taus], np.int32)
+    return (dataclasses.replace(hid, **repl) if repl else hid), out
+
+
 def build_net(cfg: TrainConfig, core: CoreConfig, mode: str):
     from tools.snn import SNN
 
-    return SNN(core, mode=mode, surrogate=cfg.surrogate, beta=cfg.beta, init_scale=tuple(cfg.init_scale),
-               init_mean_in=cfg.init_mean_in, seed=cfg.seed)
+    net = SNN(core, mode=mode, surrogate=cfg.surrogate, beta=cfg.beta, init_scale=tuple(cfg.init_scale),
+              init_mean_in=cfg.init_mean_in, seed=cfg.seed)
+    if cfg.tau_syn_range_ms or cfg.tau_mem_range_ms:
+        net.params = neuron_params(cfg, core)
+    return net
 
 
 def set_mode(net, mode: str) -> None:
@@ -491,7 +524,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
 
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # decaying float currents would otherwise crawl through denormals
-    fe = fe or FrontEndConfig()
+    fe = fe or FrontEndConfig(step_ms=cfg.step_ms)
     data = data or Data(cfg, fe, vocabulary)
     n_out = len(vocabulary) + 1
     core = cfg.core_config(fe.n_channels, n_out)
@@ -635,7 +668,7 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     core_cfg = dataclasses.replace(result["core"], cadc_base=base, cadc_shift=shift)
     decision = DecisionConfig(threshold=thr, margin=8, min_steps=3, refractory_ms=400)
     model = Model(name=name, vocabulary=list(data.vocab), has_none_unit=True, frontend=fe, core=core_cfg,
-                  params=fixed_params(core_cfg), weights=net.int_weights(), decision=decision)
+                  params=net.params or fixed_params(core_cfg), weights=net.int_weights(), decision=decision)
     metrics: dict = {}
     test = data.clean(data.test)
     labels = np.array([s.label for s in test])
@@ -646,6 +679,8 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     core_pred = np.array([(-1 if p is None else p) for p in
                           (classify(np.asarray(c, np.uint8)[None, :], n_words, True, decision)[0] for c in codes)])
     metrics["fsdd_test_n"] = int(len(test))
+    metrics["test_set"] = (f"all recordings of held-out speakers {sorted(cfg.exclude_speakers)}"
+                           if cfg.exclude_speakers else "FSDD test split (recording index 0-4)")
     metrics["torch_fixed_test_acc_argmax"] = float((sc_te.argmax(1) == labels).mean())
     metrics["torch_fixed_test_acc"] = float((torch_pred == labels).mean())
     metrics["core_test_acc"] = float((core_pred == labels).mean())
@@ -701,6 +736,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--tau", type=float, nargs=4, metavar=("SYN", "MEM", "OUT_SYN", "OUT_MEM"),
                    default=[TrainConfig.tau_syn_ms, TrainConfig.tau_mem_ms, TrainConfig.out_tau_syn_ms,
                             TrainConfig.out_tau_mem_ms], help="time constants (ms) of hidden and readout")
+    p.add_argument("--exclude-speaker", action="append", default=[], metavar="NAME",
+                   help="leave this FSDD speaker out of training and test on all of its recordings (repeatable)")
+    p.add_argument("--step-ms", type=float, default=TrainConfig.step_ms, help="time step of front end and core")
+    p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--model", default="", help="model file to write (default OUT/NAME.swm)")
@@ -710,6 +749,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
     cfg = TrainConfig(data=a.data, out=str(out), wavs=a.wavs, cache=a.cache, seed=a.seed, epochs=a.epochs,
+                      exclude_speakers=a.exclude_speaker, step_ms=a.step_ms, n_hid=a.n_hid,
                       float_epochs=a.float_epochs, batch_size=a.batch_size, lr=a.lr, surrogate=a.surrogate,
                       readout=a.readout, threads=a.threads, rec_lr_scale=a.rec_lr_scale,
                       tau_syn_ms=a.tau[0], tau_mem_ms=a.tau[1], out_tau_syn_ms=a.tau[2], out_tau_mem_ms=a.tau[3],
