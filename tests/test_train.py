@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -102,6 +103,31 @@ def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, 
     assert m.metrics["torch_core_codes_identical"] is True  # the core runs the same per-neuron params
     with pytest.raises(ValueError, match="range"):
         T.neuron_params(dataclasses.replace(cfg, tau_mem_range_ms=(50.0, 10.0)), res["core"])
+
+
+def test_leave_one_speaker_out_trains_without_each_speaker(tmp_path):
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for spk, shift in (("ann", 1.0), ("bob", 1.3)):
+        for digit, f0 in ((0, 300.0), (1, 1500.0)):
+            for i in range(6):
+                t = np.arange(int(8000 * rng.uniform(0.15, 0.25))) / 8000
+                x = 0.3 * np.sin(np.pi * t / t[-1]) * np.sin(2 * np.pi * f0 * shift * t)
+                write_wav(rec / f"{digit}_{spk}_{i}.wav", x.astype(np.float32), 8000)
+    cfg = T.TrainConfig(data=str(tmp_path / "fsdd"), out=str(tmp_path / "loso"), cache=str(tmp_path / "cache"),
+                        seed=1, epochs=2, float_epochs=1, batch_size=8, n_hid=16, variants=1, max_ms=500.0,
+                        pre_ms=(0, 50), post_ms=(50, 50), n_noise=2, espeak_per_word=0, threads=2, step_ms=4.0)
+    summary = T.leave_one_speaker_out(cfg, "tones")
+    assert sorted(summary["per_speaker"]) == ["ann", "bob"]
+    for spk, r in summary["per_speaker"].items():
+        assert r["fsdd_test_n"] == 12  # every recording of the held-out speaker, both splits
+        m = load(r["model"])
+        assert m.training["config"]["exclude_speakers"] == [spk]
+        assert m.metrics["test_set"].startswith("all recordings of held-out speakers")
+    on_disk = json.loads((tmp_path / "loso" / "loso.json").read_text())
+    assert on_disk["per_speaker"]["ann"]["core_test_acc"] == summary["per_speaker"]["ann"]["core_test_acc"]
+    assert summary["min_core_acc"] == min(r["core_test_acc"] for r in summary["per_speaker"].values())
 
 
 def test_augmentation_context_and_noise_are_deterministic(tmp_path):

@@ -715,6 +715,33 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     return model
 
 
+def leave_one_speaker_out(cfg: TrainConfig, name: str = "kws-digits") -> dict:
+    """Train one model per FSDD speaker with that speaker left out (``OUT/loso-SPEAKER``), measure
+    it on the C core on every recording of the held-out speaker, write ``OUT/loso.json``.
+    Each run resumes from its checkpoint, so an interrupted sweep continues where it stopped."""
+    out = Path(cfg.out)
+    speakers = sorted({u.speaker for u in fsdd(cfg.data, "all") if u.speaker})
+    per = {}
+    for spk in speakers:
+        c = dataclasses.replace(cfg, out=str(out / f"loso-{spk}"), exclude_speakers=[spk])
+        path = Path(c.out) / f"{name}-without-{spk}.swm"
+        t0 = time.time()
+        res = train(c, resume=True)
+        m = export_model(res, c, path, name).metrics
+        per[spk] = {k: m.get(k) for k in ("core_test_acc", "torch_fixed_test_acc", "gap_points", "fsdd_test_n",
+                                           "core_test_rejected", "false_accept_unknown_words",
+                                           "false_accept_noise")}
+        per[spk]["model"] = str(path)
+        per[spk]["wall_s"] = round(time.time() - t0, 1)
+        log.info("held-out %s: core accuracy %.4f on %d recordings", spk, m["core_test_acc"], m["fsdd_test_n"])
+    accs = {s: v["core_test_acc"] for s, v in per.items()}
+    summary = {"per_speaker": per, "mean_core_acc": float(np.mean(list(accs.values()))),
+               "min_core_acc": min(accs.values()), "worst_speaker": min(accs, key=accs.get),
+               "config": cfg.to_dict()}
+    (out / "loso.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 # ---------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -738,6 +765,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             TrainConfig.out_tau_mem_ms], help="time constants (ms) of hidden and readout")
     p.add_argument("--exclude-speaker", action="append", default=[], metavar="NAME",
                    help="leave this FSDD speaker out of training and test on all of its recordings (repeatable)")
+    p.add_argument("--leave-one-speaker-out", action="store_true",
+                   help="train one model per FSDD speaker without that speaker (OUT/loso-NAME/), test each on "
+                        "all recordings of its held-out speaker, summarise in OUT/loso.json; resumable")
+    p.add_argument("--tau-syn-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="per-neuron hidden synaptic time constants, log-uniform in LO..HI ms")
+    p.add_argument("--tau-mem-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="per-neuron hidden membrane time constants, log-uniform in LO..HI ms")
     p.add_argument("--step-ms", type=float, default=TrainConfig.step_ms, help="time step of front end and core")
     p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--resume", action="store_true")
@@ -754,6 +788,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       readout=a.readout, threads=a.threads, rec_lr_scale=a.rec_lr_scale,
                       tau_syn_ms=a.tau[0], tau_mem_ms=a.tau[1], out_tau_syn_ms=a.tau[2], out_tau_mem_ms=a.tau[3],
                       mismatch=a.mismatch > 0, mismatch_spread=a.mismatch or TrainConfig.mismatch_spread)
+    if a.tau_syn_range is not None:
+        cfg.tau_syn_range_ms = tuple(a.tau_syn_range)
+    if a.tau_mem_range is not None:
+        cfg.tau_mem_range_ms = tuple(a.tau_mem_range)
+    if a.leave_one_speaker_out:
+        summary = leave_one_speaker_out(cfg, a.name)
+        log.info("leave-one-speaker-out: %s", json.dumps(summary, indent=1))
+        return 0
     t0 = time.time()
     res = train(cfg, resume=a.resume)
     path = Path(a.model) if a.model else out / f"{a.name}.swm"
