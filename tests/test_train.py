@@ -86,9 +86,11 @@ def test_export_round_trip_and_core_agrees(tmp_path, tone_folder):
 
 def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, tone_folder):
     cfg = _cfg(tmp_path, tone_folder, epochs=2, float_epochs=1, step_ms=4.0,
+               frontend={"max_rate_hz": 400.0, "max_spikes_per_step": 8},
                tau_mem_range_ms=(10.0, 200.0), tau_syn_range_ms=(5.0, 40.0))
     res = T.train(cfg, vocabulary=VOCAB)
     assert res["fe"].step_ms == 4.0 and res["core"].dt_ms == 4.0
+    assert res["fe"].max_rate_hz == 400.0 and res["fe"].max_spikes_per_step == 8
     hid, _ = res["net"].params
     assert len(set(hid.gain_mem.tolist())) > 8 and len(set(hid.decay_syn.tolist())) > 8
     # tau in [10, 200] ms at 4 ms steps: gain_mem = (1 - exp(-4/tau)) * 2^15
@@ -99,7 +101,7 @@ def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, 
     back = load(tmp_path / "m" / "het.swm")
     np.testing.assert_array_equal(back.params[0].gain_mem, hid.gain_mem)
     np.testing.assert_array_equal(back.params[0].decay_syn, hid.decay_syn)
-    assert back.frontend.step_ms == 4.0 and back.core.dt_ms == 4.0
+    assert back.frontend == res["fe"] and back.core.dt_ms == 4.0
     assert m.metrics["torch_core_codes_identical"] is True  # the core runs the same per-neuron params
     with pytest.raises(ValueError, match="range"):
         T.neuron_params(dataclasses.replace(cfg, tau_mem_range_ms=(50.0, 10.0)), res["core"])

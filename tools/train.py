@@ -93,6 +93,8 @@ class TrainConfig:
     n_hid: int = 128
     variants: int = 4
     step_ms: float = 1.0  # front-end step = core time step
+    # front-end settings other than step_ms (FrontEndConfig field -> value; the rest are its defaults)
+    frontend: dict = field(default_factory=dict)
     max_ms: float = 1300.0  # crop longer samples
     pre_ms: tuple = (0, 300)
     post_ms: tuple = (100, 300)
@@ -432,6 +434,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def frontend_config(cfg: TrainConfig) -> FrontEndConfig:
+    """The front end a model trained with ``cfg`` listens through."""
+    return FrontEndConfig(**{**cfg.frontend, "step_ms": cfg.step_ms})
+
+
 def neuron_params(cfg: TrainConfig, core: CoreConfig) -> tuple[FixedPopulation, FixedPopulation]:
     """Integer per-neuron parameters: the config's, with per-neuron hidden time constants drawn
     log-uniformly from ``tau_*_range_ms`` when given (seeded; they ship in the model file)."""
@@ -524,7 +531,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
 
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # decaying float currents would otherwise crawl through denormals
-    fe = fe or FrontEndConfig(step_ms=cfg.step_ms)
+    fe = fe or frontend_config(cfg)
     data = data or Data(cfg, fe, vocabulary)
     n_out = len(vocabulary) + 1
     core = cfg.core_config(fe.n_channels, n_out)
