@@ -290,6 +290,9 @@ def test_calibrate_writes_model_and_refuses_test(clean, tmp_path):
     new, rep = ev.calibrate(m, train, seed=0, grid=grid)
     assert rep["before"]["hit_rate"] == 0.0 and rep["chosen"]["hit_rate"] == 1.0 and rep["met_target"]
     assert new.decision.threshold in (150, 180) and new.decision.refractory_ms == m.decision.refractory_ms
+    # the sweep scores the real stream duration (a dropped-audio stream once gave None = "no false alarms")
+    assert rep["chosen"]["false_alarms_per_hour"] == 0.0
+    assert rep["data"]["audio_hours"] > 0
     assert rep["offline_after"]["accuracy"] == 1.0 and rep["offline_before"]["accuracy"] == 0.0
     new.save(tmp_path / "c.swm")
     back = Model.load(tmp_path / "c.swm")

@@ -65,7 +65,7 @@ MISMATCH = 0.05  # default relative spread with --chip
 DEFAULT_GRID = {
     "threshold": list(range(136, 249, 8)),
     "margin": [0, 4, 8, 16, 24, 32, 48],
-    "min_steps": [1, 2, 3, 5, 8, 12, 20, 30],
+    "min_steps": [1, 2, 3, 5, 8, 12, 20, 30, 40, 50, 65],
 }
 
 PathLike = Union[str, Path]
@@ -287,10 +287,11 @@ class Stream:
     segments: list  # [Segment], in time order
     seed: int
     noise: dict
+    length_s: Optional[float] = None  # set when ``samples`` was dropped after the run
 
     @property
     def duration_s(self) -> float:
-        return len(self.samples) / self.rate
+        return self.length_s if self.length_s is not None else len(self.samples) / self.rate
 
 
 def make_noise(n: int, kind: str, level_db: Optional[float], rng: np.random.Generator) -> np.ndarray:
@@ -511,9 +512,8 @@ def evaluate_stream(model: Model, utterances: Sequence[Utterance], seed: int = 0
         runs.append(sc)
         fa = _assign(kws, sorted(s.segments, key=lambda g: g.start_s), tolerance_s)[1]
         false_alarms += [dict(k.to_dict(), seed=seed + r) for k in fa]
-        if keep_cadc:
-            s.samples = np.zeros(0, np.float32)  # the audio is not needed any more
-            kept.append((cadc, s))
+        if keep_cadc:  # the audio is not needed any more, its duration is
+            kept.append((cadc, dataclasses.replace(s, samples=np.zeros(0, np.float32), length_s=s.duration_s)))
         log.info("stream %d/%d: %.1f min, hit %.3f, %d false alarms", r + 1, repeat, s.duration_s / 60,
                  sc["hit_rate"] or 0.0, sc["n_false_alarms"])
     out = _public(merge_scores(runs))
