@@ -139,6 +139,20 @@ def test_augmentation_context_and_noise_are_deterministic(tmp_path):
     b = T.in_context(x, 8000, np.random.default_rng(1), cfg)
     np.testing.assert_array_equal(a, b)
     assert 800 + 80 <= a.shape[0] <= 800 * 10 ** (6 / 20) + 8000  # context added around the word
+    # speed perturbation: a tone keeps its shape but gets shorter/longer and higher/lower
+    sp = dataclasses.replace(cfg, speed=(0.8, 1.25), pre_ms=(0, 0), post_ms=(0, 0), noise_prob=0.0, gain_db=(0, 0))
+    tone = np.sin(2 * np.pi * 500 * np.arange(8000) / 8000).astype(np.float32)
+    lens = set()
+    for seed in range(6):
+        y = T.in_context(tone, 8000, np.random.default_rng(seed), sp)
+        f = 8000 / y.shape[0]  # the speed factor drawn
+        assert 0.8 - 1e-3 <= f <= 1.25 + 1e-3
+        zc = np.count_nonzero(np.diff(np.signbit(y)))  # zero crossings: 2 per period, all periods kept
+        assert zc == pytest.approx(999, abs=2)
+        assert zc / (y.shape[0] / 8000) == pytest.approx(1000 * f, rel=0.01)  # pitch up by f
+        lens.add(y.shape[0])
+        np.testing.assert_array_equal(y, T.in_context(tone, 8000, np.random.default_rng(seed), sp))
+    assert len(lens) == 6
     for color in ("white", "pink", "brown"):
         n = T._noise(np.random.default_rng(0), 4000, color)
         assert abs(np.sqrt(np.mean(n ** 2)) - 1) < 1e-6

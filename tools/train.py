@@ -101,6 +101,7 @@ class TrainConfig:
     noise_prob: float = 0.7  # share of word samples whose context is noise (else silence)
     snr_db: tuple = (15.0, 40.0)
     gain_db: tuple = (-6.0, 6.0)
+    speed: tuple = (1.0, 1.0)  # speed perturbation (tempo and pitch) factor range; (1, 1): off
     n_noise: int = 150  # background noise segments per variant
     espeak_per_word: int = 5  # clips per background word (voices/speeds/pitches)
     surrogate: str = "superspike"
@@ -177,7 +178,12 @@ def _trim(x: np.ndarray, rel: float = 0.02) -> np.ndarray:
 
 def in_context(x: np.ndarray, rate: int, rng: np.random.Generator, cfg: TrainConfig,
                noise_prob: Optional[float] = None, snr_db: Optional[tuple] = None) -> np.ndarray:
-    """The utterance with random gain inside random background context (float32 audio)."""
+    """The utterance, sped up or slowed down by a random factor in ``cfg.speed``, with random gain
+    inside random background context (float32 audio)."""
+    lo_s, hi_s = cfg.speed
+    if (lo_s, hi_s) != (1.0, 1.0) and x.size > 1:
+        f = rng.uniform(lo_s, hi_s)  # > 1: faster (shorter, higher)
+        x = np.interp(np.arange(0.0, x.size - 1, f), np.arange(x.size), x.astype(np.float64))
     gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
     pre = int(rng.uniform(*cfg.pre_ms) * rate / 1000)
     post = int(rng.uniform(*cfg.post_ms) * rate / 1000)
@@ -331,7 +337,7 @@ class Data:
     def _key(self, what: str, variant: int, files: Sequence[Path]) -> str:
         h = hashlib.sha256()
         aug = {k: v for k, v in self.cfg.to_dict().items()
-               if k in ("seed", "max_ms", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "n_noise",
+               if k in ("seed", "max_ms", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "speed", "n_noise",
                         "espeak_per_word")}
         h.update(json.dumps([what, variant, self.fe.to_json(), aug, self.vocab], sort_keys=True).encode())
         for p in files:
