@@ -117,6 +117,7 @@ class TrainConfig:
     mismatch: bool = False  # fresh random chip per batch
     mismatch_spread: float = 0.05
     grad_clip: float = 10.0
+    input_dropout: float = 0.0  # training only: each input event is dropped with this probability
     rec_lr_scale: float = 0.0  # learning-rate factor of W_rec (0: keep the initial recurrent weights)
     init_scale: tuple = (15.0, 4.0, 6.0)
     init_mean_in: float = 6.0
@@ -573,6 +574,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
             variants = {v: data.train_variant(v)}  # keep one in memory
         train_set = variants[v]
         rng = np.random.default_rng([cfg.seed, epoch])
+        thin = torch.Generator().manual_seed(int(rng.integers(2**62))) if cfg.input_dropout > 0 else None
         bl = batches(train_set, cfg.batch_size, rng)
         if max_batches:
             bl = bl[:max_batches]
@@ -580,6 +582,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
         net.train()
         for bi, idx in enumerate(bl):
             x, lens, y = dense_batch(train_set, idx, core.n_in)
+            if thin is not None:  # binomial thinning of the event counts
+                x = torch.binomial(x, torch.full_like(x, 1.0 - cfg.input_dropout), generator=thin)
             chip = None
             if cfg.mismatch:
                 s = cfg.mismatch_spread
