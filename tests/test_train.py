@@ -52,8 +52,12 @@ def test_tiny_training_lowers_the_loss(tmp_path, tone_folder):
 
 def test_resume_equals_uninterrupted(tmp_path, tone_folder):
     # input thinning draws from a per-epoch seeded generator, so it resumes exactly too
-    cfg = _cfg(tmp_path, tone_folder, out="a", epochs=3, float_epochs=1, input_dropout=0.2)
+    # and the weight average (ema) is checkpointed and becomes the result
+    cfg = _cfg(tmp_path, tone_folder, out="a", epochs=3, float_epochs=1, input_dropout=0.2, ema=0.9)
     full = T.train(cfg, vocabulary=VOCAB)["net"]
+    st = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert torch.equal(full.w_in.detach(), st["ema"]["w_in"])
+    assert not torch.equal(full.w_in.detach(), st["net"]["w_in"])  # raw weights keep training
     cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"))
     T.train(cfg_b, vocabulary=VOCAB, stop_after=2)  # interrupted after 2 of 3 epochs
     resumed = T.train(cfg_b, vocabulary=VOCAB, resume=True)

@@ -32,6 +32,7 @@ Pipeline
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -118,6 +119,8 @@ class TrainConfig:
     mismatch_spread: float = 0.05
     grad_clip: float = 10.0
     input_dropout: float = 0.0  # training only: each input event is dropped with this probability
+    ema: float = 0.0  # per-step decay of an exponential moving average of the weights (0: off);
+    # the average is what is evaluated each epoch and what is exported
     rec_lr_scale: float = 0.0  # learning-rate factor of W_rec (0: keep the initial recurrent weights)
     init_scale: tuple = (15.0, 4.0, 6.0)
     init_mean_in: float = 6.0
@@ -521,6 +524,26 @@ def evaluate_torch(net, samples: list[Sample], cfg: TrainConfig, batch_size: int
     return scores, n_spk / max(n_steps, 1) / net.config.n_hid
 
 
+@contextlib.contextmanager
+def _weights(net, ema: Optional[dict]):
+    """Temporarily run ``net`` with the averaged weights ``ema`` (no-op when None)."""
+    import torch
+
+    if ema is None:
+        yield
+        return
+    saved = {k: p.detach().clone() for k, p in net.named_parameters()}
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(ema[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_(saved[k])
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     f = cfg.lr_min_frac + (1 - cfg.lr_min_frac) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
     return cfg.lr * f
@@ -551,11 +574,13 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
               {"params": [net.w_rec], "scale": cfg.rec_lr_scale}]
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history, step = 0, [], 0
+    ema = None  # {name: tensor} moving average of the weights (cfg.ema > 0)
     if resume and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         start, history, step = st["epoch"] + 1, st["history"], st["step"]
+        ema = st.get("ema")
         log.info("resumed from %s after epoch %d", ckpt, st["epoch"])
     test = data.clean(data.test) if data.test else []
     variants = {}
@@ -598,6 +623,13 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
             opt.step()
             net.clamp_weights_()
             step += 1
+            if cfg.ema > 0:
+                with torch.no_grad():
+                    if ema is None:
+                        ema = {k: p.detach().clone() for k, p in net.named_parameters()}
+                    else:
+                        for k, p in net.named_parameters():
+                            ema[k].mul_(cfg.ema).add_(p.detach(), alpha=1.0 - cfg.ema)
             for k, val in m.items():
                 agg[k] = agg.get(k, 0.0) + val * len(idx)
             if sys.stderr.isatty():
@@ -608,7 +640,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
         rec = {k: v_ / n for k, v_ in agg.items()}
         rec.update(epoch=epoch, mode=net.mode, lr=_lr_at(cfg, step, total), time_s=time.time() - t0)
         if test:
-            sc, rate = evaluate_torch(net, test, cfg)
+            with _weights(net, ema):
+                sc, rate = evaluate_torch(net, test, cfg)
             rec["test_acc"] = float((sc.argmax(1) == np.array([s.label for s in test])).mean())
             rec["test_rate"] = rate
         history.append(rec)
@@ -617,8 +650,12 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
                  f"{rec['test_acc']:.4f}" if "test_acc" in rec else "-", rec["time_s"])
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history,
-                    "step": step, "config": cfg.to_dict()}, tmp)
+                    "step": step, "config": cfg.to_dict(), "ema": ema}, tmp)
         os.replace(tmp, ckpt)
+    if ema is not None:  # the averaged weights are the result
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_(ema[k])
     set_mode(net, "fixed")
     return {"net": net, "data": data, "history": history, "core": core, "fe": fe}
 
