@@ -593,7 +593,12 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     for epoch in range(start, end):
         t0 = time.time()
-        set_mode(net, mode_of_epoch(cfg, epoch))
+        mode = mode_of_epoch(cfg, epoch)
+        if ema is not None and mode == "fixed" and (epoch == 0 or mode_of_epoch(cfg, epoch - 1) == "float"):
+            with torch.no_grad():  # fine-tune on the integer arithmetic from the averaged float weights
+                for k, p in net.named_parameters():
+                    p.copy_(ema[k])
+        set_mode(net, mode)
         v = epoch % cfg.variants
         if v not in variants:
             variants = {v: data.train_variant(v)}  # keep one in memory
