@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tolerance", type=float, help="seconds after an utterance in which it may fire (default 0.5)")
     e.add_argument("--block-ms", type=float, help="streaming block size in ms (default 10)")
     e.add_argument("--max-fa-per-hour", type=float, help="--calibrate: false-alarm target (default 2)")
-    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (default 136..248 step 8)")
+    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (default 16..248 step 8)")
     e.add_argument("--margins", help="--calibrate: comma-separated grid")
     e.add_argument("--min-steps", help="--calibrate: comma-separated grid")
     e.set_defaults(fn=cmd_eval)

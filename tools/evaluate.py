@@ -63,7 +63,7 @@ BLOCK_MS = 10.0
 MAX_FA_PER_HOUR = 2.0
 MISMATCH = 0.05  # default relative spread with --chip
 DEFAULT_GRID = {
-    "threshold": list(range(136, 249, 8)),
+    "threshold": list(range(16, 249, 8)),
     "margin": [0, 4, 8, 16, 24, 32, 48],
     "min_steps": [1, 2, 3, 5, 8, 12, 20, 30, 40, 50, 65],
 }
@@ -553,18 +553,19 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
 
 
 def choose_operating_point(rows: Sequence[dict], max_fa_per_hour: float = MAX_FA_PER_HOUR) -> tuple[dict, bool]:
-    """The row with the highest hit rate among those with at most ``max_fa_per_hour``;
-    ties: fewer wrong words, fewer false alarms, fewer min_steps (latency), then
-    higher threshold and margin (more conservative).  If no row meets the
-    target, the row with the fewest false alarms (then highest hit rate).
+    """Among the rows with at most ``max_fa_per_hour``, the one with the most *net* hits
+    (hit rate minus wrong-word rate: a wrong word is as bad for a user as a missed one is
+    good); ties: higher hit rate, fewer false alarms, fewer min_steps (latency), then
+    higher threshold and margin (more conservative).  If no row meets the target, the
+    row with the fewest false alarms (then highest hit rate).
     Returns ``(row, met_target)``."""
     if not rows:
         raise EvalError("empty calibration grid")
     z = lambda v: 0.0 if v is None else v  # noqa: E731
     ok = [r for r in rows if z(r["false_alarms_per_hour"]) <= max_fa_per_hour]
     if ok:
-        best = min(ok, key=lambda r: (-z(r["hit_rate"]), z(r["wrong_word_rate"]), z(r["false_alarms_per_hour"]),
-                                      r["min_steps"], -r["threshold"], -r["margin"]))
+        best = min(ok, key=lambda r: (z(r["wrong_word_rate"]) - z(r["hit_rate"]), -z(r["hit_rate"]),
+                                      z(r["false_alarms_per_hour"]), r["min_steps"], -r["threshold"], -r["margin"]))
         return best, True
     best = min(rows, key=lambda r: (z(r["false_alarms_per_hour"]), -z(r["hit_rate"]), z(r["wrong_word_rate"])))
     return best, False
