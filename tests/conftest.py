@@ -239,6 +239,25 @@ def mqtt_restartable_broker(tmp_path):
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_WAV = REPO / "runtime" / "data" / "digits.wav"
+# what is said in it, in order (runtime/data/README.md)
+DIGITS_WAV_WORDS = ["seven", "two", "nine", "zero", "four", "one", "eight", "three", "six", "five"]
+DIGITS_WAV_SPANS_S = [(0.300, 0.732), (1.332, 1.900), (2.500, 2.979), (3.579, 4.132), (4.732, 5.082),
+                      (5.682, 6.162), (6.762, 7.271), (7.871, 8.479), (9.079, 9.294), (9.894, 10.284)]
+
+
+def assert_heard_the_digits(got: list[dict], t_offset: float = 0.0) -> None:
+    """Every keyword is the digit being spoken when it fired (or within 0.5 s after), no digit twice,
+    and at least 9 of the 10 digits are heard: the model's streaming hit rate is 90 % (MODEL_CARD.md),
+    so one miss is expected now and then, a wrong word is not."""
+    heard = {}
+    for e in got:
+        t = e["t_end"] - t_offset
+        i = next((i for i, (a, b) in enumerate(DIGITS_WAV_SPANS_S) if a <= t <= b + 0.5), None)
+        assert i is not None, f"keyword outside every digit: {e}"
+        assert e["word"] == DIGITS_WAV_WORDS[i], f"{e} while {DIGITS_WAV_WORDS[i]!r} was spoken"
+        assert i not in heard, f"{DIGITS_WAV_WORDS[i]!r} reported twice"
+        heard[i] = e
+    assert len(heard) >= 9, f"heard only {[e['word'] for e in got]}"
 
 
 def make_tiny_model(name: str = "tiny-test"):

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DIGITS_WAV, REPO, make_tiny_model
+from conftest import DIGITS_WAV, REPO, assert_heard_the_digits, make_tiny_model
 from runtime.audio import read_wav_int16
 from runtime.frontend import encode
 from runtime.model import Model
@@ -132,6 +132,16 @@ def mqtt_pipeline(model, broker, prefix: str, *, speed: float | None = 4.0, fast
 
 # ---------------------------------------------------------------------------
 # files, stdin, CLI errors (no broker)
+
+def test_demo_hears_the_spoken_digits_with_the_shipped_model(capsys):
+    """The README's main command: the bundled recording through the whole pipeline with kws-digits."""
+    from runtime.cli import main
+
+    assert main(["demo"]) == 0
+    got = keyword_lines(capsys.readouterr().out)
+    assert {e["model"] for e in got} == {"kws-digits"}
+    assert_heard_the_digits(got)
+
 
 @pytest.mark.parametrize("block_ms", [7, 10, 100])
 def test_wav_source_matches_offline_for_any_block_size(tiny_model_path, expected, block_ms):
