@@ -66,6 +66,18 @@ def test_resume_equals_uninterrupted(tmp_path, tone_folder):
         assert torch.equal(a, b), k
 
 
+def test_fixed_epochs_start_from_the_average_and_follow_their_lr_scale(tmp_path, tone_folder):
+    # lr scale 0 in the fixed epochs: the weights stay exactly the average taken when they start
+    cfg = _cfg(tmp_path, tone_folder, out="q", epochs=3, float_epochs=2, ema=0.9, fixed_lr_scale=0.0)
+    T.train(cfg, vocabulary=VOCAB, stop_after=2)
+    st2 = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=False)
+    assert not torch.equal(st2["net"]["w_in"], st2["ema"]["w_in"])  # raw and average differ after float
+    res = T.train(cfg, vocabulary=VOCAB, resume=True)
+    st3 = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=False)
+    assert torch.equal(st3["net"]["w_in"], st2["ema"]["w_in"])  # loaded, then not moved
+    torch.testing.assert_close(res["net"].w_in.detach(), st2["ema"]["w_in"])
+
+
 def test_export_round_trip_and_core_agrees(tmp_path, tone_folder):
     cfg = _cfg(tmp_path, tone_folder, epochs=2, float_epochs=1)
     res = T.train(cfg, vocabulary=VOCAB)

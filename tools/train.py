@@ -86,6 +86,7 @@ class TrainConfig:
     cache: str = ""
     seed: int = 0
     epochs: int = 48
+    fixed_lr_scale: float = 1.0  # learning-rate factor in the fixed-mode epochs
     float_epochs: int = 40  # first epochs in float mode, the rest bit-exact fixed mode
     batch_size: int = 32
     lr: float = 1.0  # Adam, weights in integer units
@@ -619,7 +620,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
                 s = cfg.mismatch_spread
                 chip = Chip(seed=int(rng.integers(2**63)), threshold=s, leak=s, decay=s, gain=s)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, step, total) * g["scale"]
+                g["lr"] = _lr_at(cfg, step, total) * g["scale"] * (cfg.fixed_lr_scale if mode == "fixed" else 1.0)
             opt.zero_grad(set_to_none=True)
             loss, m, _ = loss_terms(net, x, lens, y, cfg, chip)
             loss.backward()
