@@ -182,3 +182,28 @@ def test_batches_bucket_by_length():
     spread = [np.ptp([s[i].n_steps for i in b]) for b in bl]
     assert np.mean(spread) < 150  # sorted within chunks of 8 batches (unbucketed: about 520)
     assert T.batches(s, 10, np.random.default_rng(0))[0].tolist() == bl[0].tolist()  # seeded
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ema", "1.5"], "ema must be in"),
+    (["--tau-mem-range", "50", "10"], "tau_mem_range_ms"),
+    (["--step-ms", "0.3"], "step_ms"),  # not a whole number of 8 kHz samples
+    (["--exclude-speaker", "nobody"], "unknown speaker"),
+    (["--float-epochs", "9", "--epochs", "4"], "float_epochs"),
+])
+def test_cli_bad_settings_give_one_clear_error(tmp_path, capsys, flags, message):
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    write_wav(rec / "0_ann_0.wav", np.zeros(800, np.float32), 8000)
+    out = tmp_path / "run"
+    rc = T.main(["--data", str(tmp_path / "fsdd"), "--out", str(out), "--cache", str(tmp_path / "c"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not out.exists()  # nothing trained, no run folder
+
+
+def test_cli_leave_one_speaker_out_excludes_its_own_speakers(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--leave-one-speaker-out",
+                "--exclude-speaker", "ann"])
+    assert e.value.code == 2

@@ -240,10 +240,7 @@ class SNN(nn.Module):
         tot_in = torch.matmul(x, w_in) * float(1 << c.shift_in)
         s_rec = float(1 << c.shift_rec)
         s_out = float(1 << c.shift_out)
-        noise = None
-        if c.noise_amp > 0:
-            nz = np.stack([_ref_noise(c.noise_seed, t, c.n_hid, c.noise_amp) for t in range(T)])
-            noise = torch.as_tensor(nz.astype(np.float64), dtype=dt, device=dev)
+        noise = _noise(c, T, dt, dev)
 
         hI = torch.zeros(B, c.n_hid, dtype=dt, device=dev)
         hV = hL.expand(B, c.n_hid).clone()
@@ -321,15 +318,20 @@ class SNN(nn.Module):
         hp, op = self.neuron_params(chip, params)
         w_in, w_rec, w_out = self.effective_weights()
         tot_in = torch.matmul(x, w_in) * float(1 << c.shift_in)  # autograd handles W_in
-        noise = None
-        if c.noise_amp > 0:
-            T = x.shape[1]
-            nz = np.stack([_ref_noise(c.noise_seed, t, c.n_hid, c.noise_amp) for t in range(T)]) if T else \
-                np.zeros((0, c.n_hid))
-            noise = torch.as_tensor(nz.astype(np.float64), dtype=self.dtype, device=x.device)
+        noise = _noise(c, x.shape[1], self.dtype, x.device)
         out_v, spikes = _LoopFn.apply(tot_in, w_rec, w_out, c, self.mode == "fixed", hp, op, noise,
                                       self.surrogate, self.beta)
         return SNNOutput(out_v, spikes)
+
+
+def _noise(c: CoreConfig, T: int, dtype, device) -> Optional[torch.Tensor]:
+    """The core's seeded membrane noise of steps 0..T-1 [T, n_hid] (None when the core has none)."""
+    if c.noise_amp <= 0:
+        return None
+    nz = np.zeros((T, c.n_hid), np.float64)
+    for t in range(T):
+        nz[t] = _ref_noise(c.noise_seed, t, c.n_hid, c.noise_amp)
+    return torch.as_tensor(nz, dtype=dtype, device=device)
 
 
 def _surrogate_grad(u: torch.Tensor, kind: str, b: float) -> torch.Tensor:

@@ -139,6 +139,24 @@ class TrainConfig:
     shift_rec: int = 5
     shift_out: int = 6
 
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(self.step_ms > 0 and math.isfinite(self.step_ms), f"step_ms must be > 0, got {self.step_ms}")
+        need(0 <= self.float_epochs <= self.epochs, f"float_epochs must be in 0..epochs, got {self.float_epochs}")
+        need(0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}")
+        need(self.fixed_lr_scale >= 0, f"fixed_lr_scale must be >= 0, got {self.fixed_lr_scale}")
+        need(0.0 <= self.input_dropout < 1.0, f"input_dropout must be in [0, 1), got {self.input_dropout}")
+        need(len(self.speed) == 2 and 0 < self.speed[0] <= self.speed[1],
+             f"speed must be (lo, hi) with 0 < lo <= hi, got {self.speed!r}")
+        for name in ("tau_syn_range_ms", "tau_mem_range_ms"):
+            r = getattr(self, name)
+            need(not r or (len(r) == 2 and 0 < r[0] <= r[1]), f"{name} must be empty or (lo, hi) with 0 < lo <= hi, "
+                 f"got {r!r}")
+        need(not self.exclude_speakers or bool(self.data), "exclude_speakers needs data (an FSDD folder)")
+
     def core_config(self, n_in: int, n_out: int, cadc_base: int = -8192, cadc_shift: int = 6) -> CoreConfig:
         return CoreConfig(n_in=n_in, n_hid=self.n_hid, n_out=n_out, preset="bss2", dt_ms=self.step_ms,
                           hidden=PopulationConfig(tau_syn_ms=self.tau_syn_ms, tau_mem_ms=self.tau_mem_ms),
@@ -459,9 +477,7 @@ def neuron_params(cfg: TrainConfig, core: CoreConfig) -> tuple[FixedPopulation, 
     for key, rang, conv in (("decay_syn", cfg.tau_syn_range_ms, decay_q15),
                             ("gain_mem", cfg.tau_mem_range_ms, gain_q15)):
         if rang:
-            lo, hi = (float(v) for v in rang)
-            if not 0 < lo <= hi:
-                raise ValueError(f"time-constant range must be 0 < lo <= hi, got {rang!r}")
+            lo, hi = (float(v) for v in rang)  # checked by TrainConfig
             taus = np.exp(rng.uniform(math.log(lo), math.log(hi), core.n_hid))
             repl[key] = np.array([conv(float(t), core.dt_ms) for t in taus], np.int32)
     return (dataclasses.replace(hid, **repl) if repl else hid), out
@@ -525,24 +541,27 @@ def evaluate_torch(net, samples: list[Sample], cfg: TrainConfig, batch_size: int
     return scores, n_spk / max(n_steps, 1) / net.config.n_hid
 
 
+def _load_weights(net, weights: dict) -> None:
+    """Copy ``{name: tensor}`` into the net's parameters."""
+    import torch
+
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(weights[k])
+
+
 @contextlib.contextmanager
 def _weights(net, ema: Optional[dict]):
     """Temporarily run ``net`` with the averaged weights ``ema`` (no-op when None)."""
-    import torch
-
     if ema is None:
         yield
         return
     saved = {k: p.detach().clone() for k, p in net.named_parameters()}
-    with torch.no_grad():
-        for k, p in net.named_parameters():
-            p.copy_(ema[k])
+    _load_weights(net, ema)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for k, p in net.named_parameters():
-                p.copy_(saved[k])
+        _load_weights(net, saved)
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -595,10 +614,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
     for epoch in range(start, end):
         t0 = time.time()
         mode = mode_of_epoch(cfg, epoch)
-        if ema is not None and mode == "fixed" and (epoch == 0 or mode_of_epoch(cfg, epoch - 1) == "float"):
-            with torch.no_grad():  # fine-tune on the integer arithmetic from the averaged float weights
-                for k, p in net.named_parameters():
-                    p.copy_(ema[k])
+        if ema is not None and epoch == cfg.float_epochs:  # the fixed epochs start from the float average
+            _load_weights(net, ema)
         set_mode(net, mode)
         v = epoch % cfg.variants
         if v not in variants:
@@ -659,9 +676,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
                     "step": step, "config": cfg.to_dict(), "ema": ema}, tmp)
         os.replace(tmp, ckpt)
     if ema is not None:  # the averaged weights are the result
-        with torch.no_grad():
-            for k, p in net.named_parameters():
-                p.copy_(ema[k])
+        _load_weights(net, ema)
     set_mode(net, "fixed")
     return {"net": net, "data": data, "history": history, "core": core, "fe": fe}
 
@@ -839,26 +854,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--model", default="", help="model file to write (default OUT/NAME.swm)")
     a = p.parse_args(argv)
+    if a.leave_one_speaker_out and a.exclude_speaker:
+        p.error("--leave-one-speaker-out chooses the excluded speaker itself; drop --exclude-speaker")
     out = Path(a.out)
+    try:  # bad settings or data: one clear line, no traceback, nothing trained
+        cfg = TrainConfig(data=a.data, out=str(out), wavs=a.wavs, cache=a.cache, seed=a.seed, epochs=a.epochs,
+                          exclude_speakers=a.exclude_speaker, step_ms=a.step_ms, n_hid=a.n_hid, ema=a.ema,
+                          float_epochs=a.float_epochs, batch_size=a.batch_size, lr=a.lr, surrogate=a.surrogate,
+                          readout=a.readout, threads=a.threads, rec_lr_scale=a.rec_lr_scale,
+                          tau_syn_ms=a.tau[0], tau_mem_ms=a.tau[1], out_tau_syn_ms=a.tau[2],
+                          out_tau_mem_ms=a.tau[3], tau_syn_range_ms=tuple(a.tau_syn_range or ()),
+                          tau_mem_range_ms=tuple(a.tau_mem_range or ()), mismatch=a.mismatch > 0,
+                          mismatch_spread=a.mismatch or TrainConfig.mismatch_spread)
+        data = None if a.leave_one_speaker_out else Data(cfg, frontend_config(cfg), DIGIT_WORDS)
+        if a.leave_one_speaker_out:
+            fsdd(cfg.data, "all")
+    except ValueError as e:  # includes DatasetError
+        print(f"python -m tools.train: error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
-    cfg = TrainConfig(data=a.data, out=str(out), wavs=a.wavs, cache=a.cache, seed=a.seed, epochs=a.epochs,
-                      exclude_speakers=a.exclude_speaker, step_ms=a.step_ms, n_hid=a.n_hid, ema=a.ema,
-                      float_epochs=a.float_epochs, batch_size=a.batch_size, lr=a.lr, surrogate=a.surrogate,
-                      readout=a.readout, threads=a.threads, rec_lr_scale=a.rec_lr_scale,
-                      tau_syn_ms=a.tau[0], tau_mem_ms=a.tau[1], out_tau_syn_ms=a.tau[2], out_tau_mem_ms=a.tau[3],
-                      mismatch=a.mismatch > 0, mismatch_spread=a.mismatch or TrainConfig.mismatch_spread)
-    if a.tau_syn_range is not None:
-        cfg.tau_syn_range_ms = tuple(a.tau_syn_range)
-    if a.tau_mem_range is not None:
-        cfg.tau_mem_range_ms = tuple(a.tau_mem_range)
     if a.leave_one_speaker_out:
         summary = leave_one_speaker_out(cfg, a.name)
         log.info("leave-one-speaker-out: %s", json.dumps(summary, indent=1))
         return 0
     t0 = time.time()
-    res = train(cfg, resume=a.resume)
+    res = train(cfg, resume=a.resume, data=data)
     path = Path(a.model) if a.model else out / f"{a.name}.swm"
     model = export_model(res, cfg, path, a.name)
     log.info("wrote %s in %.1f s total", path, time.time() - t0)
