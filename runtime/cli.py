@@ -114,10 +114,8 @@ class _UsageError(ValueError):
 
 
 def _load_run_config(path: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
