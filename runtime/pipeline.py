@@ -433,9 +433,24 @@ class Pipeline:
             self._busy_core += dt
             await self._q_core.put(_CoreOut(b, t0, ev, out.spikes, out.cadc, out.n_spikes, t_in))
 
+    async def _emit_keywords(self, b: Bundle, kws: list, t_in: float) -> None:
+        for k in kws:
+            event = {**k.to_dict(), "model": b.name, "seq": self._seq}
+            self._seq += 1
+            self._c["keywords"] += 1
+            ki = KeywordItem(event, k.step, t_in)
+            for q in self._q_sinks:
+                await q.put(("kw", ki))
+
     async def _decision_stage(self) -> None:
+        last: tuple[Bundle, float] | None = None  # the bundle that decided last, and its last block's t_in
         while True:
             item = await self._q_core.get()
+            if item is _EOS or isinstance(item, _ModelChange):
+                # the end of the stream, or of this model: a keyword still being decided is decided now
+                if last is not None:
+                    await self._emit_keywords(last[0], last[0].decider.flush(), last[1])
+                    last = None
             if item is _EOS:
                 for q in self._q_sinks:
                     await q.put(_EOS)
@@ -449,17 +464,12 @@ class Pipeline:
                 continue
             b = item.bundle
             kws = b.decider.update(item.cadc, item.t0)
+            last = (b, item.t_in)
             self._c["blocks"] += 1
             self._c["input_events"] += item.events.n_events
             self._c["hidden_spikes"] += item.n_spikes
             self._lat_block.append(time.monotonic() - item.t_in)
-            for k in kws:
-                event = {**k.to_dict(), "model": b.name, "seq": self._seq}
-                self._seq += 1
-                self._c["keywords"] += 1
-                ki = KeywordItem(event, k.step, item.t_in)
-                for q in self._q_sinks:
-                    await q.put(("kw", ki))
+            await self._emit_keywords(b, kws, item.t_in)
             si = None
             for s, q in zip(self.sinks, self._q_sinks):
                 if s.wants_spikes:

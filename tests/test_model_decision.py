@@ -106,8 +106,8 @@ def codes(rows):
     return np.array(rows, dtype=np.uint8)
 
 
-def test_decider_fires_after_min_steps_with_margin_and_refractory():
-    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=5)
+def test_run_rule_fires_after_min_steps_with_margin_and_refractory():
+    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=5, rule="run")
     d = Decider(WORDS, True, cfg)
     c = np.zeros((30, 4), np.uint8)
     c[2:8, 1] = 200          # "no" evidenced at steps 2..7
@@ -121,8 +121,8 @@ def test_decider_fires_after_min_steps_with_margin_and_refractory():
     assert ev[0].score == pytest.approx(200 / 255)
 
 
-def test_decider_run_maturing_in_refractory_fires_when_it_ends():
-    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=100)
+def test_run_rule_run_maturing_in_refractory_fires_when_it_ends():
+    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=100, rule="run")
     c = np.zeros((1000, 4), np.uint8)
     c[0:5, 0] = 200      # "yes" fires at step 2
     c[50:900, 1] = 200   # "no": long evidence starting inside the refractory window
@@ -131,11 +131,11 @@ def test_decider_run_maturing_in_refractory_fires_when_it_ends():
     assert ev[1].t_start == pytest.approx(0.050)
 
 
-def test_decider_is_block_invariant():
+def test_run_rule_is_block_invariant():
     rng = np.random.default_rng(0)
     c = (rng.random((2000, 4)) * 255).astype(np.uint8)
     c[rng.random(2000) < 0.6, 1] = 250
-    cfg = DecisionConfig(threshold=200, margin=5, min_steps=2, refractory_ms=50)
+    cfg = DecisionConfig(threshold=200, margin=5, min_steps=2, refractory_ms=50, rule="run")
     whole = Decider(WORDS, True, cfg).update(c, 0)
     d = Decider(WORDS, True, cfg)
     parts, t = [], 0
@@ -146,8 +146,8 @@ def test_decider_is_block_invariant():
     assert whole and parts == whole
 
 
-def test_decider_bad_input_and_gaps():
-    d = Decider(WORDS, True, DecisionConfig(threshold=100, margin=0, min_steps=2, refractory_ms=0))
+def test_run_rule_bad_input_and_gaps():
+    d = Decider(WORDS, True, DecisionConfig(threshold=100, margin=0, min_steps=2, refractory_ms=0, rule="run"))
     with pytest.raises(ValueError, match="4"):
         d.update(np.zeros((3, 3), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
@@ -158,6 +158,110 @@ def test_decider_bad_input_and_gaps():
     # a gap in steps breaks an evidence run
     assert d.update(codes([[200, 0, 0, 0]]), 5) == []
     assert [k.step for k in d.update(codes([[200, 0, 0, 0]]))] == [6]
+
+
+def seg_cfg(**kw):
+    args = dict(threshold=100, peak=150, margin=10, min_steps=3, refractory_ms=0, hold_steps=2, max_steps=50)
+    args.update(kw)
+    return DecisionConfig(**args)
+
+
+def test_segment_rule_decides_each_stretch_by_its_peak():
+    c = np.zeros((60, 4), np.uint8)
+    c[2:6, 1] = 120          # "no" leads first ...
+    c[4:10, 0] = 110
+    c[7, 0] = 200            # ... but "yes" has the highest peak of the segment
+    # 10, 11 inactive (hold 2 bridges them), 12 active again: same segment
+    c[12, 0] = 105
+    # 13, 14, 15 inactive: decided at 15 (= last active 12 + hold 2 + 1)
+    c[20:30, 2] = 240        # "up", but the none unit peaks within the margin
+    c[25, 3] = 235
+    c[40:42, 1] = 250        # too short (min_steps 3)
+    ev = Decider(WORDS, True, seg_cfg()).update(c, 0)
+    assert [(k.word, k.step) for k in ev] == [("yes", 15)]
+    assert ev[0].t_start == pytest.approx(0.002) and ev[0].t_end == pytest.approx(0.015)
+    assert ev[0].score == pytest.approx(200 / 255)
+    # without the margin the "up" segment fires at 29 + 2 + 1; the short one still does not
+    ev = Decider(WORDS, True, seg_cfg(margin=0)).update(c, 0)
+    assert [(k.word, k.step) for k in ev] == [("yes", 15), ("up", 32)]
+    # a peak the winner does not reach: nothing
+    assert Decider(WORDS, True, seg_cfg(peak=241, margin=0)).update(c, 0) == []
+    # hold 0: the dip at 10-11 splits the first stretch; the first part fires at 10
+    ev = Decider(WORDS, True, seg_cfg(hold_steps=0, margin=0)).update(c, 0)
+    assert [(k.word, k.step) for k in ev] == [("yes", 10), ("up", 30)]  # 12 alone is too short
+
+
+def test_segment_rule_none_unit_activity_belongs_to_the_segment():
+    """An unknown word: a word unit leads briefly, then the "no keyword" unit takes over.
+    The none unit's activity keeps the segment open, and it wins it: nothing fires."""
+    c = np.zeros((60, 4), np.uint8)
+    c[2:10, 0] = 170         # "yes" active alone for 8 steps (peak 170 >= 150)
+    c[8:30, 3] = 220         # then the none unit, well past the hold time
+    cfg = seg_cfg(margin=0)
+    assert Decider(WORDS, True, cfg).update(c, 0) == []
+    # the same word evidence without the none unit fires
+    c[:, 3] = 0
+    assert [(k.word, k.step) for k in Decider(WORDS, True, cfg).update(c, 0)] == [("yes", 12)]
+
+
+def test_segment_rule_max_steps_refractory_and_flush():
+    c = np.zeros((300, 4), np.uint8)
+    c[0:250, 0] = 200        # one long word: decided at max_steps, then again
+    ev = Decider(WORDS, True, seg_cfg(max_steps=100)).update(c, 0)
+    assert [(k.word, k.step, k.t_start) for k in ev] == [("yes", 99, 0.0), ("yes", 199, pytest.approx(0.1)),
+                                                         ("yes", 252, pytest.approx(0.2))]
+    # a refractory time of 150 steps suppresses the second decision, not the third
+    ev = Decider(WORDS, True, seg_cfg(max_steps=100, refractory_ms=150)).update(c, 0)
+    assert [k.step for k in ev] == [99, 252]
+    # a stream that ends inside a segment: flush decides it at the last step
+    d = Decider(WORDS, True, seg_cfg())
+    assert d.update(c[:20], 0) == []
+    assert [(k.word, k.step) for k in d.flush()] == [("yes", 19)]
+    assert d.flush() == []   # nothing left open
+
+
+def test_segment_rule_gap_decides_open_segment():
+    d = Decider(WORDS, True, seg_cfg(hold_steps=5))
+    c = np.zeros((10, 4), np.uint8)
+    c[:, 2] = 180
+    assert d.update(c, 0) == []                   # still open at step 9
+    out = d.update(np.zeros((3, 4), np.uint8), 20)  # steps 10..19 were dropped
+    assert [(k.word, k.step) for k in out] == [("up", 9)]
+
+
+def test_segment_rule_is_block_invariant():
+    rng = np.random.default_rng(3)
+    c = np.repeat((rng.random((200, 4)) * 255).astype(np.uint8), 10, axis=0)
+    cfg = seg_cfg(threshold=150, peak=180, margin=5, hold_steps=4, max_steps=60, refractory_ms=20)
+    d = Decider(WORDS, True, cfg)
+    whole = d.update(c, 0) + d.flush()
+    d = Decider(WORDS, True, cfg)
+    parts, t = [], 0
+    for n in rng.integers(1, 97, 30):
+        parts += d.update(c[t:t + n])
+        t += n
+    parts += d.update(c[t:]) + d.flush()
+    assert len(whole) > 5 and parts == whole
+
+
+def test_decision_config_rules_and_old_files():
+    assert DecisionConfig().rule == "segment"
+    # files written before the segment rule had no "rule" key and meant the run rule
+    old = {"threshold": 40, "margin": 0, "min_steps": 50, "refractory_ms": 400, "offline_reject": True}
+    assert DecisionConfig.from_dict(old).rule == "run"
+    assert DecisionConfig.from_dict({**old, "rule": "segment"}).rule == "segment"
+    with pytest.raises(ValueError, match="rule"):
+        DecisionConfig(rule="vote")
+    with pytest.raises(ValueError, match="no segment could ever fire"):
+        DecisionConfig(min_steps=20, max_steps=10)
+    with pytest.raises(ValueError, match="peak"):
+        DecisionConfig(peak=256)
+    with pytest.raises(ValueError, match="hold_steps"):
+        DecisionConfig(hold_steps=-1)
+    with pytest.raises(ValueError, match="offline_reject"):
+        DecisionConfig(offline_reject="yes")
+    with pytest.raises(ValueError, match="unknown decision keys"):
+        DecisionConfig.from_dict({**old, "window": 3})
 
 
 def test_classify_offline():
