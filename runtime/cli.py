@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "recording, or --calibrate the decision rule on the train split; see docs/evaluation.md.")
     e.add_argument("--model", required=True, help="shipped model name or path to a .swm file")
     e.add_argument("--data", required=True, help="FSDD folder (or its recordings/) or a labelled WAV folder")
+    e.add_argument("--unknown", action="append", metavar="DIR",
+                   help="a folder of WAVs of words outside the vocabulary, added as unknown words whatever "
+                        "--split selects (repeatable; make one with 'python -m tools.words')")
     e.add_argument("--split", choices=["all", "train", "test"], default="all",
                    help="FSDD index convention for {label}_{speaker}_{index}.wav: 0-4 test, 5+ train")
     e.add_argument("--speaker", action="append", metavar="NAME", help="only this speaker (repeatable)")
@@ -343,9 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tolerance", type=float, help="seconds after an utterance in which it may fire (default 0.5)")
     e.add_argument("--block-ms", type=float, help="streaming block size in ms (default 10)")
     e.add_argument("--max-fa-per-hour", type=float, help="--calibrate: false-alarm target (default 2)")
-    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (default 16..248 step 8)")
+    e.add_argument("--max-false-accept", type=float, metavar="RATE",
+                   help="--calibrate: also accept at most this fraction of the --unknown words (e.g. 0.02)")
+    e.add_argument("--rule", choices=("segment", "run"),
+                   help="--calibrate: the decision rule to calibrate (default: the model's; docs/evaluation.md)")
+    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (defaults: tools/evaluate.py GRIDS)")
     e.add_argument("--margins", help="--calibrate: comma-separated grid")
     e.add_argument("--min-steps", help="--calibrate: comma-separated grid")
+    e.add_argument("--peaks", help="--calibrate (segment rule): comma-separated grid")
+    e.add_argument("--hold-steps", help="--calibrate (segment rule): comma-separated grid")
     e.set_defaults(fn=cmd_eval)
 
     add_runtime_commands(sub)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.audio import write_wav
 from runtime.cli import main
@@ -250,16 +252,52 @@ def test_run_stream_hits_and_block_invariance(clean):
     assert ev.decide_offline_fast(cadc, m.vocabulary, True, m.decision) == kws
 
 
+def _smooth_codes(rng, n_blocks=400, run=25, n_units=4):
+    base = np.repeat(rng.integers(100, 256, (n_blocks, n_units)), run, axis=0)
+    return np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+
+
+def _decider_keywords(vocab, cfg, codes, splits=None):
+    d = Decider(vocab, True, cfg)
+    out, t = [], 0
+    for n in (splits if splits is not None else [len(codes)]):
+        out += d.update(codes[t:t + n])
+        t += n
+    return out + d.update(codes[t:]) + d.flush()
+
+
 def test_decide_offline_fast_equals_decider():
     rng = np.random.default_rng(7)
     # smooth random codes with long runs, 3 words + none unit
-    base = np.repeat(rng.integers(100, 256, (400, 4)), 25, axis=0)
-    codes = np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+    codes = _smooth_codes(rng)
     vocab = ["a", "b", "c"]
     for th, mg, ms, rf in [(160, 8, 3, 400), (200, 0, 1, 0), (140, 30, 20, 100), (250, 4, 5, 1000)]:
-        cfg = DecisionConfig(threshold=th, margin=mg, min_steps=ms, refractory_ms=rf)
-        ref = Decider(vocab, True, cfg).update(codes)
-        assert ev.decide_offline_fast(codes, vocab, True, cfg) == ref
+        cfg = DecisionConfig(threshold=th, margin=mg, min_steps=ms, refractory_ms=rf, rule="run")
+        ref = _decider_keywords(vocab, cfg, codes)
+        assert ref and ev.decide_offline_fast(codes, vocab, True, cfg) == ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), th=st.integers(120, 250), hold=st.integers(0, 40),
+       peak=st.integers(100, 250), mg=st.integers(0, 12), ms=st.integers(1, 30), rf=st.integers(0, 300),
+       max_steps=st.integers(30, 400), run=st.integers(1, 30), step_ms=st.sampled_from([1.0, 4.0]))
+def test_segment_rule_fast_path_equals_streaming_decider(seed, th, hold, peak, mg, ms, rf, max_steps, run, step_ms):
+    """The vectorised sweep path (segments + select_segments) fires exactly the keywords of
+    the streaming Decider fed in random blocks, for random codes and decision configs."""
+    rng = np.random.default_rng(seed)
+    codes = _smooth_codes(rng, n_blocks=3000 // run, run=run)
+    codes[rng.random(len(codes)) < 0.3] //= 2  # short dips: segments bridge them or not
+    vocab = ["a", "b", "c"]
+    cfg = DecisionConfig(threshold=th, margin=mg, min_steps=min(ms, max_steps), refractory_ms=rf, peak=peak,
+                         hold_steps=hold, max_steps=max_steps)
+    d = Decider(vocab, True, cfg, step_ms=step_ms)
+    splits = list(rng.integers(1, 200, 40))
+    out, t = [], 0
+    for n in splits:
+        out += d.update(codes[t:t + n])
+        t += n
+    out += d.update(codes[t:]) + d.flush()
+    assert ev.decide_offline_fast(codes, vocab, True, cfg, step_ms) == out
 
 
 def test_evaluate_stream_repeat(clean):
@@ -392,3 +430,93 @@ def test_cli_subprocess_smoke(model_file, data):
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 6
+
+
+# --- mixed sample rates and unknown words ------------------------------------
+
+def test_build_stream_resamples_other_rates_without_aliasing(tmp_path):
+    """Files at another rate join the stream band-limited: a 6 kHz tone in a 16 kHz file
+    is above the 8 kHz stream's Nyquist frequency and must vanish (linear interpolation
+    used to fold it to 2 kHz), a 1 kHz tone keeps its level."""
+    t16 = np.arange(16000) / 16000
+    write_wav(tmp_path / "low_a_0.wav", tone(FREQ["low"]), RATE)
+    write_wav(tmp_path / "low_a_1.wav", tone(FREQ["low"]), RATE)
+    write_wav(tmp_path / "low_a_2.wav", tone(FREQ["low"]), RATE)
+    write_wav(tmp_path / "high_b_0.wav", (0.3 * np.sin(2 * np.pi * 6000 * t16)).astype(np.float32), 16000)
+    write_wav(tmp_path / "mid_b_1.wav", (0.3 * np.sin(2 * np.pi * 1000 * t16)).astype(np.float32), 16000)
+    utts = ev.find_utterances(tmp_path, ["low", "high"])
+    s = ev.build_stream(utts, seed=0, noise="none")
+    assert s.rate == RATE  # the most common rate
+    seg = {g.label: g for g in s.segments}
+
+    def part(label):
+        g = seg[label]
+        return s.samples[int(g.start_s * RATE) + 200:int(g.end_s * RATE) - 200]
+
+    assert np.sqrt(np.mean(part("high") ** 2)) < 0.003  # the 6 kHz tone is gone (was 0.21 RMS)
+    mid = part("mid")
+    assert np.sqrt(np.mean(mid ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.02)
+    spec = np.abs(np.fft.rfft(mid))
+    assert np.fft.rfftfreq(mid.size, 1 / RATE)[spec.argmax()] == pytest.approx(1000, abs=5)
+    # up-sampling keeps a tone too
+    y = ev.resample(np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE), RATE, 22050)
+    assert y.size == 22050 and np.sqrt(np.mean(y[500:-500] ** 2)) == pytest.approx(np.sqrt(0.5), rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def unknown(tmp_path_factory):
+    """Unknown words (the 1.3 kHz "mid" tone the none unit listens to), no FSDD names."""
+    root = tmp_path_factory.mktemp("unknown")
+    for i in range(4):
+        (root / "mid").mkdir(exist_ok=True)
+        write_wav(root / "mid" / f"take{i}.wav", tone(FREQ["mid"], dur=0.3 + 0.05 * i), RATE)
+    return root
+
+
+def test_unknown_utterances(unknown, clean, tmp_path):
+    m = tiny_model()
+    u = ev.unknown_utterances([unknown], m.vocabulary)
+    assert len(u) == 4 and not any(x.known for x in u) and {x.split for x in u} == {None}
+    with pytest.raises(ev.EvalError, match="holds words of the vocabulary: \\['high', 'low'\\]"):
+        ev.unknown_utterances([clean], m.vocabulary)
+    with pytest.raises(ev.EvalError, match="does not exist"):
+        ev.unknown_utterances([tmp_path / "nope"], m.vocabulary)
+
+
+def test_cli_unknown_words_in_stream_and_calibration(capsys, model_file, clean, unknown, tmp_path):
+    rc, out, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "test", "--stream",
+                           "--unknown", unknown, "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["n_unknown"] == 4 and r["n_utterances"] == 6 and r["false_accept_rate"] == 0.0
+    assert r["unknown_dirs"] == [str(unknown)]
+    # calibration of the segment rule with a false-accept target
+    rc, out, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                           "--rule", "segment", "--unknown", unknown, "--max-false-accept", "0.0",
+                           "--thresholds", "100,160", "--peaks", "160,200", "--hold-steps", "10",
+                           "--margins", "8", "--min-steps", "3", "--out", tmp_path / "s.swm", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["met_target"] and r["rule"] == "segment" and r["chosen"]["false_accept_rate"] == 0.0
+    assert r["n_points"] == 4 and r["chosen"]["hit_rate"] == 1.0
+    d = Model.load(tmp_path / "s.swm").decision
+    assert d.rule == "segment" and d.hold_steps == 10 and d.threshold in (100, 160) and d.peak in (160, 200)
+    # a false-accept target needs unknown words; a grid key of the other rule is an error
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                         "--max-false-accept", "0.1", "--out", tmp_path / "x.swm")
+    assert rc == 2 and "--unknown" in err and not (tmp_path / "x.swm").exists()
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                         "--rule", "run", "--peaks", "100", "--out", tmp_path / "x.swm")
+    assert rc == 2 and "no parameter(s) ['peak']" in err
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                         "--thresholds", "1x", "--out", tmp_path / "x.swm")
+    assert rc == 2 and "comma-separated integers" in err
+
+
+def test_choose_operating_point_false_accept_constraint():
+    rows = [dict(threshold=t, margin=0, min_steps=1, hit_rate=h, wrong_word_rate=0.0, false_alarms_per_hour=0.0,
+                 false_accept_rate=fa) for t, h, fa in [(100, 1.0, 0.2), (150, 0.95, 0.05), (200, 0.8, 0.0)]]
+    assert ev.choose_operating_point(rows)[0]["threshold"] == 100  # accepts are not in the objective
+    assert ev.choose_operating_point(rows, 2.0, 0.1)[0]["threshold"] == 150
+    best, ok = ev.choose_operating_point(rows, 2.0, -1.0)
+    assert not ok and best["threshold"] == 200  # nothing meets it: the fewest accepts
