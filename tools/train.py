@@ -50,27 +50,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from runtime.audio import read_wav, write_wav
+from runtime.audio import read_wav
 from runtime.config import Chip, CoreConfig, FixedPopulation, PopulationConfig, decay_q15, fixed_params, gain_q15
 from runtime.events import Events
 from runtime.frontend import FrontEndConfig, encode
 from runtime.model import DecisionConfig, Model
 from tools.datasets import DIGIT_WORDS, SpikeCache, Utterance, default_cache_root, fsdd, wav_folder
+from tools.words import BACKGROUND_WORDS, HELDOUT_WORDS, espeak_clips
 
 log = logging.getLogger("tools.train")
 
-# Non-digit words for the "no keyword" unit (homophones of digits left out:
-# won, to/too, for, ate).  HELDOUT_WORDS are never trained on: they measure
-# false accepts of unknown words.
-BACKGROUND_WORDS = (
-    "hello", "yes", "no", "stop", "go", "left", "right", "up", "down", "on", "off", "ten",
-    "eleven", "twelve", "twenty", "hundred", "thousand", "cat", "dog", "house", "water", "music",
-    "light", "open", "close", "table", "window", "apple", "orange", "green", "blue", "red", "happy",
-    "morning", "night", "computer", "weather", "again", "maybe", "please",
-)
-HELDOUT_WORDS = ("yellow", "bird", "wow", "learn", "follow", "visual", "tree", "sheila", "marvin", "forward")
-ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f2", "en-gb+f3",
-                 "en-us+m3", "en-029+f4", "en-gb-scotland+m7")
+# Non-digit words for the "no keyword" unit (BACKGROUND_WORDS) and never-trained
+# words for false accepts (HELDOUT_WORDS): tools/words.py.
 
 
 # ---------------------------------------------------------------------------
@@ -190,15 +181,6 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.size else 0.0
 
 
-def _trim(x: np.ndarray, rel: float = 0.02) -> np.ndarray:
-    """Cut leading/trailing near-silence (espeak pads its output)."""
-    if x.size == 0:
-        return x
-    thr = rel * np.max(np.abs(x))
-    idx = np.flatnonzero(np.abs(x) > thr)
-    return x[idx[0]:idx[-1] + 1] if idx.size else x[:0]
-
-
 def in_context(x: np.ndarray, rate: int, rng: np.random.Generator, cfg: TrainConfig,
                noise_prob: Optional[float] = None, snr_db: Optional[tuple] = None) -> np.ndarray:
     """The utterance, sped up or slowed down by a random factor in ``cfg.speed``, with random gain
@@ -231,33 +213,6 @@ def noise_segment(rng: np.random.Generator, rate: int = 8000) -> np.ndarray:
         k = int(rng.integers(n // 4, 3 * n // 4))
         y[k:] *= 10 ** (rng.uniform(-20, 20) / 20)
     return np.clip(y, -1, 1).astype(np.float32)
-
-
-def espeak_clips(root: Path, words: Sequence[str], per_word: int, seed: int) -> list[tuple[str, Path]]:
-    """Synthesise (once; cached under ``root``) ``per_word`` clips of each word with espeak-ng."""
-    out = []
-    rng = np.random.default_rng([seed, 7])
-    root.mkdir(parents=True, exist_ok=True)
-    for wi, word in enumerate(words):
-        for k in range(per_word):
-            voice = ESPEAK_VOICES[(wi * per_word + k) % len(ESPEAK_VOICES)]
-            speed = int(rng.integers(110, 200))
-            pitch = int(rng.integers(20, 80))
-            p = root / f"{word}_{voice.replace('+', '-')}_{speed}_{pitch}.wav"
-            if not p.exists():
-                with tempfile.NamedTemporaryFile(suffix=".wav", dir=root, delete=False) as tmp:
-                    tmp_path = Path(tmp.name)
-                try:
-                    subprocess.run(["espeak-ng", "-w", str(tmp_path), "-s", str(speed), "-p", str(pitch),
-                                    "-v", voice, word], check=True, capture_output=True, timeout=30)
-                    x, r = read_wav(tmp_path)
-                    write_wav(tmp_path, _trim(x), r)
-                    os.replace(tmp_path, p)
-                finally:
-                    if tmp_path.exists():
-                        tmp_path.unlink()
-            out.append((word, p))
-    return out
 
 
 # ---------------------------------------------------------------------------
