@@ -245,10 +245,12 @@ DIGITS_WAV_SPANS_S = [(0.300, 0.732), (1.332, 1.900), (2.500, 2.979), (3.579, 4.
                       (5.682, 6.162), (6.762, 7.271), (7.871, 8.479), (9.079, 9.294), (9.894, 10.284)]
 
 
-def assert_heard_the_digits(got: list[dict], t_offset: float = 0.0) -> None:
+def assert_heard_the_digits(got: list[dict], t_offset: float = 0.0, min_heard: int = 9) -> None:
     """Every keyword is the digit being spoken when it fired (or within 0.5 s after), no digit twice,
-    and at least 9 of the 10 digits are heard: the model's streaming hit rate is 90 % (MODEL_CARD.md),
-    so one miss is expected now and then, a wrong word is not."""
+    and at least ``min_heard`` of the 10 digits are heard.  The bundled recording through the file
+    source is bit-exact on every CPU (the demo hears all 10); through a microphone the audio is
+    resampled and delayed by the sound server, and at a 97 % streaming hit rate (MODEL_CARD.md) one
+    miss is possible there, a wrong word is not."""
     heard = {}
     for e in got:
         t = e["t_end"] - t_offset
@@ -257,7 +259,7 @@ def assert_heard_the_digits(got: list[dict], t_offset: float = 0.0) -> None:
         assert e["word"] == DIGITS_WAV_WORDS[i], f"{e} while {DIGITS_WAV_WORDS[i]!r} was spoken"
         assert i not in heard, f"{DIGITS_WAV_WORDS[i]!r} reported twice"
         heard[i] = e
-    assert len(heard) >= 9, f"heard only {[e['word'] for e in got]}"
+    assert len(heard) >= min_heard, f"heard only {[e['word'] for e in got]}"
 
 
 def make_tiny_model(name: str = "tiny-test"):
@@ -276,7 +278,9 @@ def make_tiny_model(name: str = "tiny-test"):
     w_out[8:, 1] = 30
     return Model(name=name, vocabulary=["low", "high"], has_none_unit=True, frontend=fe, core=cc,
                  params=fixed_params(cc), weights={"in": w_in, "rec": np.zeros((16, 16), np.int8), "out": w_out},
-                 decision=DecisionConfig(threshold=150, margin=8, min_steps=3, refractory_ms=400))
+                 # the run rule fires often on this model (16 keywords in the digits recording): the
+                 # runtime tests are about plumbing and want many keywords
+                 decision=DecisionConfig(threshold=150, margin=8, min_steps=3, refractory_ms=400, rule="run"))
 
 
 @pytest.fixture(scope="session")
