@@ -13,10 +13,11 @@ HOMOPHONES = {"won", "to", "too", "for", "fore", "ate", "oh"}
 
 
 def test_word_sets_are_disjoint_and_not_digits():
-    sets = [set(v) for v in words.WORD_SETS.values()]
+    sets = [set(v) for v in words.UNKNOWN_SETS.values()]
     assert sum(len(s) for s in sets) == len(set().union(*sets))  # no word in two sets
     for s in sets:
         assert not s & (set(DIGIT_WORDS) | HOMOPHONES)
+    assert tuple(words.WORD_SETS["digits"]) == tuple(DIGIT_WORDS)  # training voices for the vocabulary
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (tests/run.sh installs it)")

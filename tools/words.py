@@ -1,4 +1,4 @@
-"""Words outside a keyword model's vocabulary, synthesised with espeak-ng.
+"""Words synthesised with espeak-ng: words outside a keyword model's vocabulary, and the digits.
 
 A keyword spotter must stay silent on words it does not know, and measuring
 that needs words that played no part in choosing the model.  Three disjoint
@@ -11,6 +11,10 @@ sets, so that no number is measured on words that also tuned it:
   reported on them (training metrics, ``spikewire eval --unknown DIR``).
 
 Homophones of the digits (won, to/too, for, ate) are left out of all three.
+
+A fourth set, ``digits``, is the vocabulary itself (``zero`` ... ``nine``) in synthetic
+voices: extra training speakers for ``python -m tools.train --wavs DIR``
+(docs/training.md has what it did for speakers the model never heard).
 
     python -m tools.words --set calibration --out DIR [--per-word 10] [--seed 0]
 
@@ -33,6 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from runtime.audio import read_wav, write_wav
+from tools.datasets import DIGIT_WORDS
 
 BACKGROUND_WORDS = (
     "hello", "yes", "no", "stop", "go", "left", "right", "up", "down", "on", "off", "ten",
@@ -45,7 +50,8 @@ CALIBRATION_WORDS = (
     "letter", "button", "rabbit", "mountain", "yesterday", "banana", "cheese", "monkey", "purple", "silver",
 )
 HELDOUT_WORDS = ("yellow", "bird", "wow", "learn", "follow", "visual", "tree", "sheila", "marvin", "forward")
-WORD_SETS = {"background": BACKGROUND_WORDS, "calibration": CALIBRATION_WORDS, "heldout": HELDOUT_WORDS}
+UNKNOWN_SETS = {"background": BACKGROUND_WORDS, "calibration": CALIBRATION_WORDS, "heldout": HELDOUT_WORDS}
+WORD_SETS = {**UNKNOWN_SETS, "digits": DIGIT_WORDS}
 ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f2", "en-gb+f3",
                  "en-us+m3", "en-029+f4", "en-gb-scotland+m7")
 
