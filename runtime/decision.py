@@ -6,21 +6,20 @@ the "no keyword" unit.
 
 ``rule="segment"`` (default; classify each stretch of evidence, like a file):
 
-* a step is *active* when any unit's code is >= ``threshold`` (the "no
-  keyword" unit included: a stretch where it leads is a segment that it wins,
-  so an unknown word is rejected as a whole instead of leaving a word unit's
-  shorter lead to fire);
+* a step is *active* when the best *word* unit's code is >= ``threshold``;
 * a *segment* opens at an active step and stays open through gaps of at most
   ``hold_steps`` inactive steps; it closes (is *decided*) at the first step
   that is ``hold_steps + 1`` steps past its last active step, or at the step
   where it is ``max_steps`` long (a bound on latency), or when the stream has
   a gap or ends (``flush``);
-* its evidence is every unit's maximum code from its first to its last active
-  step.  It fires the word ``w`` with the highest maximum (ties: the first in
-  the vocabulary) when ``max_w >= peak``, ``max_w - max_other >= margin``
-  (every other unit, the "no keyword" unit included), the segment spans at
-  least ``min_steps`` steps (first to last active step) and the last keyword
-  is more than ``refractory_ms`` before the decision step;
+* its evidence is every unit's maximum code from its first step to the
+  decision step, the hold time included (the "no keyword" unit often peaks
+  just after an unknown word's brief word-unit lead).  It fires the word
+  ``w`` with the highest maximum (ties: the first in the vocabulary) when
+  ``max_w >= peak``, ``max_w - max_other >= margin`` (every other unit, the
+  "no keyword" unit included), the segment spans at least ``min_steps`` steps
+  (first to last active step) and the last keyword is more than
+  ``refractory_ms`` before the decision step;
 * ``t_start`` is the segment's first step, ``t_end`` the decision step;
   ``score`` is ``max_w / 255``.
 
@@ -97,8 +96,7 @@ class Decider:
         self._run_fired = False
         self._seg_start = -1  # segment rule: first step of the open segment (-1: none open)
         self._seg_last = 0  # ... its last active step
-        self._seg_max = None  # per-unit max codes over [start, last]
-        self._seg_pend = None  # per-unit max codes of the inactive steps since `last`
+        self._seg_max = None  # per-unit max codes since the segment's first step
         self._last_fire = None  # step of the last keyword
         self._next_step = 0
 
@@ -136,7 +134,7 @@ class Decider:
     # -- segment rule --------------------------------------------------------------
     def _update_segment(self, c: np.ndarray, t0: int) -> list[Keyword]:
         cfg = self.config
-        active = c.max(axis=1) >= cfg.threshold
+        active = c[:, :self.n_words].max(axis=1) >= cfg.threshold
         out: list[Keyword] = []
         i, n = 0, c.shape[0]
         while i < n:
@@ -146,19 +144,11 @@ class Decider:
                     break
                 i += int(nz[0])
                 self._seg_start = self._seg_last = t0 + i
-                self._seg_max, self._seg_pend = c[i].copy(), None
+                self._seg_max = c[i].copy()
             else:
-                step = t0 + i
                 if active[i]:
-                    self._seg_last = step
-                    np.maximum(self._seg_max, c[i], out=self._seg_max)
-                    if self._seg_pend is not None:
-                        np.maximum(self._seg_max, self._seg_pend, out=self._seg_max)
-                        self._seg_pend = None
-                elif self._seg_pend is None:
-                    self._seg_pend = c[i].copy()
-                else:
-                    np.maximum(self._seg_pend, c[i], out=self._seg_pend)
+                    self._seg_last = t0 + i
+                np.maximum(self._seg_max, c[i], out=self._seg_max)
             step = t0 + i
             if step - self._seg_last > cfg.hold_steps or step - self._seg_start + 1 >= cfg.max_steps:
                 out += self._close(step)
@@ -170,7 +160,7 @@ class Decider:
         cfg = self.config
         m = self._seg_max.astype(np.int16)
         start, span = self._seg_start, self._seg_last - self._seg_start + 1
-        self._seg_start, self._seg_max, self._seg_pend = -1, None, None
+        self._seg_start, self._seg_max = -1, None
         w = int(m[:self.n_words].argmax())
         other = int(np.delete(m, w).max()) if self.n_units > 1 else -1
         if span < cfg.min_steps or m[w] < cfg.peak or m[w] - other < cfg.margin:

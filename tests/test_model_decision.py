@@ -191,17 +191,28 @@ def test_segment_rule_decides_each_stretch_by_its_peak():
     assert [(k.word, k.step) for k in ev] == [("yes", 10), ("up", 30)]  # 12 alone is too short
 
 
-def test_segment_rule_none_unit_activity_belongs_to_the_segment():
-    """An unknown word: a word unit leads briefly, then the "no keyword" unit takes over.
-    The none unit's activity keeps the segment open, and it wins it: nothing fires."""
+def test_segment_rule_none_unit_counts_until_the_decision_but_opens_nothing():
+    """An unknown word: a word unit leads briefly, then the "no keyword" unit peaks during the
+    hold time.  The segment's evidence runs to the decision step, so the none unit wins it."""
     c = np.zeros((60, 4), np.uint8)
-    c[2:10, 0] = 170         # "yes" active alone for 8 steps (peak 170 >= 150)
-    c[8:30, 3] = 220         # then the none unit, well past the hold time
+    c[2:10, 0] = 170         # "yes" active for 8 steps (peak 170 >= 150): decided at 9 + 2 + 1 = 12
+    c[10:13, 3] = 220        # the none unit peaks in the hold time
     cfg = seg_cfg(margin=0)
     assert Decider(WORDS, True, cfg).update(c, 0) == []
-    # the same word evidence without the none unit fires
-    c[:, 3] = 0
+    c[12, 3] = 0             # ... but a none peak after the decision step is not seen
+    c[10:12, 3] = 0
+    c[13:20, 3] = 220
     assert [(k.word, k.step) for k in Decider(WORDS, True, cfg).update(c, 0)] == [("yes", 12)]
+
+
+def test_segment_rule_background_noise_does_not_hold_segments_open():
+    """Noise keeps the "no keyword" unit high for minutes; it must neither open segments nor
+    keep them open (when it did, segments ran to max_steps and keywords came late: false alarms)."""
+    c = np.zeros((400, 4), np.uint8)
+    c[:, 3] = 200            # the none unit, all the time
+    c[100:120, 1] = 230      # a word above the noise
+    ev = Decider(WORDS, True, seg_cfg(margin=0, max_steps=300)).update(c, 0)
+    assert [(k.word, k.step) for k in ev] == [("no", 122)]  # decided 2 + 1 steps after the word
 
 
 def test_segment_rule_max_steps_refractory_and_flush():

@@ -449,7 +449,7 @@ def decide_offline_fast(cadc: np.ndarray, vocabulary: Sequence[str], has_none_un
     """
     n_words = len(vocabulary)
     if config.rule == "segment":
-        seg = segments(cadc, config.threshold, config.hold_steps, config.max_steps)
+        seg = segments(cadc, n_words, config.threshold, config.hold_steps, config.max_steps)
         return select_segments(seg, list(vocabulary), config, step_ms)
     dec = Decider(list(vocabulary), has_none_unit, config, step_ms=step_ms)
     cand = cadc[:, :n_words].max(axis=1) >= config.threshold
@@ -464,14 +464,14 @@ def decide_offline_fast(cadc: np.ndarray, vocabulary: Sequence[str], has_none_un
     return out
 
 
-def segments(cadc: np.ndarray, threshold: int, hold_steps: int, max_steps: int) -> dict:
+def segments(cadc: np.ndarray, n_words: int, threshold: int, hold_steps: int, max_steps: int) -> dict:
     """The segment rule's segments of a whole stream (see runtime/decision.py),
     vectorised: ``start``, ``last`` (last active step), ``decide`` (decision
     step; the last step when the stream ends first) and ``max`` (per-unit
-    maximum codes over ``start..last``, int16 [S x n_units])."""
+    maximum codes over ``start..decide``, int16 [S x n_units])."""
     c = np.asarray(cadc)
     n = c.shape[0]
-    active = c.max(axis=1) >= threshold if n else np.zeros(0, bool)
+    active = c[:, :n_words].max(axis=1) >= threshold if n else np.zeros(0, bool)
     d = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
     a, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1)  # active runs [a, e)
     starts, lasts, decides = [], [], []
@@ -503,7 +503,7 @@ def segments(cadc: np.ndarray, threshold: int, hold_steps: int, max_steps: int) 
     if start.size:
         padded = np.concatenate([c, c[-1:]]).astype(np.int16)
         idx = np.empty(2 * start.size, np.int64)
-        idx[0::2], idx[1::2] = start, last + 1
+        idx[0::2], idx[1::2] = start, np.asarray(decides, np.int64) + 1
         mx = np.maximum.reduceat(padded, idx, axis=0)[0::2]
     else:
         mx = np.zeros((0, c.shape[1] if c.ndim == 2 else 0), np.int16)
@@ -708,7 +708,7 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
         return rows
     # segment rule: the segments depend on (threshold, hold_steps) only; the rest filters them
     for th, hold in itertools.product(g["threshold"], g["hold_steps"]):
-        segs = [segments(c, int(th), int(hold), base.max_steps) for c, _ in runs]
+        segs = [segments(c, len(model.vocabulary), int(th), int(hold), base.max_steps) for c, _ in runs]
         for pk, mg, ms in itertools.product(g["peak"], g["margin"], g["min_steps"]):
             try:
                 cfg = dataclasses.replace(base, threshold=int(th), hold_steps=int(hold), peak=int(pk),
