@@ -511,6 +511,10 @@ def test_cli_unknown_words_in_stream_and_calibration(capsys, model_file, clean, 
     rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
                          "--thresholds", "1x", "--out", tmp_path / "x.swm")
     assert rc == 2 and "comma-separated integers" in err
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                         "--rule", "run", "--thresholds", "100,300", "--out", tmp_path / "x.swm")
+    assert rc == 2 and "calibration grid: decision threshold must be an int in 0..255, got 300" in err
+    assert not (tmp_path / "x.swm").exists()
 
 
 def test_choose_operating_point_false_accept_constraint():

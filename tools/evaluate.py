@@ -664,15 +664,22 @@ def evaluate_stream(model: Model, utterances: Sequence[Utterance], seed: int = 0
 # calibration
 
 
-def _grid(rule: str, grid: Optional[dict]) -> dict:
+def _grid(rule: str, grid: Optional[dict], decision: DecisionConfig) -> dict:
+    """The calibration grid of ``rule`` with ``grid``'s rows replacing the defaults; every
+    value is checked against ``DecisionConfig`` here, before any audio is run."""
     base = GRIDS[rule]
     bad = set(grid or {}) - set(base)
     if bad:
         raise EvalError(f"the {rule} rule has no parameter(s) {sorted(bad)}; its grid is {sorted(base)}")
     g = dict(base, **(grid or {}))
-    for k, v in g.items():
-        if not v:
+    for k, values in g.items():
+        if not values:
             raise EvalError(f"empty calibration grid for {k}")
+        for v in values:
+            try:
+                dataclasses.replace(decision, rule=rule, **{k: v})
+            except (ValueError, TypeError) as e:
+                raise EvalError(f"calibration grid: {e}") from None
     return g
 
 
@@ -694,7 +701,7 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
     rule = rule or model.decision.rule
     if rule not in GRIDS:
         raise EvalError(f"unknown decision rule {rule!r}")
-    g = _grid(rule, grid)
+    g = _grid(rule, grid, model.decision)
     keys = list(g)
     step_ms = model.frontend.step_ms
     base = dataclasses.replace(model.decision, rule=rule)
@@ -710,11 +717,8 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
     for th, hold in itertools.product(g["threshold"], g["hold_steps"]):
         segs = [segments(c, len(model.vocabulary), int(th), int(hold), base.max_steps) for c, _ in runs]
         for pk, mg, ms in itertools.product(g["peak"], g["margin"], g["min_steps"]):
-            try:
-                cfg = dataclasses.replace(base, threshold=int(th), hold_steps=int(hold), peak=int(pk),
-                                          margin=int(mg), min_steps=int(ms))
-            except ValueError as e:
-                raise EvalError(f"calibration grid: {e}") from None
+            cfg = dataclasses.replace(base, threshold=int(th), hold_steps=int(hold), peak=int(pk),
+                                      margin=int(mg), min_steps=int(ms))
             rows.append(_row(cfg, keys, [
                 score_stream(select_segments(sg, model.vocabulary, cfg, step_ms), s.segments, s.duration_s,
                              tolerance_s) for sg, (_, s) in zip(segs, runs)]))
@@ -765,9 +769,9 @@ def calibrate(model: Model, utterances: Sequence[Utterance], seed: int = 0, repe
     files).  Returns the calibrated copy of the model (its
     ``metrics["calibration"]`` holds the results) and the report."""
     rule = rule or model.decision.rule
-    g = _grid(rule, grid) if rule in GRIDS else None
-    if g is None:
+    if rule not in GRIDS:
         raise EvalError(f"unknown decision rule {rule!r}")
+    g = _grid(rule, grid, model.decision)
     if any(u.split == "test" for u in utterances):
         raise EvalError("refusing to calibrate on test-split data: use --split train")
     if not any(u.split == "train" for u in utterances):
