@@ -13,9 +13,10 @@ Three procedures (definitions in ``docs/evaluation.md``):
   small blocks, the core block by block (never reset) and the
   :class:`Decider`; the keyword list is scored against the utterance windows
   (:func:`score_stream`): hit rate, wrong-word rate, false alarms per hour.
-* **calibration** (:func:`calibrate`): a sweep of the decision parameters on
-  a streaming run over the *training* split, choosing the highest hit rate
-  with at most ``max_fa_per_hour`` false alarms per hour.
+* **calibration** (:func:`calibrate`): a sweep of one decision rule's
+  parameters on a streaming run over the *training* split, choosing the most
+  net hits (hit rate minus wrong-word rate) with at most ``max_fa_per_hour``
+  false alarms per hour (and optionally a bound on unknown words accepted).
 
 Library code: nothing here prints; ``runtime/cli.py`` (``spikewire eval``)
 prints what :func:`run` returns, formatted by :func:`format_report`.
