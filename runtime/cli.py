@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative mismatch spread of threshold, leak, decay, gain (default 0.05 with --chip)")
     e.add_argument("--stream", action="store_true", help="streaming evaluation on a concatenated recording")
     e.add_argument("--calibrate", action="store_true",
-                   help="sweep threshold/margin/min_steps on a train-split stream, write the model to --out")
+                   help="sweep the decision rule's parameters on a train-split stream, write the model to --out")
     e.add_argument("--out", metavar="SWM", help="--calibrate: where to write the calibrated model")
     e.add_argument("--seed", type=int, default=0, help="stream seed: order, gaps, noise")
     e.add_argument("--repeat", type=int, default=1, help="K streams, seeds seed..seed+K-1 (more audio hours)")

@@ -275,6 +275,13 @@ def test_decide_offline_fast_equals_decider():
         cfg = DecisionConfig(threshold=th, margin=mg, min_steps=ms, refractory_ms=rf, rule="run")
         ref = _decider_keywords(vocab, cfg, codes)
         assert ref and ev.decide_offline_fast(codes, vocab, True, cfg) == ref
+    # the segment rule's vectorised path, on configs that fire (the property test below covers many more)
+    for th, hold, pk, mg, ms, rf, mx in [(160, 5, 200, 0, 3, 0, 60), (200, 0, 230, 4, 1, 100, 400),
+                                         (140, 30, 150, 8, 20, 400, 50)]:
+        cfg = DecisionConfig(threshold=th, hold_steps=hold, peak=pk, margin=mg, min_steps=ms, refractory_ms=rf,
+                             max_steps=mx)
+        ref = _decider_keywords(vocab, cfg, codes, splits=[7, 300, 1, 2000])
+        assert len(ref) >= 3 and ev.decide_offline_fast(codes, vocab, True, cfg) == ref
 
 
 @settings(max_examples=60, deadline=None)
@@ -511,6 +518,13 @@ def test_cli_unknown_words_in_stream_and_calibration(capsys, model_file, clean, 
     rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
                          "--thresholds", "1x", "--out", tmp_path / "x.swm")
     assert rc == 2 and "comma-separated integers" in err
+    # calibration flags without --calibrate would be ignored silently: an error instead
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "test", "--stream",
+                         "--rule", "run", "--peaks", "100")
+    assert rc == 2 and "--rule, --peaks only apply to --calibrate" in err
+    rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
+                         "--unknown", unknown, "--max-false-accept", "5", "--out", tmp_path / "x.swm")
+    assert rc == 2 and "fraction in 0..1" in err
     rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "train", "--calibrate",
                          "--rule", "run", "--thresholds", "100,300", "--out", tmp_path / "x.swm")
     assert rc == 2 and "calibration grid: decision threshold must be an int in 0..255, got 300" in err

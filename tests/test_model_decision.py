@@ -89,6 +89,13 @@ def test_corrupt_or_foreign_model_files(tmp_path):
     save_container(tmp_path / "future.swm", dict(header, schema_version=99), arrays)
     with pytest.raises(ModelFileError, match="schema version 99"):
         load(tmp_path / "future.swm")
+    # a bad decision rule or segment parameter in the header
+    header, arrays = load_container(p)
+    for bad, message in (({"rule": "vote"}, "decision rule must be"), ({"rule": "segment", "peak": 300}, "peak"),
+                         ({"hold_steps": "25"}, "hold_steps")):
+        save_container(tmp_path / "dec.swm", dict(header, decision={**header["decision"], **bad}), arrays)
+        with pytest.raises(ModelFileError, match=message):
+            load(tmp_path / "dec.swm")
 
 
 def test_resolve(tmp_path):

@@ -38,6 +38,8 @@ def test_cli_writes_labelled_folders(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys, monkeypatch):
     assert words.main(["--set", "heldout", "--per-word", "0", "--out", str(tmp_path)]) == 2
     assert "--per-word" in capsys.readouterr().err
+    assert words.main(["--set", "heldout", "--seed", "-1", "--out", str(tmp_path)]) == 2
+    assert "--seed >= 0" in capsys.readouterr().err
     monkeypatch.setattr(words.shutil, "which", lambda name: None)
     assert words.main(["--set", "calibration", "--out", str(tmp_path / "w")]) == 2
     assert "espeak-ng is not installed" in capsys.readouterr().err

@@ -365,7 +365,8 @@ def resample(x: np.ndarray, rate: int, to: int, half_width: int = 16, beta: floa
         base = np.floor(t).astype(np.int64)
         idx = base[:, None] + k[None, :]
         d = t[:, None] - idx
-        h = 2 * fc * np.sinc(2 * fc * d) * np.kaiser(2 * w + 1, beta)[np.clip(np.round(d + w).astype(int), 0, 2 * w)]
+        win = np.i0(beta * np.sqrt(np.clip(1.0 - (d / w) ** 2, 0.0, None))) / np.i0(beta)  # Kaiser, at d
+        h = 2 * fc * np.sinc(2 * fc * d) * win
         h[np.abs(d) >= w] = 0.0
         xi = np.where((idx >= 0) & (idx < x.size), x[np.clip(idx, 0, x.size - 1)], 0.0)
         out[i0:i0 + len(t)] = (h * xi).sum(axis=1)
@@ -483,10 +484,10 @@ def segments(cadc: np.ndarray, n_words: int, threshold: int, hold_steps: int, ma
         g1 = np.concatenate([brk, [a.size]])
         act_idx = None
         for i0, i1 in zip(g0, g1):
-            s0, last = int(a[i0]), int(e[i1 - 1]) - 1
+            s0, g_last = int(a[i0]), int(e[i1 - 1]) - 1  # first and last active step of the group
             while True:  # split the group where segments reach max_steps
                 cut = s0 + max_steps - 1
-                if cut < last:
+                if cut < g_last:
                     if act_idx is None:
                         act_idx = np.flatnonzero(active)
                     j = int(np.searchsorted(act_idx, cut, side="right"))
@@ -496,19 +497,19 @@ def segments(cadc: np.ndarray, n_words: int, threshold: int, hold_steps: int, ma
                     s0 = int(act_idx[j])
                     continue
                 starts.append(s0)
-                lasts.append(last)
-                decides.append(min(last + hold_steps + 1, cut, n - 1))
+                lasts.append(g_last)
+                decides.append(min(g_last + hold_steps + 1, cut, n - 1))
                 break
     start = np.asarray(starts, np.int64)
-    last = np.asarray(lasts, np.int64)
+    decide = np.asarray(decides, np.int64)
     if start.size:
         padded = np.concatenate([c, c[-1:]]).astype(np.int16)
         idx = np.empty(2 * start.size, np.int64)
-        idx[0::2], idx[1::2] = start, np.asarray(decides, np.int64) + 1
+        idx[0::2], idx[1::2] = start, decide + 1
         mx = np.maximum.reduceat(padded, idx, axis=0)[0::2]
     else:
         mx = np.zeros((0, c.shape[1] if c.ndim == 2 else 0), np.int16)
-    return {"start": start, "last": last, "decide": np.asarray(decides, np.int64), "max": mx}
+    return {"start": start, "last": np.asarray(lasts, np.int64), "decide": decide, "max": mx}
 
 
 def select_segments(seg: dict, vocabulary: Sequence[str], config: DecisionConfig, step_ms: float) -> list[Keyword]:
@@ -983,6 +984,16 @@ def run(args) -> dict:
     noise_db = _parse_noise_db(opt("noise_db", NOISE_DB))
     gap = tuple(opt("gap", GAP_S))
     tol = opt("tolerance", TOLERANCE_S)
+    only_calibrate = {"out": "--out", "rule": "--rule", "max_fa_per_hour": "--max-fa-per-hour",
+                      "max_false_accept": "--max-false-accept", "thresholds": "--thresholds", "margins": "--margins",
+                      "min_steps": "--min-steps", "peaks": "--peaks", "hold_steps": "--hold-steps"}
+    if not args.calibrate:
+        given = [flag for name, flag in only_calibrate.items() if getattr(args, name, None) is not None]
+        if given:
+            raise EvalError(f"{', '.join(given)} only apply to --calibrate")
+    mfa = getattr(args, "max_false_accept", None)
+    if mfa is not None and not 0.0 <= mfa <= 1.0:
+        raise EvalError(f"--max-false-accept is a fraction in 0..1, got {mfa}")
     if args.calibrate:
         if not args.out:
             raise EvalError("--calibrate needs --out PATH for the calibrated model")

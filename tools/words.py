@@ -116,8 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--per-word", type=int, default=10, help="clips per word (default 10)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.per_word < 1:
-        print("error: --per-word must be >= 1", file=sys.stderr)
+    if args.per_word < 1 or args.seed < 0:
+        print(f"error: --per-word must be >= 1 and --seed >= 0, got {args.per_word} and {args.seed}",
+              file=sys.stderr)
         return 2
     try:
         clips = espeak_clips(args.out, WORD_SETS[args.set], args.per_word, args.seed, by_word=True)
