@@ -2,7 +2,7 @@
 
 The one public header, csrc/spikewire.h, is what ``cdef`` reads: its
 preprocessor lines are dropped here, everything else is plain declarations.
-All ``csrc/*.c`` files are compiled into ``runtime._spikewire_c``.
+All ``csrc/*.c`` files are compiled into ``spikewire._spikewire_c``.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _cdef_text() -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
-    "runtime._spikewire_c",
+    "spikewire._spikewire_c",
     '#include <stdint.h>\n#include "spikewire.h"\n',
     sources=sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, "*.c"))),
     include_dirs=[os.path.relpath(CSRC, ROOT)],

@@ -59,7 +59,7 @@ from typing import Union
 
 import numpy as np
 
-from runtime.modelfile import atomic_writer
+from .modelfile import atomic_writer
 
 __all__ = ["AudioFileError", "WavInfo", "read_wav", "read_wav_int16", "read_wav_info", "write_wav"]
 

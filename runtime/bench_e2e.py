@@ -40,7 +40,7 @@ TARGET_RSS_MB = 80.0
 def _recording() -> str:
     from importlib import resources
 
-    return str(resources.files("runtime") / "data" / "digits.wav")
+    return str(resources.files("spikewire") / "data" / "digits.wav")
 
 
 def _model_path(ref: str | None) -> tuple[str, str]:

@@ -5,7 +5,7 @@ runs on one thread, default :class:`~runtime.frontend.FrontEndConfig`.
 The front end object is built outside the timed region (filter design is a
 one-off cost); resampling, filtering and encoding are inside it.
 
-Run as ``python -m runtime.bench_frontend [--seconds S] [--json PATH]``.
+Run as ``python -m spikewire.bench_frontend [--seconds S] [--json PATH]``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from runtime.frontend import FrontEnd, FrontEndConfig
+from .frontend import FrontEnd, FrontEndConfig
 
 
 def _test_signal(rate: int, seconds: float, seed: int = 0) -> np.ndarray:

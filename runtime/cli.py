@@ -81,7 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``spikewire eval``: offline / streaming evaluation and calibration (tools/evaluate.py)."""
-    from tools import evaluate  # lazy: keeps the other subcommands light
+    from .tools import evaluate  # lazy: keeps the other subcommands light
     from .modelfile import ModelFileError
 
     try:
@@ -159,7 +159,7 @@ def _mqtt_options(opts: dict) -> dict:
 
 
 def build_pipeline(cfg: dict, *, stream=None):
-    """A :class:`runtime.pipeline.Pipeline` from run settings (``RUN_DEFAULTS`` keys)."""
+    """A :class:`spikewire.pipeline.Pipeline` from run settings (``RUN_DEFAULTS`` keys)."""
     from .pipeline import Pipeline
     from .sinks import parse_sink
     from .sources import SourceOptions, parse_source
@@ -231,7 +231,7 @@ def demo_recording() -> str:
     """Path of the bundled recording of spoken digits (runtime/data/digits.wav, see its README)."""
     from importlib import resources
 
-    return str(resources.files("runtime") / "data" / "digits.wav")
+    return str(resources.files("spikewire") / "data" / "digits.wav")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="FSDD folder (or its recordings/) or a labelled WAV folder")
     e.add_argument("--unknown", action="append", metavar="DIR",
                    help="a folder of WAVs of words outside the vocabulary, added as unknown words whatever "
-                        "--split selects (repeatable; make one with 'python -m tools.words')")
+                        "--split selects (repeatable; make one with 'python -m spikewire.tools.words')")
     e.add_argument("--split", choices=["all", "train", "test"], default="all",
                    help="FSDD index convention for {label}_{speaker}_{index}.wav: 0-4 test, 5+ train")
     e.add_argument("--speaker", action="append", metavar="NAME", help="only this speaker (repeatable)")

@@ -10,7 +10,7 @@ The signal chain (formulas and rationale in ``docs/frontend.md``)::
 Two kernels implement it with identical arithmetic:
 
 * ``_CKernel``: ``csrc/frontend.c`` through the project's cffi extension
-  ``runtime._spikewire_c`` (the fast path, >200x real time);
+  ``spikewire._spikewire_c`` (the fast path, >200x real time);
 * ``_RefKernel``: plain numpy, one sample at a time (the reference; tests
   check the two are bit-identical).
 
@@ -400,7 +400,7 @@ class FrontEndError(RuntimeError):
 def _load_c():
     """The cffi module with the front end compiled in, or None."""
     try:
-        from runtime import _spikewire_c as mod  # type: ignore[attr-defined]
+        from . import _spikewire_c as mod  # type: ignore[attr-defined]
     except ImportError:
         return None
     if not hasattr(mod.lib, "sw_fe_create"):

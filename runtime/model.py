@@ -194,7 +194,7 @@ def shipped_models() -> dict[str, Path]:
     """Names and paths of the models shipped in the ``models`` package."""
     out: dict[str, Path] = {}
     try:
-        root = resources.files("models")
+        root = resources.files("spikewire.models")
     except ModuleNotFoundError:
         return out
     for d in root.iterdir():

@@ -189,9 +189,9 @@ class Pipeline:
     model : Model, str or path
         A loaded model, a shipped model name (``"kws-digits"``) or a ``.swm`` path.
     source : Source
-        From :func:`runtime.sources.parse_source`.
+        From :func:`spikewire.sources.parse_source`.
     sinks : list of Sink
-        From :func:`runtime.sinks.parse_sink`.
+        From :func:`spikewire.sinks.parse_sink`.
     metrics_interval : float
         Seconds between metrics snapshots (to MQTT sinks and the log); 0 disables.
     snapshot_dir : path

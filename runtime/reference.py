@@ -48,7 +48,7 @@ def cadc(v: np.ndarray, base: int, shift: int) -> np.ndarray:
 
 
 class ReferenceCore:
-    """Numpy twin of :class:`runtime.core.Core` (same constructor inputs, same outputs)."""
+    """Numpy twin of :class:`spikewire.core.Core` (same constructor inputs, same outputs)."""
 
     def __init__(self, config: CoreConfig, hid: FixedPopulation, out: FixedPopulation):
         self.config = config

@@ -6,7 +6,7 @@ spec                        what it does
 ``stdout``                  one JSON object per line per keyword event
                             ``{word, score, t_start, t_end, model, seq}``;
                             with ``spikes=True`` also spike lines
-``mqtt://...``/``mqtts://``  :class:`runtime.mqtt.MqttSink`: keyword, spikes/input,
+``mqtt://...``/``mqtts://``  :class:`spikewire.mqtt.MqttSink`: keyword, spikes/input,
                             spikes/hidden (one message per block), status,
                             metrics, control (docs/mqtt.md)
 ``file:PATH``               records the session's spike stream (input events and
@@ -182,7 +182,7 @@ class StdoutSink(Sink):
 # mqtt
 
 class MqttOut(Sink):
-    """Adapter from pipeline items to :class:`runtime.mqtt.MqttSink` (which owns the connection).
+    """Adapter from pipeline items to :class:`spikewire.mqtt.MqttSink` (which owns the connection).
 
     ``spikes/input`` carries the (step, channel) pairs that had at least one
     input event (the v1 batch format has no multiplicity); ``spikes/hidden``

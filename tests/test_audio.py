@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.audio import AudioFileError, read_wav, read_wav_info, read_wav_int16, write_wav
+from spikewire.audio import AudioFileError, read_wav, read_wav_info, read_wav_int16, write_wav
 
 PCM, FLOAT, EXT = 1, 3, 0xFFFE
 GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime.config import Chip, CoreConfig, PopulationConfig, fixed_params
-from runtime.core import Core, CoreBusyError, CoreError, Events
-from runtime.reference import ReferenceCore
+from spikewire.config import Chip, CoreConfig, PopulationConfig, fixed_params
+from spikewire.core import Core, CoreBusyError, CoreError, Events
+from spikewire.reference import ReferenceCore
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

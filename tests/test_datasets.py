@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.audio import write_wav
-from tools.datasets import (
+from spikewire.audio import write_wav
+from spikewire.tools.datasets import (
     DIGIT_WORDS,
     DatasetError,
     SpikeCache,
@@ -296,7 +296,7 @@ def test_cache_corrupt_entry_is_reencoded(tmp_path, caplog, corruption):
             np.savez(f, indptr=np.array([0, 5], dtype=np.int64), channels=np.zeros(2, np.int32),
                      key=np.array(f"cfg/{entry.stem}"))
     n_calls = len(enc.calls)
-    with caplog.at_level(logging.WARNING, logger="tools.datasets"):
+    with caplog.at_level(logging.WARNING, logger="spikewire.tools.datasets"):
         got = cache.get_or_encode(a, enc, "cfg")
     assert "is corrupt" in caplog.text and str(entry) in caplog.text
     assert len(enc.calls) == n_calls + 1 and cache.repaired == 1

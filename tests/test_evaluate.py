@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.audio import write_wav
-from runtime.cli import main
-from runtime.config import CoreConfig, fixed_params
-from runtime.decision import Decider, Keyword
-from runtime.frontend import FrontEndConfig
-from runtime.model import DecisionConfig, Model
-from tools import evaluate as ev
-from tools.datasets import wav_folder
+from spikewire.audio import write_wav
+from spikewire.cli import main
+from spikewire.config import CoreConfig, fixed_params
+from spikewire.decision import Decider, Keyword
+from spikewire.frontend import FrontEndConfig
+from spikewire.model import DecisionConfig, Model
+from spikewire.tools import evaluate as ev
+from spikewire.tools.datasets import wav_folder
 
 RATE = 8000
 FREQ = {"low": 250.0, "high": 3000.0, "mid": 1300.0}
@@ -432,7 +432,7 @@ def test_cli_plot(capsys, model_file, data, tmp_path, monkeypatch):
 
 def test_cli_subprocess_smoke(model_file, data):
     import subprocess
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "eval", "--model", str(model_file),
+    r = subprocess.run([sys.executable, "-m", "spikewire.cli", "eval", "--model", str(model_file),
                         "--data", str(data), "--split", "test", "--json"], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.frontend import (
+from spikewire.frontend import (
     ALGORITHM_VERSION,
     Events,
     FrontEnd,
@@ -25,11 +25,11 @@ from runtime.frontend import (
     center_frequencies,
     encode,
 )
-from runtime import frontend as fe_mod
+from spikewire import frontend as fe_mod
 
 HAVE_C = fe_mod._load_c() is not None
 KERNEL = "c" if HAVE_C else "reference"
-needs_c = pytest.mark.skipif(not HAVE_C, reason="C extension runtime._spikewire_c not built")
+needs_c = pytest.mark.skipif(not HAVE_C, reason="C extension spikewire._spikewire_c not built")
 
 RATES = [8000, 16000, 44100, 48000]
 CFG = FrontEndConfig()

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.config import CoreConfig, FixedPopulation
-from runtime.core import Core, Events
-from runtime.reference import ReferenceCore
+from spikewire.config import CoreConfig, FixedPopulation
+from spikewire.core import Core, Events
+from spikewire.reference import ReferenceCore
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
 from make_golden import OUT as GOLDEN, fnv1a64, output_hash  # noqa: E402  (one hash definition)

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from conftest import DIGITS_WAV, assert_heard_the_digits, make_tiny_model
-from runtime.audio import read_wav_int16
-from runtime.frontend import encode
-from runtime.pipeline import Pipeline
-from runtime.sinks import StdoutSink
-from runtime.sources import MicSource, list_input_devices
+from spikewire.audio import read_wav_int16
+from spikewire.frontend import encode
+from spikewire.pipeline import Pipeline
+from spikewire.sinks import StdoutSink
+from spikewire.sources import MicSource, list_input_devices
 
 RATE = 8000
 
@@ -86,7 +86,7 @@ def virtual_mic():
 def _models():
     out = [make_tiny_model()]
     try:
-        from runtime.model import load
+        from spikewire.model import load
         out.append(load("kws-digits"))
     except (OSError, ValueError):
         pass  # the trained model is not there yet

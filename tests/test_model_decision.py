@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.config import Chip, CoreConfig, fixed_params
-from runtime.decision import Decider, classify
-from runtime.frontend import FrontEndConfig
-from runtime.model import DecisionConfig, Model, ModelFileError, load, resolve
-from runtime.modelfile import load_container, save_container
+from spikewire.config import Chip, CoreConfig, fixed_params
+from spikewire.decision import Decider, classify
+from spikewire.frontend import FrontEndConfig
+from spikewire.model import DecisionConfig, Model, ModelFileError, load, resolve
+from spikewire.modelfile import load_container, save_container
 
 WORDS = ["yes", "no", "up"]
 

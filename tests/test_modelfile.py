@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.modelfile import (
+from spikewire.modelfile import (
     ALIGNMENT,
     CONTAINER_VERSION,
     DTYPES,

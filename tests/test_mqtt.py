@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.mqtt import (
+from spikewire.mqtt import (
     SPIKE_HEADER,
     Backoff,
     CommandError,
@@ -492,7 +492,7 @@ def test_status_retained_online_then_offline(mqtt_broker, prefix):
 
 SINK_SCRIPT = """
 import asyncio, sys
-from runtime.mqtt import MqttSink
+from spikewire.mqtt import MqttSink
 
 async def main():
     async with MqttSink(sys.argv[1], sys.argv[2], "m") as sink:
@@ -667,7 +667,7 @@ def test_broker_outage_keeps_order_and_counts_drops(mqtt_restartable_broker, pre
     (session, seq); any redelivered copy is byte-identical. Spike batches offered
     during the outage are dropped and counted.
     """
-    caplog.set_level(logging.INFO, logger="runtime.mqtt")
+    caplog.set_level(logging.INFO, logger="spikewire.mqtt")
     broker = mqtt_restartable_broker
     n_before, n_during, n_after = 20, 30, 20
     total = n_before + n_during + n_after

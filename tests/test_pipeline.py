@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import DIGITS_WAV, REPO, assert_heard_the_digits, make_tiny_model
-from runtime.audio import read_wav_int16
-from runtime.frontend import encode
-from runtime.model import Model
-from runtime.pipeline import Pipeline
-from runtime.sinks import FileSink, StdoutSink, parse_sink, read_spike_file
-from runtime.sources import MqttSpikeSource, SourceOptions, WavSource, parse_source
+from spikewire.audio import read_wav_int16
+from spikewire.frontend import encode
+from spikewire.model import Model
+from spikewire.pipeline import Pipeline
+from spikewire.sinks import FileSink, StdoutSink, parse_sink, read_spike_file
+from spikewire.sources import MqttSpikeSource, SourceOptions, WavSource, parse_source
 
 aiomqtt = pytest.importorskip("aiomqtt")
 
@@ -136,7 +136,7 @@ def mqtt_pipeline(model, broker, prefix: str, *, speed: float | None = 4.0, fast
 
 def test_demo_hears_the_spoken_digits_with_the_shipped_model(capsys):
     """The README's main command: the bundled recording through the whole pipeline with kws-digits."""
-    from runtime.cli import main
+    from spikewire.cli import main
 
     assert main(["demo"]) == 0
     got = keyword_lines(capsys.readouterr().out)
@@ -164,7 +164,7 @@ def test_segment_rule_decides_the_open_segment_at_the_end_of_the_stream(digits, 
     keyword is reported (at the last step) instead of being lost."""
     import dataclasses
 
-    from runtime.audio import write_wav
+    from spikewire.audio import write_wav
 
     model = make_tiny_model("tiny-seg")
     model = dataclasses.replace(model, decision=dataclasses.replace(model.decision, rule="segment", peak=150))
@@ -213,7 +213,7 @@ def test_file_sink_round_trip(tiny_model_path, expected, tmp_path):
 
 def _cli(*args, input_bytes: bytes | None = None, timeout: float = 60.0, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], input=input_bytes, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "spikewire.cli", *args], input=input_bytes, capture_output=True,
                           timeout=timeout, cwd=REPO, env=env, **kw)
 
 
@@ -262,7 +262,7 @@ def test_bad_inputs_give_clear_errors(tiny_model_path, tmp_path):
 def test_sigterm_drains_and_exits_cleanly(tiny_model_path, digits):
     x, rate = digits
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", "--model", str(tiny_model_path),
+    p = subprocess.Popen([sys.executable, "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
                           "--source", "stdin", "--rate", str(rate), "--metrics-interval", "0"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
     try:
@@ -290,7 +290,7 @@ def test_sigterm_drains_and_exits_cleanly(tiny_model_path, digits):
 # MQTT
 
 def test_mqtt_keywords_spikes_status(tiny_model_path, mqtt_broker, expected):
-    from runtime.mqtt import decode_keyword, decode_spike_batch
+    from spikewire.mqtt import decode_keyword, decode_spike_batch
 
     ev, core_out, kws = expected
     prefix = "t-basic"
@@ -335,7 +335,7 @@ def test_last_will_when_the_runtime_dies(tiny_model_path, mqtt_broker):
 
     async def go():
         async with Subscriber(mqtt_broker, [f"{prefix}/+/status"]) as sub:
-            p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", "--model", str(tiny_model_path),
+            p = subprocess.Popen([sys.executable, "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
                                   "--source", "stdin", "--rate", "8000", "--device-id", "doomed",
                                   "--sink", mqtt_broker.url(prefix)],
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -417,7 +417,7 @@ def test_control_pause_resume_reload_snapshot_and_malformed(tiny_model_path, mqt
 
 @pytest.mark.parametrize("kind", ["auth", "tls"])
 def test_user_password_and_tls(tiny_model_path, mqtt_auth_broker, mqtt_tls_broker, expected, kind):
-    from runtime.mqtt import MqttAuthError, decode_keyword
+    from spikewire.mqtt import MqttAuthError, decode_keyword
 
     broker = mqtt_auth_broker if kind == "auth" else mqtt_tls_broker
     prefix = f"t-{kind}"
@@ -440,7 +440,7 @@ def test_user_password_and_tls(tiny_model_path, mqtt_auth_broker, mqtt_tls_broke
 
 
 def test_broker_outage_every_keyword_exactly_once(tiny_model_path, mqtt_restartable_broker, expected):
-    from runtime.mqtt import Backoff, decode_keyword
+    from spikewire.mqtt import Backoff, decode_keyword
 
     broker = mqtt_restartable_broker
     kws = expected[2]
@@ -477,7 +477,7 @@ def test_broker_outage_every_keyword_exactly_once(tiny_model_path, mqtt_restarta
 
 
 def test_mqtt_spike_source_validates_and_feeds_the_core(tiny_model_path, mqtt_broker, tmp_path):
-    from runtime.mqtt import encode_spike_batch
+    from spikewire.mqtt import encode_spike_batch
 
     model = make_tiny_model()
     rng = np.random.default_rng(3)
@@ -516,7 +516,7 @@ def test_mqtt_spike_source_validates_and_feeds_the_core(tiny_model_path, mqtt_br
     raster = np.zeros((300, 16), np.int32)
     for t0, T, s, u in batches:
         raster[t0 + s, u] = 1
-    from runtime.events import Events
+    from spikewire.events import Events
     ev = Events.from_raster(raster)
     got = rec.input_events()
     np.testing.assert_array_equal(got.indptr, ev.indptr)
@@ -527,7 +527,7 @@ def test_mqtt_spike_source_validates_and_feeds_the_core(tiny_model_path, mqtt_br
 def test_stdout_sink_counts_lines_after_the_reader_left():
     import io
 
-    from runtime.sinks import StdoutSink
+    from spikewire.sinks import StdoutSink
 
     class Gone(io.StringIO):
         def write(self, text):

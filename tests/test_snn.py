@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # required: tests/run.sh installs it (never skipped)
 
-from runtime.config import Chip, CoreConfig, PopulationConfig, fixed_params  # noqa: E402
-from runtime.core import Core  # noqa: E402
-from runtime.events import Events  # noqa: E402
-from runtime.reference import ReferenceCore  # noqa: E402
-from tools.snn import SNN, quantize_weights, rate_regularizer, readout_scores, spike_fn  # noqa: E402
+from spikewire.config import Chip, CoreConfig, PopulationConfig, fixed_params  # noqa: E402
+from spikewire.core import Core  # noqa: E402
+from spikewire.events import Events  # noqa: E402
+from spikewire.reference import ReferenceCore  # noqa: E402
+from spikewire.tools.snn import SNN, quantize_weights, rate_regularizer, readout_scores, spike_fn  # noqa: E402
 
 torch.set_num_threads(2)
 

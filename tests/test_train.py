@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # required: tests/run.sh installs it (never skipped)
 
-from runtime.audio import write_wav  # noqa: E402
-from runtime.decision import classify  # noqa: E402
-from runtime.events import Events  # noqa: E402
-from runtime.model import load  # noqa: E402
-from tools import train as T  # noqa: E402
+from spikewire.audio import write_wav  # noqa: E402
+from spikewire.decision import classify  # noqa: E402
+from spikewire.events import Events  # noqa: E402
+from spikewire.model import load  # noqa: E402
+from spikewire.tools import train as T  # noqa: E402
 
 VOCAB = ["low", "high"]
 

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from runtime.audio import read_wav
-from tools import words
-from tools.datasets import DIGIT_WORDS, wav_folder
+from spikewire.audio import read_wav
+from spikewire.tools import words
+from spikewire.tools.datasets import DIGIT_WORDS, wav_folder
 
 HOMOPHONES = {"won", "to", "too", "for", "fore", "ate", "oh"}
 

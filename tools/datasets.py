@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from runtime.modelfile import atomic_writer
+from spikewire.modelfile import atomic_writer
 
 __all__ = [
     "DIGIT_WORDS",

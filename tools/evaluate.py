@@ -4,7 +4,7 @@ Three procedures (definitions in ``docs/evaluation.md``):
 
 * **offline** (:func:`evaluate_offline`): every file is encoded with the
   model's own front end and run on a freshly reset core; the readout's CADC
-  codes go through :func:`runtime.decision.classify`.  Accuracy, per-class
+  codes go through :func:`spikewire.decision.classify`.  Accuracy, per-class
   recall, a confusion matrix with a "rejected" column, and the false-accept
   rate on files whose word is not in the vocabulary.
 * **streaming** (:func:`evaluate_stream`): the utterances are concatenated in
@@ -34,11 +34,11 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from runtime.audio import read_wav
-from runtime.config import Chip
-from runtime.decision import Decider, Keyword, classify
-from runtime.frontend import FrontEnd, encode
-from runtime.model import DecisionConfig, Model
+from spikewire.audio import read_wav
+from spikewire.config import Chip
+from spikewire.decision import Decider, Keyword, classify
+from spikewire.frontend import FrontEnd, encode
+from spikewire.model import DecisionConfig, Model
 
 from .datasets import DatasetError, Utterance, select, wav_folder
 
@@ -93,7 +93,7 @@ class EvalError(ValueError):
 
 def find_utterances(data: PathLike, vocabulary: Sequence[str], split: str = "all",
                     speakers: Optional[Iterable[str]] = None) -> list[Utterance]:
-    """The labelled WAV files of ``data`` (see :func:`tools.datasets.wav_folder`).
+    """The labelled WAV files of ``data`` (see :func:`spikewire.tools.datasets.wav_folder`).
 
     ``data`` may be an FSDD checkout (its ``recordings/`` folder is used) or
     any labelled WAV folder.  ``split`` follows the FSDD index convention for
@@ -124,7 +124,7 @@ def find_utterances(data: PathLike, vocabulary: Sequence[str], split: str = "all
 def unknown_utterances(folders: Sequence[PathLike], vocabulary: Sequence[str]) -> list[Utterance]:
     """Every WAV of ``folders`` as an *unknown word* (``known=False``), whatever
     ``--split`` or ``--speaker`` select: words the model must reject (e.g. from
-    ``python -m tools.words``).  A file whose label is in the vocabulary is an
+    ``python -m spikewire.tools.words``).  A file whose label is in the vocabulary is an
     error: it would be scored as a false accept when the model is right."""
     out: list[Utterance] = []
     for d in folders:
@@ -965,7 +965,7 @@ def _parse_noise_db(v) -> Optional[float]:
 
 def run(args) -> dict:
     """Execute ``spikewire eval`` from its parsed arguments; returns the JSON-able report."""
-    from runtime.model import load, resolve
+    from spikewire.model import load, resolve
 
     if args.plot and (args.stream or args.calibrate):
         raise EvalError("--plot is for the offline evaluation (without --stream/--calibrate)")

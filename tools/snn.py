@@ -11,7 +11,7 @@ arithmetic, evaluated in float64 tensors that only ever hold integers
 (every product is below 2^53, most below 2^31, so float64 is exact).  The
 same ``trunc_shr`` / ``away_shr`` / ``sat16`` as the C core and
 ``runtime.reference`` are applied, per-neuron integer parameters come from
-``runtime.config.fixed_params``/``apply_chip``, and the weights are the
+``spikewire.config.fixed_params``/``apply_chip``, and the weights are the
 float parameters rounded half-up and clamped to -63..63.  Tests check that
 spikes and readout membranes equal ``ReferenceCore``/``Core`` bit for bit.
 
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.config import Chip, CoreConfig, FixedPopulation, WEIGHT_MAX, apply_chip, fixed_params
-from runtime.reference import noise as _ref_noise
+from spikewire.config import Chip, CoreConfig, FixedPopulation, WEIGHT_MAX, apply_chip, fixed_params
+from spikewire.reference import noise as _ref_noise
 
 __all__ = ["SNN", "SNNOutput", "SURROGATES", "quantize_weights", "rate_regularizer", "readout_scores",
            "spike_fn", "round_half_up"]

@@ -1,13 +1,13 @@
 """Offline surrogate-gradient training of keyword-spotting models for the spikewire core.
 
-    python -m tools.train --data /work/shared/data/fsdd --out runs/kws [--epochs N] [--seed S] [--resume]
+    python -m spikewire.tools.train --data /work/shared/data/fsdd --out runs/kws [--epochs N] [--seed S] [--resume]
 
 Pipeline
 --------
 * Words: FSDD (train split; index 5..49) plus, optionally, folders of labelled WAVs
   (``--wavs DIR``, labels outside the vocabulary train the "no keyword" unit).  Every
-  file goes through the *same* front end as the runtime (``runtime.frontend.encode``);
-  clean encodings are kept in :class:`tools.datasets.SpikeCache`.
+  file goes through the *same* front end as the runtime (``spikewire.frontend.encode``);
+  clean encodings are kept in :class:`spikewire.tools.datasets.SpikeCache`.
 * Augmentation: each word is placed inside background context (0-300 ms before,
   100-300 ms after; silence or white/pink/brown noise at a random SNR) with a random
   gain, then encoded.  ``--variants`` deterministic augmented copies of the training
@@ -16,7 +16,7 @@ Pipeline
 * "No keyword" unit: noise segments at random levels and non-digit words synthesised
   with espeak-ng (several voices, speeds, pitches; cached WAVs, generated
   deterministically), placed in the same kind of context.
-* Model: :class:`tools.snn.SNN` (64 in, 192 recurrent LIF, 11 leaky readout: fits
+* Model: :class:`spikewire.tools.snn.SNN` (64 in, 192 recurrent LIF, 11 leaky readout: fits
   the bss2 preset; 4 ms steps).  Float-mode epochs first (fast), then fixed-mode epochs at
   ``fixed_lr_scale`` of the learning rate whose forward pass is the core's integer
   arithmetic bit for bit.  Loss: cross entropy on the per-unit max (and, by default, also
@@ -25,7 +25,7 @@ Pipeline
   (docs/training.md has the recipe and what each option did).
 * Batches bucketed by length, BPTT, Adam with cosine decay, seeds everywhere,
   a checkpoint per epoch, ``--resume`` continues exactly.
-* Export (:func:`export_model`): a ``runtime.model.Model`` with integer weights, the
+* Export (:func:`export_model`): a ``spikewire.model.Model`` with integer weights, the
   ideal chip's integer parameters, the CADC range and offline threshold chosen on the
   training set (a starting point for the streaming decision; calibrate it with
   ``spikewire eval --calibrate``), the training config and metrics including the
@@ -52,15 +52,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from runtime.audio import read_wav
-from runtime.config import Chip, CoreConfig, FixedPopulation, PopulationConfig, decay_q15, fixed_params, gain_q15
-from runtime.events import Events
-from runtime.frontend import FrontEndConfig, encode
-from runtime.model import DecisionConfig, Model
-from tools.datasets import DIGIT_WORDS, SpikeCache, Utterance, default_cache_root, fsdd, wav_folder
-from tools.words import BACKGROUND_WORDS, HELDOUT_WORDS, espeak_clips
+from spikewire.audio import read_wav
+from spikewire.config import Chip, CoreConfig, FixedPopulation, PopulationConfig, decay_q15, fixed_params, gain_q15
+from spikewire.events import Events
+from spikewire.frontend import FrontEndConfig, encode
+from spikewire.model import DecisionConfig, Model
+from spikewire.tools.datasets import DIGIT_WORDS, SpikeCache, Utterance, default_cache_root, fsdd, wav_folder
+from spikewire.tools.words import BACKGROUND_WORDS, HELDOUT_WORDS, espeak_clips
 
-log = logging.getLogger("tools.train")
+log = logging.getLogger("spikewire.tools.train")
 
 # Non-digit words for the "no keyword" unit (BACKGROUND_WORDS) and never-trained
 # words for false accepts (HELDOUT_WORDS): tools/words.py.
@@ -441,7 +441,7 @@ def neuron_params(cfg: TrainConfig, core: CoreConfig) -> tuple[FixedPopulation, 
 
 
 def build_net(cfg: TrainConfig, core: CoreConfig, mode: str):
-    from tools.snn import SNN
+    from spikewire.tools.snn import SNN
 
     net = SNN(core, mode=mode, surrogate=cfg.surrogate, beta=cfg.beta, init_scale=tuple(cfg.init_scale),
               init_mean_in=cfg.init_mean_in, seed=cfg.seed)
@@ -461,7 +461,7 @@ def mode_of_epoch(cfg: TrainConfig, epoch: int) -> str:
 def loss_terms(net, x, lens, y, cfg: TrainConfig, chip=None):
     import torch
     import torch.nn.functional as F
-    from tools.snn import rate_regularizer, readout_scores
+    from spikewire.tools.snn import rate_regularizer, readout_scores
 
     out = net(x, chip=chip)
     oL = float(net.config.readout.v_leak)
@@ -482,7 +482,7 @@ def evaluate_torch(net, samples: list[Sample], cfg: TrainConfig, batch_size: int
     """Per-sample readout max scores [N, n_out] (membrane units above leak) and the mean
     hidden rate (spikes per neuron and step)."""
     import torch
-    from tools.snn import readout_scores
+    from spikewire.tools.snn import readout_scores
 
     scores = np.zeros((len(samples), net.config.n_out))
     n_spk = n_steps = 0
@@ -686,7 +686,7 @@ def core_scores(model: Model, samples: list[Sample]) -> np.ndarray:
 def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-digits",
                  extra_metrics: Optional[dict] = None) -> Model:
     """Write the trained network as a runtime Model and measure it on the C core."""
-    from runtime.decision import classify
+    from spikewire.decision import classify
 
     net, data, fe = result["net"], result["data"], result["fe"]
     set_mode(net, "fixed")
@@ -746,7 +746,7 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     model.metrics = metrics
     model.training = {"config": cfg.to_dict(), "git_commit": _git_commit(), "data": str(cfg.data),
                       "frontend_hash": fe.config_hash(), "history": hist,
-                      "command": "python -m tools.train " + " ".join(sys.argv[1:]) if sys.argv else ""}
+                      "command": "python -m spikewire.tools.train " + " ".join(sys.argv[1:]) if sys.argv else ""}
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return model
@@ -782,7 +782,7 @@ def leave_one_speaker_out(cfg: TrainConfig, name: str = "kws-digits") -> dict:
 # ---------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m spikewire.tools.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FSDD folder (with recordings/)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model, log")
     p.add_argument("--wavs", action="append", default=[], help="extra folder of labelled WAVs (repeatable)")
@@ -832,7 +832,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.leave_one_speaker_out:
             fsdd(cfg.data, "all")
     except ValueError as e:  # includes DatasetError
-        print(f"python -m tools.train: error: {e}", file=sys.stderr)
+        print(f"python -m spikewire.tools.train: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",

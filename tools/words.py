@@ -13,10 +13,10 @@ sets, so that no number is measured on words that also tuned it:
 Homophones of the digits (won, to/too, for, ate) are left out of all three.
 
 A fourth set, ``digits``, is the vocabulary itself (``zero`` ... ``nine``) in synthetic
-voices: extra training speakers for ``python -m tools.train --wavs DIR``
+voices: extra training speakers for ``python -m spikewire.tools.train --wavs DIR``
 (docs/training.md has what it did for speakers the model never heard).
 
-    python -m tools.words --set calibration --out DIR [--per-word 10] [--seed 0]
+    python -m spikewire.tools.words --set calibration --out DIR [--per-word 10] [--seed 0]
 
 writes ``DIR/WORD/WORD_VOICE_SPEED_PITCH.wav`` (the folder gives the label).
 Clips are deterministic for a seed: voices cycle through :data:`ESPEAK_VOICES`,
@@ -36,8 +36,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from runtime.audio import read_wav, write_wav
-from tools.datasets import DIGIT_WORDS
+from spikewire.audio import read_wav, write_wav
+from spikewire.tools.datasets import DIGIT_WORDS
 
 BACKGROUND_WORDS = (
     "hello", "yes", "no", "stop", "go", "left", "right", "up", "down", "on", "off", "ten",
@@ -110,7 +110,7 @@ def espeak_clips(root: Path, words: Sequence[str], per_word: int, seed: int,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.words", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m spikewire.tools.words", description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", required=True, choices=sorted(WORD_SETS), help="which word list")
     ap.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per word)")
     ap.add_argument("--per-word", type=int, default=10, help="clips per word (default 10)")

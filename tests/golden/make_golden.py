@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from runtime.config import Chip, CoreConfig, PopulationConfig  # noqa: E402
-from runtime.core import Core, Events  # noqa: E402
-from runtime.reference import ReferenceCore  # noqa: E402
+from spikewire.config import Chip, CoreConfig, PopulationConfig  # noqa: E402
+from spikewire.core import Core, Events  # noqa: E402
+from spikewire.reference import ReferenceCore  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "core_v1.txt")
