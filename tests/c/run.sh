@@ -2,7 +2,9 @@
 # C-level tests of the core: golden vectors and malformed calls.
 #  1. native build with -fsanitize=address,undefined (both kernels, AVX2 clones on x86-64)
 #  2. native build with SW_NO_CLONES (the baseline-ISA path)
-#  3. aarch64 cross build run under qemu-user, if aarch64-linux-gnu-gcc and qemu-aarch64 exist
+#  3. clang build (the same -Werror flags; clones and SW_NO_CLONES), the same golden file and
+#     front-end hash as gcc
+#  4. aarch64 cross build run under qemu-user, if aarch64-linux-gnu-gcc and qemu-aarch64 exist
 #     (tests/run.sh installs them); the same golden file must pass there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +30,23 @@ grep fe_hash "$out/fe_x86.txt"
 # the front end's float path must not depend on optimisation level or sanitizers
 [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_x86_asan.txt")" ] \
     || { echo "front-end hash differs between -O1+sanitizers and -O3" >&2; exit 1; }
+
+if command -v clang >/dev/null; then
+    echo "== C core tests: clang $(clang -dumpversion)"
+    clang "${FLAGS[@]}" -O3 "${SRC[@]}" -o "$out/test_core_clang"
+    "$out/test_core_clang" "$GOLD"
+    clang "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${SRC[@]}" -o "$out/test_core_clang_base"
+    "$out/test_core_clang_base" "$GOLD"
+    clang "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe_clang"
+    "$out/test_fe_clang" > "$out/fe_clang.txt"
+    [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_clang.txt")" ] \
+        || { echo "front-end events differ between gcc and clang" >&2; exit 1; }
+elif [ "${SPIKEWIRE_REQUIRE_AARCH64:-0}" = 1 ]; then
+    echo "clang missing (SPIKEWIRE_REQUIRE_AARCH64=1 requires every compiler)" >&2
+    exit 1
+else
+    echo "== C core tests: clang SKIPPED (no clang)"
+fi
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
     echo "== C core tests: aarch64 under qemu"
