@@ -1,0 +1,143 @@
+"""The broker ACL recipe for several devices (docs/mqtt.md, "Access control") against a real mosquitto.
+
+Each device logs in with its device id as user name and may publish only under
+``PREFIX/<its id>/`` and read only its own ``control`` topic; the operator reads everything
+and may publish ``control`` for any device. A denied publish is dropped silently by the broker
+(MQTT 3.1.1), so every "is not delivered" check publishes an allowed marker after it on the same
+connection: messages of one client arrive in order, so once the marker is in, the denied one
+would have been too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from conftest import REPO, Broker, _base_conf, _need, free_port
+
+from spikewire.mqtt import MqttSink
+
+aiomqtt = pytest.importorskip("aiomqtt")
+
+PREFIX = "fleet"
+USERS = {"operator": "op-pw", "pi-01": "pw-01", "pi-02": "pw-02"}
+pytestmark = pytest.mark.mqtt
+
+
+def docs_acl() -> str:
+    """The ACL file exactly as docs/mqtt.md shows it (the first code block of its section)."""
+    text = (REPO / "docs" / "mqtt.md").read_text()
+    section = text.split("## Access control for several devices", 1)[1]
+    return section.split("```\n", 2)[1]
+
+
+ACL = docs_acl()
+
+
+@pytest.fixture(scope="module")
+def acl_broker(tmp_path_factory):
+    _need("mosquitto")
+    _need("mosquitto_passwd")
+    workdir = tmp_path_factory.mktemp("mosquitto-acl")
+    passwd = workdir / "passwd"
+    for i, (user, pw) in enumerate(USERS.items()):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user, pw],
+                       check=True, capture_output=True, timeout=10)
+    acl = workdir / "acl"
+    acl.write_text(ACL)
+    port = free_port()
+    conf = _base_conf(workdir, port) + ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
+    broker = Broker(workdir, port, conf)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def client(broker: Broker, user: str) -> aiomqtt.Client:
+    return aiomqtt.Client(hostname=broker.host, port=broker.port, username=user, password=USERS[user],
+                          timeout=5)
+
+
+async def collect(c: aiomqtt.Client, into: list, event: asyncio.Event):
+    async for m in c.messages:
+        into.append((str(m.topic), bytes(m.payload)))
+        event.set()
+
+
+async def wait_until(pred, event: asyncio.Event, timeout: float = 5.0):
+    async with asyncio.timeout(timeout):
+        while not pred():
+            event.clear()
+            await event.wait()
+
+
+def run(coro, timeout: float = 20.0):
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def test_docs_acl_is_the_recipe():
+    assert "pattern write fleet/%u/#" in ACL and "topic write fleet/+/control" in ACL, ACL
+
+
+def test_device_publishes_only_under_its_prefix(acl_broker):
+    """The real sink (status, will, keyword) fits the device's rights; other devices' topics are refused."""
+
+    async def go():
+        seen: list = []
+        new = asyncio.Event()
+        async with client(acl_broker, "operator") as op:
+            await op.subscribe(f"{PREFIX}/#", qos=1)
+            task = asyncio.create_task(collect(op, seen, new))
+            url = f"mqtt://pi-01:{USERS['pi-01']}@{acl_broker.host}:{acl_broker.port}/{PREFIX}"
+            async with MqttSink(url, "pi-01", "m") as sink:
+                await sink.wait_connected(5)
+                await sink.publish_keyword({"word": "seven", "score": 0.9, "t_start": 1.0, "t_end": 1.5})
+                await wait_until(lambda: any(t == f"{PREFIX}/pi-01/keyword" for t, _ in seen), new)
+            # a client logged in as pi-01 tries to speak for pi-02, then sends an allowed marker
+            async with client(acl_broker, "pi-01") as rogue:
+                await rogue.publish(f"{PREFIX}/pi-02/keyword", b'{"word": "forged"}', qos=1)
+                await rogue.publish(f"{PREFIX}/pi-02/status", b"online", qos=1)
+                await rogue.publish(f"{PREFIX}/pi-01/marker", b"m", qos=1)
+                await wait_until(lambda: (f"{PREFIX}/pi-01/marker", b"m") in seen, new)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    seen = run(go())
+    topics = [t for t, _ in seen]
+    assert (f"{PREFIX}/pi-01/status", b"online") in seen and (f"{PREFIX}/pi-01/status", b"offline") in seen
+    assert json.loads(dict(seen)[f"{PREFIX}/pi-01/keyword"])["word"] == "seven"
+    assert not any(t.startswith(f"{PREFIX}/pi-02/") for t in topics), topics
+
+
+def test_operator_commands_devices_devices_read_only_their_control(acl_broker):
+    async def go():
+        got: list = []
+        new = asyncio.Event()
+        async with client(acl_broker, "pi-02") as dev, client(acl_broker, "operator") as op:
+            await dev.subscribe(f"{PREFIX}/+/control", qos=1)
+            task = asyncio.create_task(collect(dev, got, new))
+            await op.publish(f"{PREFIX}/pi-01/control", b'{"cmd": "pause"}', qos=1)
+            await op.publish(f"{PREFIX}/pi-02/control", b'{"cmd": "resume"}', qos=1)
+            await wait_until(lambda: got, new)
+            # a device may not command another device. The two senders are different clients;
+            # mosquitto routes a QoS 1 publish before it acknowledges it, so the forged command
+            # (if it were allowed) is queued for pi-02 before the operator sends the marker.
+            async with client(acl_broker, "pi-01") as other:
+                await other.publish(f"{PREFIX}/pi-02/control", b'{"cmd": "forged"}', qos=1)
+            await op.publish(f"{PREFIX}/pi-02/control", b'{"cmd": "marker"}', qos=1)
+            await wait_until(lambda: len(got) >= 2, new)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return got
+
+    got = run(go())
+    assert got == [(f"{PREFIX}/pi-02/control", b'{"cmd": "resume"}'),
+                   (f"{PREFIX}/pi-02/control", b'{"cmd": "marker"}')]
