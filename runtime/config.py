@@ -29,7 +29,7 @@ BSS2_NEURONS = 512
 BSS2_FANIN = 256
 
 
-def _check(cond: bool, msg: str) -> None:
+def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
 
@@ -56,13 +56,13 @@ class PopulationConfig:
     def __post_init__(self) -> None:
         for name in ("tau_syn_ms", "tau_mem_ms", "g_syn"):
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and math.isfinite(v), f"{name} must be a finite number, got {v!r}")
-        _check(self.tau_syn_ms > 0, f"tau_syn_ms must be > 0, got {self.tau_syn_ms}")
-        _check(self.tau_mem_ms > 0, f"tau_mem_ms must be > 0, got {self.tau_mem_ms}")
-        _check(0 <= self.g_syn < 2.0, f"g_syn must be in [0, 2), got {self.g_syn}")
+            _require(isinstance(v, (int, float)) and math.isfinite(v), f"{name} must be a finite number, got {v!r}")
+        _require(self.tau_syn_ms > 0, f"tau_syn_ms must be > 0, got {self.tau_syn_ms}")
+        _require(self.tau_mem_ms > 0, f"tau_mem_ms must be > 0, got {self.tau_mem_ms}")
+        _require(0 <= self.g_syn < 2.0, f"g_syn must be in [0, 2), got {self.g_syn}")
         for name in ("v_th", "v_reset", "v_leak"):
             v = getattr(self, name)
-            _check(_is_int(v) and -32768 <= v <= 32767, f"{name} must be an int16 value, got {v!r}")
+            _require(_is_int(v) and -32768 <= v <= 32767, f"{name} must be an int16 value, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ class Chip:
     gain: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.seed) and 0 <= self.seed < 2**64, f"chip seed must be an int in [0, 2^64), got {self.seed!r}")
+        _require(_is_int(self.seed) and 0 <= self.seed < 2**64, f"chip seed must be an int in [0, 2^64), got {self.seed!r}")
         for name in ("threshold", "leak", "decay", "gain"):
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 0.5,
+            _require(isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 0.5,
                    f"mismatch spread {name} must be in [0, 0.5], got {v!r}")
 
     @property
@@ -113,22 +113,22 @@ class CoreConfig:
     cadc_shift: int = 6
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.n_in) and 1 <= self.n_in <= 65536, f"n_in must be in 1..65536, got {self.n_in!r}")
-        _check(_is_int(self.n_hid) and 1 <= self.n_hid <= 65536, f"n_hid must be in 1..65536, got {self.n_hid!r}")
-        _check(_is_int(self.n_out) and 0 <= self.n_out <= 65536, f"n_out must be in 0..65536, got {self.n_out!r}")
-        _check(self.preset in PRESETS, f"preset must be one of {PRESETS}, got {self.preset!r}")
-        _check(isinstance(self.dt_ms, (int, float)) and self.dt_ms > 0 and math.isfinite(self.dt_ms),
+        _require(_is_int(self.n_in) and 1 <= self.n_in <= 65536, f"n_in must be in 1..65536, got {self.n_in!r}")
+        _require(_is_int(self.n_hid) and 1 <= self.n_hid <= 65536, f"n_hid must be in 1..65536, got {self.n_hid!r}")
+        _require(_is_int(self.n_out) and 0 <= self.n_out <= 65536, f"n_out must be in 0..65536, got {self.n_out!r}")
+        _require(self.preset in PRESETS, f"preset must be one of {PRESETS}, got {self.preset!r}")
+        _require(isinstance(self.dt_ms, (int, float)) and self.dt_ms > 0 and math.isfinite(self.dt_ms),
                f"dt_ms must be > 0, got {self.dt_ms!r}")
-        _check(isinstance(self.hidden, PopulationConfig), "hidden must be a PopulationConfig")
-        _check(isinstance(self.readout, PopulationConfig), "readout must be a PopulationConfig")
+        _require(isinstance(self.hidden, PopulationConfig), "hidden must be a PopulationConfig")
+        _require(isinstance(self.readout, PopulationConfig), "readout must be a PopulationConfig")
         for name in ("shift_in", "shift_rec", "shift_out"):
             v = getattr(self, name)
-            _check(_is_int(v) and 0 <= v <= 14, f"{name} must be in 0..14, got {v!r}")
-        _check(_is_int(self.t_ref_steps) and 0 <= self.t_ref_steps <= 255, f"t_ref_steps must be in 0..255, got {self.t_ref_steps!r}")
-        _check(_is_int(self.noise_amp) and 0 <= self.noise_amp <= 4096, f"noise_amp must be in 0..4096, got {self.noise_amp!r}")
-        _check(_is_int(self.noise_seed) and 0 <= self.noise_seed < 2**64, f"noise_seed must be in [0, 2^64), got {self.noise_seed!r}")
-        _check(_is_int(self.cadc_base) and -32768 <= self.cadc_base <= 32767, f"cadc_base must be an int16 value, got {self.cadc_base!r}")
-        _check(_is_int(self.cadc_shift) and 0 <= self.cadc_shift <= 8, f"cadc_shift must be in 0..8, got {self.cadc_shift!r}")
+            _require(_is_int(v) and 0 <= v <= 14, f"{name} must be in 0..14, got {v!r}")
+        _require(_is_int(self.t_ref_steps) and 0 <= self.t_ref_steps <= 255, f"t_ref_steps must be in 0..255, got {self.t_ref_steps!r}")
+        _require(_is_int(self.noise_amp) and 0 <= self.noise_amp <= 4096, f"noise_amp must be in 0..4096, got {self.noise_amp!r}")
+        _require(_is_int(self.noise_seed) and 0 <= self.noise_seed < 2**64, f"noise_seed must be in [0, 2^64), got {self.noise_seed!r}")
+        _require(_is_int(self.cadc_base) and -32768 <= self.cadc_base <= 32767, f"cadc_base must be an int16 value, got {self.cadc_base!r}")
+        _require(_is_int(self.cadc_shift) and 0 <= self.cadc_shift <= 8, f"cadc_shift must be in 0..8, got {self.cadc_shift!r}")
         if self.preset == "bss2":
             problems = bss2_problems(self.n_in, self.n_hid, self.n_out)
             if problems:
@@ -144,13 +144,13 @@ class CoreConfig:
             raise ValueError(f"core config must be a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
-        _check(not unknown, f"unknown core config keys: {sorted(unknown)}")
+        _require(not unknown, f"unknown core config keys: {sorted(unknown)}")
         kw = dict(d)
         for pop in ("hidden", "readout"):
             if pop in kw and isinstance(kw[pop], Mapping):
                 pknown = {f.name for f in dataclasses.fields(PopulationConfig)}
                 bad = set(kw[pop]) - pknown
-                _check(not bad, f"unknown {pop} population keys: {sorted(bad)}")
+                _require(not bad, f"unknown {pop} population keys: {sorted(bad)}")
                 kw[pop] = PopulationConfig(**kw[pop])
         try:
             return cls(**kw)
@@ -220,10 +220,10 @@ class FixedPopulation:
         n = None
         for name in self.FIELDS:
             a = getattr(self, name)
-            _check(isinstance(a, np.ndarray) and a.dtype == np.int32 and a.ndim == 1,
+            _require(isinstance(a, np.ndarray) and a.dtype == np.int32 and a.ndim == 1,
                    f"{name} must be a 1-D int32 array")
             n = a.shape[0] if n is None else n
-            _check(a.shape[0] == n, f"{name} has {a.shape[0]} values, expected {n}")
+            _require(a.shape[0] == n, f"{name} has {a.shape[0]} values, expected {n}")
             lo, hi = self.RANGES[name]
             if a.size and (a.min() < lo or a.max() > hi):
                 raise ValueError(f"{name} must be in {lo}..{hi}, got values in {a.min()}..{a.max()}")

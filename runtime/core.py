@@ -1,6 +1,6 @@
 """The Python binding of the C core.  The only module that touches ``_ffi``/``_lib``.
 
-Every C status passes through :func:`_check`.  Arrays are handed to C
+Every C status passes through :func:`_check_rc`.  Arrays are handed to C
 zero-copy with ``ffi.from_buffer`` after their dtype, shape, contiguity and
 writability were checked here (cffi checks none of the first three).
 
@@ -46,7 +46,7 @@ class CoreBusyError(RuntimeError):
     """The core is being stepped from another thread."""
 
 
-def _check(status: int, msg: str, core_ptr=None) -> None:
+def _check_rc(status: int, msg: str, core_ptr=None) -> None:
     if status != _lib.SW_OK:
         detail = ""
         if core_ptr is not None and status not in (_lib.SW_E_NULL, _lib.SW_E_BADCTX):
@@ -191,7 +191,7 @@ class Core:
         w8 = np.ascontiguousarray(w, dtype=np.int8)
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_set_weights(ptr, _WHICH[which], _ffi.from_buffer("int8_t[]", w8), w8.size),
+            _check_rc(_lib.sw_core_set_weights(ptr, _WHICH[which], _ffi.from_buffer("int8_t[]", w8), w8.size),
                    f"cannot set weights {which!r}", ptr)
 
     def get_weights(self, which: str) -> np.ndarray:
@@ -199,7 +199,7 @@ class Core:
         w = np.zeros(shape, np.int8)
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_get_weights(ptr, _WHICH[which],
+            _check_rc(_lib.sw_core_get_weights(ptr, _WHICH[which],
                                             _ffi.from_buffer("int8_t[]", w, require_writable=True), w.size),
                    f"cannot get weights {which!r}", ptr)
         return w
@@ -215,14 +215,14 @@ class Core:
             raise ValueError(f"kernel must be one of {list(_KERNELS)}, got {name!r}")
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_set_kernel(ptr, _KERNELS[name]), "cannot set kernel", ptr)
+            _check_rc(_lib.sw_core_set_kernel(ptr, _KERNELS[name]), "cannot set kernel", ptr)
             self._kernel = name
 
     def reset(self) -> None:
         """Back to rest: I = 0, V = v_leak, no refractory, step counter and noise stream at 0."""
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_reset(ptr), "cannot reset", ptr)
+            _check_rc(_lib.sw_core_reset(ptr), "cannot reset", ptr)
 
     def step(self, channels=()) -> StepOutput:
         """Advance one time step with the given input channel ids (repeats allowed).
@@ -246,7 +246,7 @@ class Core:
             st = _lib.sw_core_step(ptr, _ffi.from_buffer("int32_t[]", ch) if n else _ffi.NULL, n,
                                    self._c_spk, _ffi.NULL, self._c_ov, self._c_cadc)
             if st != _lib.SW_OK:
-                _check(st, "step failed", ptr)
+                _check_rc(st, "step failed", ptr)
             return StepOutput(self._s_spk.copy(), self._s_ov.copy(), self._s_cadc.copy())
         finally:
             self._lock.release()
@@ -296,7 +296,7 @@ class Core:
         nsp = _ffi.new("int64_t *")
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_run(
+            _check_rc(_lib.sw_core_run(
                 ptr, T, _ffi.from_buffer("int64_t[]", indptr),
                 _ffi.from_buffer("int32_t[]", ch) if ch.size else _ffi.NULL, ch.shape[0],
                 _ffi.from_buffer("uint8_t[]", spikes, require_writable=True),
@@ -312,9 +312,9 @@ class Core:
         with self._guard():
             ptr = self._live()
             size = _ffi.new("int64_t *")
-            _check(_lib.sw_core_state_size(ptr, size), "cannot size state", ptr)
+            _check_rc(_lib.sw_core_state_size(ptr, size), "cannot size state", ptr)
             buf = np.zeros(int(size[0]), np.uint8)
-            _check(_lib.sw_core_save_state(ptr, _ffi.from_buffer("uint8_t[]", buf, require_writable=True),
+            _check_rc(_lib.sw_core_save_state(ptr, _ffi.from_buffer("uint8_t[]", buf, require_writable=True),
                                            buf.size), "cannot save state", ptr)
         return buf.tobytes()
 
@@ -325,7 +325,7 @@ class Core:
         buf = np.frombuffer(bytes(blob), np.uint8)
         with self._guard():
             ptr = self._live()
-            _check(_lib.sw_core_load_state(ptr, _ffi.from_buffer("uint8_t[]", buf), buf.size),
+            _check_rc(_lib.sw_core_load_state(ptr, _ffi.from_buffer("uint8_t[]", buf), buf.size),
                    "cannot load state", ptr)
 
     def membrane(self, population: str = "hidden") -> np.ndarray:
@@ -342,7 +342,7 @@ class Core:
         v = np.zeros(n, np.int16)
         with self._guard():
             ptr = self._live()
-            _check(fn(ptr, pid, _ffi.from_buffer("int16_t[]", v, require_writable=True) if n else _ffi.NULL, n)
+            _check_rc(fn(ptr, pid, _ffi.from_buffer("int16_t[]", v, require_writable=True) if n else _ffi.NULL, n)
                    if n else _lib.SW_OK, "cannot read state", ptr)
         return v
 
@@ -351,7 +351,7 @@ class Core:
         with self._guard():
             ptr = self._live()
             s = _ffi.new("int64_t *")
-            _check(_lib.sw_core_steps_done(ptr, s), "cannot read step counter", ptr)
+            _check_rc(_lib.sw_core_steps_done(ptr, s), "cannot read step counter", ptr)
             return int(s[0])
 
 

@@ -565,7 +565,7 @@ class _CKernel:
                      "log2_floor", "drive_scale", "tiny"):
             setattr(p, name, float(getattr(kp, name)))   # float32 value, exact in double
         pp = ffi.new("sw_fe **")
-        self._check(lib.sw_fe_create(p, pp), "sw_fe_create")
+        self._check_status(lib.sw_fe_create(p, pp), "sw_fe_create")
         self._fe = ffi.gc(pp[0], lib.sw_fe_destroy)
         self._steps = ffi.new("int64_t *")
         self._n_steps = ffi.new("int64_t *")
@@ -573,16 +573,16 @@ class _CKernel:
         self._indptr = np.zeros(1, dtype=np.int64)
         self._channels = np.zeros(0, dtype=np.int32)
 
-    def _check(self, status: int, what: str) -> None:
+    def _check_status(self, status: int, what: str) -> None:
         if status != 0:
             name = self._names.get(status, "unknown status")
             raise FrontEndError(f"{what} failed: {name} [code {status}]", status)
 
     def reset(self) -> None:
-        self._check(self._lib.sw_fe_reset(self._fe), "sw_fe_reset")
+        self._check_status(self._lib.sw_fe_reset(self._fe), "sw_fe_reset")
 
     def block_steps(self, n: int) -> int:
-        self._check(self._lib.sw_fe_block_steps(self._fe, n, self._steps), "sw_fe_block_steps")
+        self._check_status(self._lib.sw_fe_block_steps(self._fe, n, self._steps), "sw_fe_block_steps")
         return int(self._steps[0])
 
     def _buffers(self, steps: int):
@@ -609,14 +609,14 @@ class _CKernel:
         steps = self.block_steps(x.shape[0])
         ip, max_steps, ch, max_ev = self._buffers(steps)
         xp = self._ffi.from_buffer("int16_t[]", x)
-        self._check(self._lib.sw_fe_process(self._fe, xp, x.shape[0], ip, max_steps, ch, max_ev,
+        self._check_status(self._lib.sw_fe_process(self._fe, xp, x.shape[0], ip, max_steps, ch, max_ev,
                                             self._n_steps, self._n_events), "sw_fe_process")
         return self._result()
 
     def flush(self) -> Events:
-        self._check(self._lib.sw_fe_flush_steps(self._fe, self._steps), "sw_fe_flush_steps")
+        self._check_status(self._lib.sw_fe_flush_steps(self._fe, self._steps), "sw_fe_flush_steps")
         ip, max_steps, ch, max_ev = self._buffers(int(self._steps[0]))
-        self._check(self._lib.sw_fe_flush(self._fe, ip, max_steps, ch, max_ev,
+        self._check_status(self._lib.sw_fe_flush(self._fe, ip, max_steps, ch, max_ev,
                                           self._n_steps, self._n_events), "sw_fe_flush")
         return self._result()
 
