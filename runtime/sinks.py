@@ -192,15 +192,17 @@ class MqttOut(Sink):
     wants_spikes = True
 
     def __init__(self, url: str, device_id: str, *, options: dict | None = None):
+        from .credentials import with_password
         from .mqtt import parse_mqtt_url
 
+        self.options = dict(options or {})
         try:
-            self.url = parse_mqtt_url(url)
+            # the password may come from [mqtt] password_file or SPIKEWIRE_MQTT_PASSWORD
+            self.url = with_password(parse_mqtt_url(url), password_file=self.options.pop("password_file", None))
         except ValueError as e:
             raise SinkError(f"mqtt sink: {e}") from None
         self.name = f"mqtt:{self.url.redacted()}"
         self.device_id = device_id
-        self.options = dict(options or {})
         self.sink = None
         self._commands = None
         self._model = "unknown"

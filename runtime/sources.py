@@ -392,10 +392,12 @@ class MqttSpikeSource(Source):
         if url is None:
             raise SourceError("mqtt source needs a broker: pass --broker mqtt://HOST[:PORT] "
                               "(or an mqtt:// sink whose broker is used)")
+        from .credentials import with_password
         from .mqtt import parse_mqtt_url
 
         try:
-            self.url = parse_mqtt_url(url) if isinstance(url, str) else url
+            # a URL without a password may take it from SPIKEWIRE_MQTT_PASSWORD
+            self.url = with_password(parse_mqtt_url(url)) if isinstance(url, str) else url
         except ValueError as e:
             raise SourceError(f"mqtt source: bad broker URL: {e}") from None
         self.topic = topic
