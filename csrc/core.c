@@ -116,6 +116,11 @@ static inline int32_t noise_from(uint64_t r, int32_t amp)
     return (int32_t)((hi * (uint64_t)(2 * amp + 1)) >> 32) - amp;
 }
 
+int sw_abi_version(void)
+{
+    return SW_ABI_VERSION;
+}
+
 static inline uint8_t cadc_code(int32_t v, int32_t base, int32_t shift)
 {
     int32_t c = floor_shr32(v - base, shift);

@@ -20,6 +20,10 @@
 
 #define SW_ABI_VERSION 1
 
+/* The SW_ABI_VERSION this library was compiled with; the binding
+ * (runtime/core.py) refuses to load a library whose value differs. */
+int sw_abi_version(void);
+
 /* ---- status codes ---------------------------------------------------- */
 #define SW_OK 0
 #define SW_E_NULL -1          /* a required pointer is NULL            */

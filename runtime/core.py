@@ -38,6 +38,20 @@ class CoreInputError(CoreError, ValueError):
     """The C core rejected an argument (channel, weight, size, parameter, events, state)."""
 
 
+# The C ABI this binding was written for (csrc/spikewire.h SW_ABI_VERSION).
+ABI_VERSION = 1
+
+
+def _check_abi(got: int, expected: int = ABI_VERSION) -> None:
+    """Refuse a compiled library built from a different csrc/spikewire.h."""
+    if got != expected:
+        raise ImportError(
+            f"spikewire C library has ABI version {got}, this binding expects {expected}; "
+            "rebuild the extension (pip install -e .)")
+
+
+_check_abi(_lib.sw_abi_version())
+
 _INPUT_CODES = {_lib.SW_E_SIZE, _lib.SW_E_PARAM, _lib.SW_E_WEIGHT, _lib.SW_E_CHANNEL,
                 _lib.SW_E_EVENTS, _lib.SW_E_PRESET, _lib.SW_E_STATE, _lib.SW_E_BUFFER}
 

@@ -343,3 +343,16 @@ def test_one_core_cannot_be_stepped_from_two_threads():
     assert done.is_set(), "the block run itself failed"
     assert refused is not None and "another thread" in str(refused)
     assert core.steps == 20000  # the refused step did not interleave
+
+
+def test_abi_version_of_compiled_library_matches_binding():
+    from spikewire import core as core_mod
+    from spikewire._spikewire_c import lib
+    assert lib.sw_abi_version() == lib.SW_ABI_VERSION == core_mod.ABI_VERSION
+
+
+def test_abi_mismatch_fails_clearly():
+    from spikewire import core as core_mod
+    core_mod._check_abi(core_mod.ABI_VERSION)  # the matching version passes
+    with pytest.raises(ImportError, match=r"ABI version 99, this binding expects 1; rebuild"):
+        core_mod._check_abi(99, 1)
