@@ -1,12 +1,14 @@
 """tools/snn.py: the torch model of the core is the core (fixed mode), and it trains."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import torch  # required: tests/run.sh installs it (never skipped)
 
-from spikewire.config import Chip, CoreConfig, PopulationConfig, fixed_params  # noqa: E402
+from spikewire.config import WEIGHT_MAX, Chip, CoreConfig, PopulationConfig, fixed_params  # noqa: E402
 from spikewire.core import Core  # noqa: E402
 from spikewire.events import Events  # noqa: E402
 from spikewire.reference import ReferenceCore  # noqa: E402
@@ -15,7 +17,7 @@ from spikewire.tools.snn import SNN, quantize_weights, rate_regularizer, readout
 torch.set_num_threads(2)
 
 
-def _random_net(seed: int, noise: bool = False):
+def _random_net(seed: int, noise: bool = False, saturate: bool = False):
     rng = np.random.default_rng(seed)
     cfg = CoreConfig(
         n_in=int(rng.integers(4, 16)), n_hid=int(rng.integers(5, 24)), n_out=int(rng.integers(1, 6)),
@@ -25,8 +27,15 @@ def _random_net(seed: int, noise: bool = False):
                                 v_leak=int(rng.integers(-600, 600)), v_reset=int(rng.integers(-1500, 200))),
         readout=PopulationConfig(tau_syn_ms=float(rng.uniform(1, 10)), tau_mem_ms=float(rng.uniform(2, 30)),
                                  v_leak=int(rng.integers(-600, 600))))
-    # large weights so that currents and membranes saturate sometimes
+    # the random cases never reach the int16 rail; the saturating ones (maximal excitatory weights, the
+    # largest output shift, a readout leak potential near the top) always do
+    if saturate:
+        cfg = dataclasses.replace(cfg, shift_out=14, readout=dataclasses.replace(cfg.readout, v_leak=30000))
     net = SNN(cfg, mode="fixed", init_scale=(40.0, 25.0, 50.0), init_mean_in=12.0, seed=seed)
+    if saturate:
+        with torch.no_grad():
+            net.w_in.fill_(float(WEIGHT_MAX))
+            net.w_out.fill_(float(WEIGHT_MAX))
     x = rng.poisson(0.5, (3, 120, cfg.n_in))
     x[:, 60:75] = 0  # a gap: relaxation toward the leak potential
     return cfg, net, x
@@ -43,11 +52,11 @@ def _reference_outputs(cfg, w, x, chip):
     return res
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed,saturate", [(s, False) for s in range(6)] + [(s, True) for s in range(2)])
 @pytest.mark.parametrize("mismatch", [False, True])
 @pytest.mark.parametrize("engine", ["bptt", "autograd"])
-def test_fixed_forward_is_bit_exact_with_reference_and_core(seed, mismatch, engine):
-    cfg, net, x = _random_net(seed)
+def test_fixed_forward_is_bit_exact_with_reference_and_core(seed, saturate, mismatch, engine):
+    cfg, net, x = _random_net(seed, saturate=saturate)
     net.engine = engine
     chip = Chip(seed=seed + 11, threshold=0.15, leak=0.1, decay=0.1, gain=0.2) if mismatch else None
     w = net.int_weights()
@@ -67,6 +76,8 @@ def test_fixed_forward_is_bit_exact_with_reference_and_core(seed, mismatch, engi
         np.testing.assert_array_equal(r.out_v, ov)
         saturated |= bool(np.any(np.abs(ov.astype(np.int64)) >= 32767))
     assert out.spikes.sum() > 0
+    # the saturating cases must really reach the rail (else they test nothing), the others stay below it
+    assert saturated == saturate
 
 
 def test_fixed_forward_with_noise_and_hidden_v_is_bit_exact():
