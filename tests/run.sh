@@ -12,6 +12,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 command -v clang >/dev/null || need+=(clang)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
 command -v pulseaudio >/dev/null || need+=(pulseaudio pulseaudio-utils)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
