@@ -298,6 +298,18 @@ def add_runtime_commands(sub) -> None:
     v.set_defaults(fn=cmd_devices)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``spikewire train``: the front door to training (tools/train.py; needs the [train] extra)."""
+    try:
+        import torch  # noqa: F401  lazy: only training needs it
+    except ImportError:
+        print("spikewire train: error: training needs PyTorch, which is not installed; "
+              "install the extra: pip install 'spikewire[train]'", file=sys.stderr)
+        return 2
+    from .tools import train
+    return train.main(args.train_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikewire", description="Spiking neural networks on a bit-exact "
                                 "BrainScaleS-2-like fixed-point core.")
@@ -357,12 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hold-steps", help="--calibrate (segment rule): comma-separated grid")
     e.set_defaults(fn=cmd_eval)
 
+    t = sub.add_parser("train", add_help=False, help="train a keyword model (needs the [train] extra; "
+                       "`spikewire train --help` lists the options; docs/training.md)")
+    t.set_defaults(fn=cmd_train)
+
     add_runtime_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.cmd == "train":  # tools/train.py parses its own options (and --help)
+        args.train_args = extra
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     _setup_logging(args.log_level)
     try:
         return args.fn(args)
