@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
 from .config import Chip, CoreConfig, FixedPopulation
+from .decision import Decider, DecisionConfig  # DecisionConfig also importable from here; its home is decision.py
 from .frontend import FrontEndConfig
 from .modelfile import ModelFileError, load_container, save_container
 
@@ -27,51 +27,6 @@ SCHEMA_VERSION = 1
 KIND = "spikewire-model"
 MODEL_SUFFIX = ".swm"
 NONE_LABEL = "_none"  # the "no keyword" readout unit (silence, noise, unknown words)
-
-
-@dataclass(frozen=True)
-class DecisionConfig:
-    """Parameters of the keyword decision (runtime/decision.py describes both rules).
-
-    Evidence is the readout's 8-bit CADC code (what BSS-2 gives you), one
-    readout unit per vocabulary word plus, optionally, a "no keyword" unit.
-    Step counts are in the model's time steps (``frontend.step_ms``).
-    """
-
-    threshold: int = 160  # segment: a step is active when the best word reaches it; run: evidence level
-    margin: int = 8  # the word must exceed every other unit (incl. the none unit) by
-    min_steps: int = 3  # segment: shortest segment (first to last active step); run: steps of evidence
-    refractory_ms: int = 400  # no second keyword within this time
-    offline_reject: bool = True  # file classification: reject when the none unit wins
-    rule: str = "segment"  # "segment" (decide each stretch of evidence) or "run" (fire during the word)
-    peak: int = 160  # segment: the winning word's maximum code must reach this
-    hold_steps: int = 25  # segment: inactive steps a segment bridges before it is decided
-    max_steps: int = 375  # segment: decide a segment at this length at the latest
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (("threshold", 0, 255), ("margin", 0, 255), ("min_steps", 1, 10000),
-                             ("refractory_ms", 0, 60000), ("peak", 0, 255), ("hold_steps", 0, 10000),
-                             ("max_steps", 1, 100000)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"decision {name} must be an int in {lo}..{hi}, got {v!r}")
-        if not isinstance(self.offline_reject, bool):
-            raise ValueError(f"decision offline_reject must be true or false, got {self.offline_reject!r}")
-        if self.rule not in ("segment", "run"):
-            raise ValueError(f"decision rule must be 'segment' or 'run', got {self.rule!r}")
-        if self.rule == "segment" and self.min_steps > self.max_steps:
-            raise ValueError(f"decision min_steps={self.min_steps} > max_steps={self.max_steps}: "
-                             "no segment could ever fire")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DecisionConfig":
-        """From a model file's ``decision`` object.  Files written before the
-        segment rule existed have no ``rule`` key and meant the run rule."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown decision keys: {sorted(bad)}")
-        return cls(**{"rule": "run", **d})
 
 
 @dataclass
@@ -133,11 +88,9 @@ class Model:
             core.set_weights(k, w)
         return core
 
-    def decider(self, config: "DecisionConfig | None" = None):
-        """A streaming :class:`~runtime.decision.Decider` for this model's labels and time step
+    def decider(self, config: DecisionConfig | None = None) -> Decider:
+        """A streaming :class:`~spikewire.decision.Decider` for this model's labels and time step
         (``config`` overrides the model's decision rule)."""
-        from .decision import Decider
-
         return Decider(self.vocabulary, self.has_none_unit, config or self.decision, step_ms=self.frontend.step_ms)
 
     # -- files ------------------------------------------------------------------

@@ -281,8 +281,9 @@ def make_tiny_model(name: str = "tiny-test"):
     import numpy as np
 
     from spikewire.config import CoreConfig, fixed_params
+    from spikewire.decision import DecisionConfig
     from spikewire.frontend import FrontEndConfig
-    from spikewire.model import DecisionConfig, Model
+    from spikewire.model import Model
 
     fe = FrontEndConfig(n_channels=16)
     cc = CoreConfig(n_in=16, n_hid=16, n_out=3, shift_in=10, shift_out=8)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from spikewire.audio import write_wav
 from spikewire.cli import main
 from spikewire.config import CoreConfig, fixed_params
-from spikewire.decision import Decider, Keyword
+from spikewire.decision import Decider, DecisionConfig, Keyword
 from spikewire.frontend import FrontEndConfig
-from spikewire.model import DecisionConfig, Model
+from spikewire.model import Model
 from spikewire.tools import evaluate as ev
 from spikewire.tools.datasets import wav_folder
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from spikewire.config import Chip, CoreConfig, fixed_params
-from spikewire.decision import Decider, classify
+from spikewire.decision import Decider, DecisionConfig, classify
 from spikewire.frontend import FrontEndConfig
-from spikewire.model import DecisionConfig, Model, ModelFileError, load, resolve
+from spikewire.model import Model, ModelFileError, load, resolve
 from spikewire.modelfile import load_container, save_container
 
 WORDS = ["yes", "no", "up"]
@@ -281,6 +281,23 @@ def test_decision_config_rules_and_old_files():
     with pytest.raises(ValueError, match="unknown decision keys"):
         DecisionConfig.from_dict({**old, "window": 3})
 
+
+
+def test_decision_does_not_import_model():
+    """DecisionConfig lives in decision.py; decision never imports model (no cycle), and the old
+    import path spikewire.model.DecisionConfig is the same class."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import spikewire.decision as d; "
+            "print(d.DecisionConfig.__module__, 'spikewire.model' in sys.modules)")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["spikewire.decision", "False"]
+    import spikewire
+    import spikewire.model
+
+    assert spikewire.model.DecisionConfig is DecisionConfig is spikewire.DecisionConfig
 
 def test_classify_offline():
     cfg = DecisionConfig(threshold=100)

@@ -36,9 +36,9 @@ import numpy as np
 
 from spikewire.audio import read_wav
 from spikewire.config import Chip
-from spikewire.decision import Decider, Keyword, classify
+from spikewire.decision import Decider, DecisionConfig, Keyword, classify
 from spikewire.frontend import FrontEnd, encode
-from spikewire.model import DecisionConfig, Model
+from spikewire.model import Model
 
 from .datasets import DatasetError, Utterance, select, wav_folder
 

@@ -54,9 +54,10 @@ import numpy as np
 
 from spikewire.audio import read_wav
 from spikewire.config import Chip, CoreConfig, FixedPopulation, PopulationConfig, decay_q15, fixed_params, gain_q15
+from spikewire.decision import DecisionConfig
 from spikewire.events import Events
 from spikewire.frontend import FrontEndConfig, encode
-from spikewire.model import DecisionConfig, Model
+from spikewire.model import Model
 from spikewire.tools.datasets import DIGIT_WORDS, SpikeCache, Utterance, default_cache_root, fsdd, wav_folder
 from spikewire.tools.words import BACKGROUND_WORDS, HELDOUT_WORDS, espeak_clips
 
