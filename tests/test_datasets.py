@@ -7,20 +7,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikewire.audio import write_wav
+from spikewire.audio import AudioFileError, read_wav, write_wav
 from spikewire.tools.datasets import (
+    CORPORA,
     DIGIT_WORDS,
     DatasetError,
     SpikeCache,
     Utterance,
+    corpus,
     default_cache_root,
+    digit_folder,
     fsdd,
+    load_corpus,
     hash_config,
     read_shd,
     read_shd_speakers,
     select,
     validate_events,
     wav_folder,
+    word_folder,
 )
 
 TONE = (np.sin(np.arange(80) / 3) * 0.5).astype(np.float32)
@@ -343,3 +348,113 @@ def test_hash_config_is_canonical():
     assert len(h) == 16 and int(h, 16) >= 0
     with pytest.raises(ValueError):
         hash_config({"x": float("nan")})
+
+
+# --- digit_folder / word_folder / CORPORA ------------------------------------
+
+
+def rate_wav(path: Path, rate: int, seconds: float = 0.05) -> Path:
+    """A real 16-bit WAV of a 440 Hz tone at ``rate``."""
+    t = np.arange(int(rate * seconds)) / rate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture
+def mixed_digits(tmp_path):
+    root = tmp_path / "digits"
+    rate_wav(root / "3_alice_0.wav", 8000)
+    rate_wav(root / "3_alice_1.wav", 8000)
+    rate_wav(root / "0_bob_smith_7.wav", 48000)  # speaker with an underscore
+    rate_wav(root / "nine" / "a1b2c3d4_nohash_2.wav", 16000)  # Speech Commands layout
+    rate_wav(root / "4" / "carol_5.wav", 22050)
+    (root / "notes.txt").write_text("not audio")
+    (root / ".hidden.wav").write_bytes(b"junk")
+    return root
+
+
+def test_digit_folder_layouts_rates_and_speakers(mixed_digits):
+    us = digit_folder(mixed_digits, speaker_prefix="x", corpus="demo")
+    got = [(u.label, u.speaker, u.index, u.rate, u.split, u.known, u.corpus) for u in us]
+    assert got == [
+        ("zero", "xbob_smith", 7, 48000, None, True, "demo"),
+        ("three", "xalice", 0, 8000, None, True, "demo"),
+        ("three", "xalice", 1, 8000, None, True, "demo"),
+        ("four", "xcarol", 5, 22050, None, True, "demo"),
+        ("nine", "xa1b2c3d4", 2, 16000, None, True, "demo"),
+    ]
+    for u in us:  # the rate recorded is the one the file is read at
+        assert read_wav(u.path)[1] == u.rate
+    split = {u.path.name: u.split for u in digit_folder(mixed_digits, index_split=True)}
+    assert split["3_alice_0.wav"] == "test" and split["0_bob_smith_7.wav"] == "train"
+
+
+def test_digit_folder_rejects_bad_names_words_and_files(tmp_path):
+    rate_wav(tmp_path / "a" / "x_alice_0.wav", 8000)
+    with pytest.raises(DatasetError, match="not a digit file name"):
+        digit_folder(tmp_path / "a")
+    rate_wav(tmp_path / "b" / "yes" / "alice_nohash_0.wav", 16000)
+    with pytest.raises(DatasetError, match="'yes'.*not a digit.*word_folder"):
+        digit_folder(tmp_path / "b")
+    rate_wav(tmp_path / "c" / "two" / "noindex.wav", 16000)
+    with pytest.raises(DatasetError, match="speaker"):
+        digit_folder(tmp_path / "c")
+    rate_wav(tmp_path / "d" / "two" / "deeper" / "alice_0.wav", 16000)
+    with pytest.raises(DatasetError, match="one folder level"):
+        digit_folder(tmp_path / "d")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "1_alice_0.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(AudioFileError, match="1_alice_0.wav"):
+        digit_folder(tmp_path / "e")
+    (tmp_path / "f").mkdir()
+    with pytest.raises(DatasetError, match="no .wav files"):
+        digit_folder(tmp_path / "f")
+    with pytest.raises(DatasetError, match="does not exist"):
+        digit_folder(tmp_path / "missing")
+
+
+def test_word_folder_is_the_no_keyword_class(tmp_path):
+    root = tmp_path / "words"
+    rate_wav(root / "yes" / "0c540988_nohash_1.wav", 16000)
+    rate_wav(root / "yes" / "0c540988_nohash_0.wav", 16000)
+    rate_wav(root / "Seventeen" / "astallison_0.wav", 8000)
+    rate_wav(root / "letter_a" / "dsp15307_2.wav", 44100)
+    us = word_folder(root, speaker_prefix="gsc", corpus="w")
+    got = [(u.label, u.speaker, u.index, u.rate, u.known, u.corpus) for u in us]
+    assert got == [
+        ("letter_a", "gscdsp15307", 2, 44100, False, "w"),
+        ("seventeen", "gscastallison", 0, 8000, False, "w"),
+        ("yes", "gsc0c540988", 0, 16000, False, "w"),
+        ("yes", "gsc0c540988", 1, 16000, False, "w"),
+    ]
+    rate_wav(root / "seven" / "bob_0.wav", 8000)
+    with pytest.raises(DatasetError, match="'seven' is a digit"):
+        word_folder(root)
+    rate_wav(tmp_path / "flat" / "yes_bob_0.wav", 8000)
+    with pytest.raises(DatasetError, match="one folder level"):
+        word_folder(tmp_path / "flat")
+
+
+def test_corpora_registry_licences_and_loading(tmp_path):
+    names = [c.name for c in CORPORA]
+    assert len(set(names)) == len(names)
+    assert {c.kind for c in CORPORA} == {"digits", "words"}
+    assert corpus("fsdd").licence == "CC BY-SA 4.0" and corpus("gsc-words").licence == "CC BY 4.0"
+    assert corpus("dspspeech20").licence == "MIT"
+    assert corpus("gsc-digits").pool == corpus("gsc-words").pool
+    with pytest.raises(ValueError, match="unknown corpus 'nope'.*fsdd"):
+        corpus("nope")
+    # a miniature data root with the registry's layout (generated, never ../shared)
+    rate_wav(tmp_path / "fsdd" / "recordings" / "7_jackson_3.wav", 8000)
+    rate_wav(tmp_path / "fsdd" / "recordings" / "7_jackson_12.wav", 8000)
+    rate_wav(tmp_path / "gsc-v2" / "digits" / "1_gscabc_0.wav", 16000)
+    rate_wav(tmp_path / "gsc-v2" / "words" / "go" / "abc_nohash_0.wav", 16000)
+    f = load_corpus("fsdd", tmp_path)
+    assert [(u.label, u.speaker, u.split, u.corpus) for u in f] == [
+        ("seven", "jackson", "test", "fsdd"), ("seven", "jackson", "train", "fsdd")]
+    d, w = load_corpus("gsc-digits", tmp_path), load_corpus(corpus("gsc-words"), tmp_path)
+    assert d[0].speaker == w[0].speaker == "gscabc"  # one person, one id across the two folders
+    assert (d[0].known, w[0].known, d[0].split) == (True, False, None)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_corpus("dspspeech20", tmp_path)

@@ -43,13 +43,18 @@ import numpy as np
 from spikewire.modelfile import atomic_writer
 
 __all__ = [
+    "CORPORA",
+    "Corpus",
     "DIGIT_WORDS",
     "DatasetError",
     "SHD_CHANNELS",
     "SpikeCache",
     "Utterance",
+    "corpus",
     "default_cache_root",
+    "digit_folder",
     "fsdd",
+    "load_corpus",
     "fsdd_split",
     "hash_config",
     "read_shd",
@@ -57,6 +62,7 @@ __all__ = [
     "select",
     "validate_events",
     "wav_folder",
+    "word_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,11 @@ class Utterance:
     known : bool
         False if a vocabulary was given and ``label`` is not in it: the model
         should reject this utterance (the "unknown word" class).
+    rate : int or None
+        Sample rate in Hz from the WAV header (filled in by
+        :func:`digit_folder` and :func:`word_folder`).
+    corpus : str or None
+        The :data:`CORPORA` name the utterance was loaded as, if any.
     """
 
     path: Path
@@ -103,6 +114,8 @@ class Utterance:
     index: Optional[int] = None
     split: Optional[str] = None
     known: bool = True
+    rate: Optional[int] = None
+    corpus: Optional[str] = None
 
 
 def fsdd_split(index: int) -> str:
@@ -263,6 +276,187 @@ def wav_folder(root: PathLike, vocabulary: Optional[Sequence[str]] = None) -> li
         raise DatasetError(f"no .wav files in {str(root)!r}")
     out.sort(key=lambda u: u.path)
     return out
+
+
+# ---------------------------------------------------------------------------
+# corpora: digit folders, word folders, the registry
+
+# "{speaker}_nohash_{n}" (Speech Commands) or "{speaker}_{n}" inside a word folder.
+_SPEAKER_NAME = re.compile(r"^(?P<speaker>.+?)(?:_nohash)?_(?P<index>[0-9]+)$")
+
+
+def _header_rate(p: Path) -> int:
+    from spikewire.audio import read_wav_info  # raises AudioFileError (a ValueError) naming the file
+
+    return read_wav_info(p).rate
+
+
+def _wav_files(root: Path, what: str) -> list[Path]:
+    if not root.is_dir():
+        raise DatasetError(f"{what} {str(root)!r} does not exist")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / fn for fn in filenames if not fn.startswith(".") and fn.lower().endswith(".wav")]
+    if not files:
+        raise DatasetError(f"no .wav files in {what} {str(root)!r}")
+    return sorted(files)
+
+
+def _in_word_folder(p: Path, root: Path) -> tuple[str, str, int]:
+    """(label, speaker, index) of ``root/WORD/{speaker}[_nohash]_{n}.wav``."""
+    rel = p.relative_to(root)
+    if len(rel.parts) != 2:
+        raise DatasetError(f"{p}: expected ROOT/WORD/{{speaker}}_{{n}}.wav (one folder level), got {rel}")
+    m = _SPEAKER_NAME.match(p.stem)
+    if m is None:
+        raise DatasetError(f"{p}: not a {{speaker}}_{{n}}.wav or {{speaker}}_nohash_{{n}}.wav file name")
+    return _word(rel.parts[0]), m["speaker"], int(m["index"])
+
+
+def digit_folder(
+    root: PathLike,
+    speaker_prefix: str = "",
+    corpus: Optional[str] = None,
+    index_split: bool = False,
+) -> list[Utterance]:
+    """Spoken digits from any folder, at any sample rate.
+
+    Two layouts, mixed freely:
+
+    * ``root/{digit}_{speaker}_{index}.wav`` (FSDD style, digit 0-9);
+    * ``root/{word}/{speaker}_nohash_{n}.wav`` or ``root/{word}/{speaker}_{n}.wav``
+      (Speech Commands style), ``word`` one of ``zero`` .. ``nine`` or a digit.
+
+    Every file's WAV header is read (its rate goes to ``Utterance.rate``); an
+    unreadable file raises :class:`spikewire.audio.AudioFileError`.  The
+    speaker is kept, with ``speaker_prefix`` in front (so that the same person
+    gets one id across folders, e.g. ``"gsc"``).  ``split`` is the FSDD index
+    convention (:func:`fsdd_split`) if ``index_split``, else None.
+
+    Returns
+    -------
+    list of Utterance
+        Sorted by (digit, speaker, index, path); all ``known``.
+
+    Raises
+    ------
+    DatasetError
+        Not a folder, no WAV files, a file name of neither layout, or a word
+        folder that is not a digit (use :func:`word_folder` for those).
+    """
+    root = Path(root)
+    found = []
+    for p in _wav_files(root, "digit folder"):
+        if p.parent == root:
+            m = _FSDD_NAME.match(p.stem)
+            if m is None:
+                raise DatasetError(f"{p}: not a digit file name (expected {{digit}}_{{speaker}}_{{index}}.wav)")
+            label, speaker, index = DIGIT_WORDS[int(m["digit"])], m["speaker"], int(m["index"])
+        else:
+            label, speaker, index = _in_word_folder(p, root)
+            if label not in DIGIT_WORDS:
+                raise DatasetError(f"{p}: folder {p.parent.name!r} of a digit folder is not a digit "
+                                   f"({', '.join(DIGIT_WORDS)}); non-digit words belong in word_folder()")
+        split = fsdd_split(index) if index_split else None
+        found.append(((DIGIT_WORDS.index(label), speaker_prefix + speaker, index, p),
+                      Utterance(p, label, speaker_prefix + speaker, index, split, True, _header_rate(p), corpus)))
+    found.sort(key=lambda t: t[0])
+    return [t[1] for t in found]
+
+
+def word_folder(root: PathLike, speaker_prefix: str = "", corpus: Optional[str] = None) -> list[Utterance]:
+    """Non-digit words as the "no keyword" class: ``root/{word}/{speaker}[_nohash]_{n}.wav``.
+
+    Every utterance has ``known=False``, its word as label, the speaker (with
+    ``speaker_prefix``) and index from the file name, and the header's rate.
+    A digit word folder (``zero`` .. ``nine``) is an error: it would teach the
+    model to reject digits.
+
+    Returns
+    -------
+    list of Utterance
+        Sorted by (label, speaker, index, path).
+
+    Raises
+    ------
+    DatasetError
+        Not a folder, no WAV files, a file directly in ``root`` or deeper than
+        one folder, a file name that is not ``{speaker}_{n}.wav`` /
+        ``{speaker}_nohash_{n}.wav``, or a digit word.
+    """
+    root = Path(root)
+    found = []
+    for p in _wav_files(root, "word folder"):
+        label, speaker, index = _in_word_folder(p, root)
+        if label in DIGIT_WORDS:
+            raise DatasetError(f"{p}: {label!r} is a digit; a word folder is the 'no keyword' class")
+        found.append(((label, speaker_prefix + speaker, index, p),
+                      Utterance(p, label, speaker_prefix + speaker, index, None, False, _header_rate(p), corpus)))
+    found.sort(key=lambda t: t[0])
+    return [t[1] for t in found]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One audio corpus of ``../shared/data`` (our machines only; never needed at run time).
+
+    ``folder`` is relative to the data root; ``kind`` is ``"digits"`` (read by
+    :func:`digit_folder`) or ``"words"`` (:func:`word_folder`, the "no
+    keyword" class).  ``pool`` names the set of people the speaker ids belong
+    to: corpora with one pool share speakers (Speech Commands digits and
+    words), so a speaker's validation/training side is decided once per pool.
+    """
+
+    name: str
+    folder: str
+    licence: str
+    kind: str
+    pool: str
+    speaker_prefix: str = ""
+    source: str = ""
+
+
+CORPORA: tuple[Corpus, ...] = (
+    Corpus("fsdd", "fsdd/recordings", "CC BY-SA 4.0", "digits", "fsdd",
+           source="Free Spoken Digit Dataset (Jakobovski), commit 26eb9aa; 5 of its 6 speakers"),
+    Corpus("gsc-digits", "gsc-v2/digits", "CC BY 4.0", "digits", "gsc",
+           source="Speech Commands v0.02 test set (Warden 2018, Google LLC), digits"),
+    Corpus("gsc-words", "gsc-v2/words", "CC BY 4.0", "words", "gsc", speaker_prefix="gsc",
+           source="Speech Commands v0.02 test set (Warden 2018, Google LLC), 15 non-digit words"),
+    Corpus("more-voices-digits", "more-voices/digits", "MIT (insp*: inspektral/audioMNIST-classifier); "
+           "CC BY-SA 3.0 (astallison: Asterisk / Allison Smith)", "digits", "more-voices",
+           source="inspektral/audioMNIST-classifier f182d80 predict_data; asterisk-core-sounds-en-wav 1.6.1 Allison"),
+    Corpus("more-voices-words", "more-voices/words", "CC BY-SA 3.0 (Asterisk / Allison Smith)", "words",
+           "more-voices", source="asterisk-core-sounds-en-wav 1.6.1-1, en_US_f_Allison"),
+    Corpus("dspspeech20", "dspspeech20", "MIT", "words", "dspspeech20",
+           source="zhongyuchen/DSPSpeech-20 commit 8165959, 8 English words, Mandarin-accented"),
+)
+"""Every corpus with its licence (from the corpus READMEs); model cards must name the ones used."""
+
+_CORPUS_KINDS = ("digits", "words")
+
+
+def corpus(name: str) -> Corpus:
+    """The :data:`CORPORA` entry called ``name`` (ValueError listing the names otherwise)."""
+    for c in CORPORA:
+        if c.name == name:
+            return c
+    raise ValueError(f"unknown corpus {name!r}; known: {', '.join(c.name for c in CORPORA)}")
+
+
+def load_corpus(c: Union[str, Corpus], data_root: PathLike) -> list[Utterance]:
+    """Load one corpus from ``data_root / c.folder`` (utterances carry ``corpus=c.name``).
+
+    FSDD gets its index split (:func:`fsdd_split`); the others ``split=None``.
+    """
+    c = corpus(c) if isinstance(c, str) else c
+    if c.kind not in _CORPUS_KINDS:
+        raise ValueError(f"corpus {c.name!r}: kind must be one of {_CORPUS_KINDS}, got {c.kind!r}")
+    folder = Path(data_root) / c.folder
+    if c.kind == "digits":
+        return digit_folder(folder, c.speaker_prefix, c.name, index_split=c.name == "fsdd")
+    return word_folder(folder, c.speaker_prefix, c.name)
 
 
 # ---------------------------------------------------------------------------
