@@ -310,6 +310,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main(args.train_args)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """``spikewire deploy bundle``: a Raspberry Pi bundle (runtime/deploy.py, docs/raspberry-pi.md)."""
+    from .deploy import DeployError, build_bundle
+
+    try:
+        info = build_bundle(args.model, args.out, config=args.config, sdist=args.sdist, force=args.force)
+    except DeployError as e:
+        print(f"spikewire deploy bundle: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"event": "bundle", "out": args.out, "spikewire_version": info["spikewire_version"],
+                      "files": sorted(info["files"])}))
+    return 0
+
+
+def add_deploy_commands(sub) -> None:
+    d = sub.add_parser("deploy", help="deployment helpers (a Raspberry Pi bundle)")
+    dsub = d.add_subparsers(dest="deploy_cmd", required=True)
+    b = dsub.add_parser("bundle", help="one tar.gz with the sdist, model, device.toml, systemd unit, install.sh",
+                        description="See docs/raspberry-pi.md. Unpack on the Pi and run sudo ./install.sh.")
+    b.add_argument("--model", default="kws-digits", help="shipped model name or .swm path (default kws-digits)")
+    b.add_argument("--config", metavar="TOML", help="device.toml to ship (default: the documented example)")
+    b.add_argument("--out", default="spikewire-pi.tar.gz", help="bundle path (default spikewire-pi.tar.gz)")
+    b.add_argument("--sdist", metavar="TAR_GZ", help="use this sdist instead of building one from the checkout")
+    b.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    b.set_defaults(fn=cmd_deploy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikewire", description="Spiking neural networks on a bit-exact "
                                 "BrainScaleS-2-like fixed-point core.")
@@ -374,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     add_runtime_commands(sub)
+    add_deploy_commands(sub)
     return p
 
 

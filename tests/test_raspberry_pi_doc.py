@@ -1,6 +1,7 @@
-"""docs/raspberry-pi.md stays true: its systemd unit passes ``systemd-analyze verify`` (with
-ExecStart pointed at this environment's installed ``spikewire``), keeps the restart policy the
-doc explains, and its device.toml example is a valid run config."""
+"""docs/raspberry-pi.md stays true: the systemd unit and device.toml it shows are the deploy
+bundle's templates (runtime/data/deploy/, one source), the unit passes ``systemd-analyze verify``
+(with ExecStart pointed at this environment's installed ``spikewire``) and keeps the restart policy
+the doc explains, and the device.toml is a valid run config."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def block(lang: str) -> str:
     m = re.search(rf"```{lang}\n(.*?)```", DOC, re.S)
     assert m, f"no ```{lang} block in docs/raspberry-pi.md"
     return m.group(1)
+
+
+def test_doc_shows_the_bundle_templates():
+    from spikewire.deploy import template
+
+    assert block("ini") == template("spikewire.service").decode()
+    assert block("toml") == template("device.toml").decode()
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path):
