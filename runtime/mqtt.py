@@ -2,7 +2,9 @@
 
 The wire protocol (topics, JSON schemas, the binary spike-batch layout, control
 commands, buffering and reconnection policy) is specified in ``docs/mqtt.md``;
-this module is its reference implementation. Everything above the
+this module is its reference implementation. The control protocol itself
+(``ControlCommand``, ``parse_control``, ``encode_reply``, ``CommandRegistry``) lives in
+``runtime/control.py`` and is re-exported here. Everything above the
 ``MqttSink`` section is pure (no I/O, no event loop) and usable on its own,
 e.g. by the ``mqtt:TOPIC`` spike source, which only needs
 :func:`decode_spike_batch`.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -26,11 +27,25 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import numpy as np
+
+# the control protocol and the payload basics live in their own modules; re-exported here
+from .control import (  # noqa: F401
+    ArgType,
+    CommandError,
+    CommandRegistry,
+    CommandSpec,
+    ControlCommand,
+    ControlPayloadError,
+    encode_reply,
+    parse_control,
+)
+from .wire import PayloadError, json_safe
+from .wire import json_safe as _json_safe  # noqa: F401  (old private name)
 
 try:  # only the sink needs it; the codecs work without it
     import aiomqtt
@@ -70,10 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class PayloadError(ValueError):
-    """A received or to-be-decoded payload is malformed. The message says what and where."""
 
 
 # ---------------------------------------------------------------------------
@@ -597,198 +608,6 @@ def decode_keyword(payload: bytes | str) -> dict[str, Any]:
     return {**fields, "model": doc["model"], "seq": seq, "session": doc["session"]}
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types from numpy scalars/arrays and tuples; non-finite floats become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-class CommandError(Exception):
-    """Raised by a command handler (or the parser) to send ``{"ok": false, "error": str(exc)}``."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ControlCommand:
-    """A parsed control request: ``{"cmd": NAME, "id": ID, **args}``."""
-
-    cmd: str
-    id: str | int | None
-    args: dict[str, Any]
-
-
-class ControlPayloadError(PayloadError):
-    """A control payload could not be parsed; ``request_id`` is its ``id`` if one was readable."""
-
-    def __init__(self, message: str, request_id: Any = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-def parse_control(payload: bytes | str) -> ControlCommand:
-    """Parse a control payload; raises :class:`ControlPayloadError` (a :class:`PayloadError`)."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, TypeError) as exc:
-        raise ControlPayloadError(f"control payload is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ControlPayloadError(f"control payload must be a JSON object, got {type(doc).__name__}")
-    req_id = doc.pop("id", None)
-    if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, (str, int))):
-        raise ControlPayloadError(f"control id must be a string, an integer or null, got {type(req_id).__name__}")
-    cmd = doc.pop("cmd", None)
-    if cmd is None:
-        raise ControlPayloadError("control payload has no 'cmd'", req_id)
-    if not isinstance(cmd, str) or not cmd:
-        raise ControlPayloadError(f"control 'cmd' must be a non-empty string, got {cmd!r}", req_id)
-    return ControlCommand(cmd=cmd, id=req_id, args=doc)
-
-
-def encode_reply(request_id: Any, ok: bool, *, result: Any = None, error: str | None = None) -> bytes:
-    """The ``control/reply`` JSON: ``{id, ok, error?, result?}``."""
-    doc: dict[str, Any] = {"id": request_id, "ok": ok}
-    if error is not None:
-        doc["error"] = error
-    if result is not None:
-        doc["result"] = _json_safe(result)
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-
-
-ArgType = type | tuple[type, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandSpec:
-    """A registered control command: handler plus argument schema (name -> accepted types)."""
-
-    name: str
-    handler: Callable[..., Any]
-    required: Mapping[str, ArgType]
-    optional: Mapping[str, ArgType]
-    help: str = ""
-
-
-def _type_ok(value: Any, types: ArgType) -> bool:
-    types = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, bool):
-        return bool in types
-    if isinstance(value, int) and float in types:
-        return True
-    return isinstance(value, types)
-
-
-def _type_name(types: ArgType) -> str:
-    types = types if isinstance(types, tuple) else (types,)
-    return " or ".join(t.__name__ for t in types)
-
-
-class CommandRegistry:
-    """Control command handlers by name. The sink parses and validates; handlers only act.
-
-    Register with ``registry.register("pause", handler)`` or as a decorator::
-
-        @registry.register("label", required={"word": str}, optional={"weight": float})
-        async def label(word, weight=1.0): ...
-
-    A handler receives the validated arguments as keyword arguments (``id`` and
-    ``cmd`` removed), may be sync or async, and returns a JSON-serialisable
-    result (or ``None``). Raising :class:`CommandError` or ``ValueError`` gives an
-    error reply with that message; any other exception is logged and reported
-    as ``"TypeName: message"``. Argument types: ``str``, ``int``, ``float`` (also
-    accepts ints), ``bool``, ``list``, ``dict``; ``bool`` is never an ``int``.
-    """
-
-    def __init__(self) -> None:
-        self._specs: dict[str, CommandSpec] = {}
-
-    def register(
-        self,
-        name: str,
-        handler: Callable[..., Any] | None = None,
-        *,
-        required: Mapping[str, ArgType] | None = None,
-        optional: Mapping[str, ArgType] | None = None,
-        help: str = "",  # noqa: A002
-        replace: bool = False,
-    ) -> Any:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"command name must be a non-empty string, got {name!r}")
-        if name in self._specs and not replace:
-            raise ValueError(f"command {name!r} is already registered (pass replace=True)")
-        reserved = {"id", "cmd"} & (set(required or ()) | set(optional or ()))
-        if reserved:
-            raise ValueError(f"command {name!r}: argument names {sorted(reserved)} are reserved")
-
-        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._specs[name] = CommandSpec(name, fn, dict(required or {}), dict(optional or {}), help)
-            return fn
-
-        return add if handler is None else add(handler)
-
-    def unregister(self, name: str) -> None:
-        self._specs.pop(name, None)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._specs
-
-    def names(self) -> list[str]:
-        return sorted(self._specs)
-
-    def validate(self, command: ControlCommand) -> CommandSpec:
-        """Check that the command exists and its arguments match; raises :class:`CommandError`."""
-        spec = self._specs.get(command.cmd)
-        if spec is None:
-            known = ", ".join(self.names()) or "none"
-            raise CommandError(f"unknown cmd {command.cmd!r}; known: {known}")
-        missing = [k for k in spec.required if k not in command.args]
-        if missing:
-            raise CommandError(f"{command.cmd}: missing argument(s) {', '.join(missing)}")
-        for key, value in command.args.items():
-            types = spec.required.get(key, spec.optional.get(key))
-            if types is None:
-                raise CommandError(f"{command.cmd}: unexpected argument {key!r}")
-            if not _type_ok(value, types):
-                raise CommandError(
-                    f"{command.cmd}: argument {key!r} must be {_type_name(types)}, got {type(value).__name__}"
-                )
-        return spec
-
-    async def execute(self, command: ControlCommand, *, timeout: float | None = None) -> bytes:
-        """Validate and run a command; returns the encoded reply. Never raises (except cancellation)."""
-        try:
-            spec = self.validate(command)
-            async with asyncio.timeout(timeout):
-                result = spec.handler(**command.args)
-                if inspect.isawaitable(result):
-                    result = await result
-            return encode_reply(command.id, True, result=result)
-        except (CommandError, ValueError) as exc:
-            return encode_reply(command.id, False, error=str(exc) or type(exc).__name__)
-        except TimeoutError:
-            return encode_reply(command.id, False, error=f"{command.cmd}: timed out after {timeout} s")
-        except Exception as exc:  # a handler bug must not kill the sink
-            log.exception("control command %r failed", command.cmd)
-            return encode_reply(command.id, False, error=f"{type(exc).__name__}: {exc}")
-
-    async def handle(self, payload: bytes | str, *, timeout: float | None = None) -> bytes:
-        """Parse, validate and run one raw control payload; returns the encoded reply. Never raises."""
-        try:
-            command = parse_control(payload)
-        except ControlPayloadError as exc:
-            return encode_reply(exc.request_id, False, error=str(exc))
-        return await self.execute(command, timeout=timeout)
-
-
 # ---------------------------------------------------------------------------
 # Reconnection backoff
 # ---------------------------------------------------------------------------
@@ -1032,7 +851,7 @@ class MqttSink:
         clash = {"t_wall", "session", "mqtt"} & set(metrics)
         if clash:
             raise ValueError(f"metrics keys {sorted(clash)} are reserved for the sink")
-        doc = _json_safe(metrics)
+        doc = json_safe(metrics)
         doc.update(t_wall=time.time(), session=self.session, mqtt=self.counters())
         if self._metrics is not None:
             self._counts["dropped_metrics"] += 1

@@ -56,11 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from .control import CommandError, CommandRegistry
 from .decision import Decider
 from .events import Events
 from .frontend import FrontEnd
 from .model import Model, load as load_model
-from .mqtt import CommandError, CommandRegistry
 from .sinks import KeywordItem, Sink, SpikeItem
 from .sources import AudioBlock, Source, SpikeBlock
 

@@ -25,8 +25,6 @@ from hypothesis import strategies as st
 from spikewire.mqtt import (
     SPIKE_HEADER,
     Backoff,
-    CommandError,
-    CommandRegistry,
     MqttAuthError,
     MqttSink,
     MqttTlsError,
@@ -38,7 +36,6 @@ from spikewire.mqtt import (
     encode_keyword,
     encode_spike_batch,
     encode_spike_raster,
-    parse_control,
     parse_mqtt_url,
 )
 
@@ -322,63 +319,6 @@ def test_keyword_codec():
         encode_keyword({**EVENT, "t_end": 1.0}, model="m", seq=0, session="s")
     with pytest.raises(PayloadError, match="not JSON"):
         decode_keyword(b"\xff")
-
-
-def test_command_registry_replies():
-    reg = CommandRegistry()
-    calls = []
-    reg.register("pause", lambda: calls.append("pause"))
-
-    @reg.register("label", required={"word": str}, optional={"weight": float})
-    async def label(word, weight=1.0):
-        if word == "bad":
-            raise CommandError("no such word")
-        return {"word": word, "weight": weight}
-
-    @reg.register("crash")
-    def crash():
-        raise RuntimeError("boom")
-
-    @reg.register("slow")
-    async def slow():
-        await asyncio.sleep(10)
-
-    async def go():
-        async def reply(payload, timeout=None):
-            return json.loads(await reg.handle(payload, timeout=timeout))
-
-        return [
-            await reply(b'{"cmd": "pause", "id": 1}'),
-            await reply(b'{"cmd": "label", "id": "a", "word": "yes", "weight": 2}'),
-            await reply(b"not json"),
-            await reply(b"[1, 2]"),
-            await reply(b'{"id": 5}'),
-            await reply(b'{"cmd": "fly", "id": 6}'),
-            await reply(b'{"cmd": "label", "id": 7}'),
-            await reply(b'{"cmd": "label", "id": 8, "word": 3}'),
-            await reply(b'{"cmd": "label", "id": 9, "word": "x", "colour": "red"}'),
-            await reply(b'{"cmd": "label", "id": 10, "word": "bad"}'),
-            await reply(b'{"cmd": "crash", "id": 11}'),
-            await reply(b'{"cmd": "slow", "id": 12}', timeout=0.05),
-            await reply(b'{"cmd": "pause", "id": {"x": 1}}'),
-            await reply(b'{"cmd": "label", "id": 13, "word": "x", "weight": true}'),
-        ]
-
-    r = run(go())
-    assert calls == ["pause"]
-    assert r[0] == {"id": 1, "ok": True}
-    assert r[1] == {"id": "a", "ok": True, "result": {"word": "yes", "weight": 2}}
-    expected_errors = [
-        (None, "not JSON"), (None, "must be a JSON object"), (5, "no 'cmd'"),
-        (6, "unknown cmd 'fly'; known: crash, label, pause, slow"), (7, "missing argument"),
-        (8, "'word' must be str, got int"), (9, "unexpected argument 'colour'"), (10, "no such word"),
-        (11, "RuntimeError: boom"), (12, "timed out"), (None, "id must be"), (13, "'weight' must be float, got bool"),
-    ]
-    for got, (req_id, text) in zip(r[2:], expected_errors, strict=True):
-        assert got["ok"] is False and got["id"] == req_id and text in got["error"], got
-    with pytest.raises(ValueError, match="already registered"):
-        reg.register("pause", print)
-    assert parse_control('{"cmd": "x", "id": null, "a": 1}').args == {"a": 1}
 
 
 def test_backoff_is_capped_and_jittered():
