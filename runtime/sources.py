@@ -185,7 +185,7 @@ class StdinSource(Source):
         self.rate = rate
         self.block_ms = float(block_ms)
         self.fd = fd
-        self.counters = {"blocks": 0, "samples": 0, "odd_bytes": 0}
+        self.counters = {"blocks": 0, "samples": 0, "odd_bytes": 0, "samples_after_stop": 0}
 
     async def run(self, emit: Emitter) -> None:
         loop = asyncio.get_running_loop()
@@ -193,6 +193,17 @@ class StdinSource(Source):
         nbytes = 2 * _block_samples(self.rate, self.block_ms)
         done: asyncio.Future = loop.create_future()
         stop = threading.Event()
+
+        async def put(block: np.ndarray, whole: bool) -> None:
+            # Runs on the loop thread, so it is ordered with the stop below: a block is
+            # either handed on before the source ends (and then drained) or, read after the
+            # stop request, counted as discarded -- never counted as read and then lost.
+            if stop.is_set():
+                self.counters["samples_after_stop"] += block.size
+                return
+            await emit.put(AudioBlock(block, time.monotonic()))
+            self.counters["blocks"] += int(whole)
+            self.counters["samples"] += block.size
 
         def reader() -> None:
             pending = b""
@@ -206,10 +217,7 @@ class StdinSource(Source):
                         continue
                     block = np.frombuffer(pending, "<i2").astype(np.int16)
                     pending = b""
-                    fut = asyncio.run_coroutine_threadsafe(emit.put(AudioBlock(block, time.monotonic())), loop)
-                    fut.result()
-                    self.counters["blocks"] += 1
-                    self.counters["samples"] += block.size
+                    asyncio.run_coroutine_threadsafe(put(block, True), loop).result()
                 if pending and not stop.is_set():
                     even = len(pending) - len(pending) % 2
                     if len(pending) % 2:
@@ -217,9 +225,7 @@ class StdinSource(Source):
                         log.warning("stdin source: dropped a trailing odd byte (input is not whole S16_LE samples)")
                     if even:
                         block = np.frombuffer(pending[:even], "<i2").astype(np.int16)
-                        asyncio.run_coroutine_threadsafe(emit.put(AudioBlock(block, time.monotonic())),
-                                                         loop).result()
-                        self.counters["samples"] += block.size
+                        asyncio.run_coroutine_threadsafe(put(block, False), loop).result()
                 loop.call_soon_threadsafe(_set_result, done, None)
             except BaseException as e:  # noqa: BLE001 - reported to the loop, never lost
                 if not stop.is_set():
