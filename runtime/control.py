@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .wire import PayloadError, json_safe
+from .wire import PayloadError, decode_json_object, json_safe
 
 __all__ = [
     "CommandError",
@@ -51,12 +51,7 @@ class ControlPayloadError(PayloadError):
 
 def parse_control(payload: bytes | str) -> ControlCommand:
     """Parse a control payload; raises :class:`ControlPayloadError` (a :class:`PayloadError`)."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, TypeError) as exc:
-        raise ControlPayloadError(f"control payload is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ControlPayloadError(f"control payload must be a JSON object, got {type(doc).__name__}")
+    doc = decode_json_object(payload, "control payload", ControlPayloadError)
     req_id = doc.pop("id", None)
     if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, (str, int))):
         raise ControlPayloadError(f"control id must be a string, an integer or null, got {type(req_id).__name__}")

@@ -44,7 +44,7 @@ from .control import (  # noqa: F401
     encode_reply,
     parse_control,
 )
-from .wire import PayloadError, json_safe
+from .wire import PayloadError, decode_json_object, json_safe
 from .wire import json_safe as _json_safe  # noqa: F401  (old private name)
 
 try:  # only the sink needs it; the codecs work without it
@@ -587,12 +587,7 @@ def encode_keyword(event: Mapping[str, Any], *, model: str, seq: int, session: s
 
 def decode_keyword(payload: bytes | str) -> dict[str, Any]:
     """Parse and validate a ``keyword`` payload; raises :class:`PayloadError`."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, TypeError) as exc:
-        raise PayloadError(f"keyword payload is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise PayloadError(f"keyword payload must be a JSON object, got {type(doc).__name__}")
+    doc = decode_json_object(payload, "keyword payload")
     missing = [k for k in KEYWORD_FIELDS if k not in doc]
     if missing:
         raise PayloadError(f"keyword payload misses {', '.join(missing)}")

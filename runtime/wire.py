@@ -4,17 +4,34 @@ The MQTT codecs (runtime/mqtt.py) and the control protocol (runtime/control.py) 
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PayloadError", "json_safe"]
+__all__ = ["PayloadError", "decode_json_object", "json_safe"]
 
 
 class PayloadError(ValueError):
     """A received or to-be-decoded payload is malformed. The message says what and where."""
+
+
+def decode_json_object(payload: bytes | str, what: str,
+                       error: type[PayloadError] = PayloadError) -> dict[str, Any]:
+    """The one parse point for JSON received from the network: a JSON object or ``error``.
+
+    ``what`` names the payload in the message (e.g. "keyword payload"). Limits on size and
+    nesting belong here, so that every network decoder gets them at once.
+    """
+    try:
+        doc = json.loads(payload)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def json_safe(obj: Any) -> Any:

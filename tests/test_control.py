@@ -101,3 +101,16 @@ def test_mqtt_and_pipeline_use_the_same_protocol_objects():
         assert getattr(mqtt, name) is getattr(control, name), name
     assert pipeline.CommandRegistry is control.CommandRegistry
     assert mqtt.PayloadError is PayloadError
+
+
+def test_decode_json_object_is_the_one_network_parse_point():
+    import pytest
+
+    from spikewire.control import ControlPayloadError
+    from spikewire.wire import PayloadError, decode_json_object
+
+    assert decode_json_object(b'{"a": 1}', "x payload") == {"a": 1}
+    with pytest.raises(PayloadError, match="x payload is not JSON"):
+        decode_json_object(b"{", "x payload")
+    with pytest.raises(ControlPayloadError, match="must be a JSON object, got list"):
+        decode_json_object(b"[1]", "x payload", ControlPayloadError)
