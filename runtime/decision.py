@@ -50,12 +50,20 @@ when the "no keyword" unit's maximum exceeds it (``offline_reject``) or the
 best word never reaches ``threshold``.
 
 All are deterministic integer comparisons on uint8 codes.
+
+For a whole recorded stream, :func:`decide_offline_fast` gives exactly the
+keywords of one ``Decider`` fed the codes and flushed, much faster: the segment
+rule vectorised (:func:`segments` cuts the stream once per ``threshold`` and
+``hold_steps``, :func:`select_segments` applies the rest), the run rule by
+feeding the Decider only the stretches that can be evidence.  Calibration
+sweeps (``spikewire eval --calibrate``) score thousands of configs with it;
+tests/test_decision_fast.py checks it against the streaming Decider.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -260,3 +268,122 @@ def classify(cadc: np.ndarray, n_words: int, has_none_unit: bool, config: Decisi
     if has_none_unit and config.offline_reject and scores[n_words] > scores[w]:
         return None, scores
     return w, scores
+
+
+# -- the same rules on a whole recorded stream, vectorised (calibration sweeps) ----------
+
+def _check_codes(cadc: np.ndarray, n_units: int | None) -> None:
+    c = np.asarray(cadc)
+    if c.ndim != 2 or (n_units is not None and c.shape[1] != n_units):
+        raise ValueError(f"cadc must be [T x {n_units if n_units is not None else 'n_units'}], got shape {c.shape}")
+    if c.dtype != np.uint8:
+        raise TypeError(f"cadc must be uint8 codes, got {c.dtype}")
+
+
+def decide_offline_fast(cadc: np.ndarray, vocabulary: Sequence[str], has_none_unit: bool,
+                        config: DecisionConfig, step_ms: float = 1.0) -> list[Keyword]:
+    """Exactly the keywords of ``Decider(...).update(cadc)`` followed by ``flush()``
+    (one block, no gaps), but fast, for calibration sweeps.
+
+    Run rule: a step can be evidence only if its best word code is >=
+    threshold; the Decider ends evidence runs both at non-evidence steps and at
+    gaps in the step numbering, so feeding it only the candidate stretches
+    (with their true ``t0``) gives the same keywords, refractory included.
+    Segment rule: :func:`segments` then :func:`select_segments`.
+    """
+    n_words = len(vocabulary)
+    _check_codes(cadc, n_words + (1 if has_none_unit else 0))
+    if config.rule == "segment":
+        seg = segments(cadc, n_words, config.threshold, config.hold_steps, config.max_steps)
+        return select_segments(seg, list(vocabulary), config, step_ms)
+    dec = Decider(list(vocabulary), has_none_unit, config, step_ms=step_ms)
+    cand = cadc[:, :n_words].max(axis=1) >= config.threshold
+    if not cand.any():
+        return []
+    d = np.diff(np.concatenate([[0], cand.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    out: list[Keyword] = []
+    for a, b in zip(starts, ends):
+        if b - a >= config.min_steps:
+            out.extend(dec.update(cadc[a:b], t0=int(a)))
+    return out
+
+
+def segments(cadc: np.ndarray, n_words: int, threshold: int, hold_steps: int, max_steps: int) -> dict:
+    """The segment rule's segments of a whole stream (see this module's docstring),
+    vectorised: ``start``, ``last`` (last active step), ``decide`` (decision
+    step; the last step when the stream ends first) and ``max`` (per-unit
+    maximum codes over ``start..decide``, int16 [S x n_units])."""
+    c = np.asarray(cadc)
+    _check_codes(c, None)
+    if not 1 <= n_words <= c.shape[1]:
+        raise ValueError(f"n_words must be in 1..{c.shape[1]} (the cadc columns), got {n_words}")
+    n = c.shape[0]
+    active = c[:, :n_words].max(axis=1) >= threshold if n else np.zeros(0, bool)
+    d = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
+    a, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1)  # active runs [a, e)
+    starts, lasts, decides = [], [], []
+    if a.size:
+        # runs separated by at most hold_steps inactive steps form one group
+        brk = np.flatnonzero(a[1:] - e[:-1] > hold_steps) + 1
+        g0 = np.concatenate([[0], brk])
+        g1 = np.concatenate([brk, [a.size]])
+        act_idx = None
+        for i0, i1 in zip(g0, g1):
+            s0, g_last = int(a[i0]), int(e[i1 - 1]) - 1  # first and last active step of the group
+            while True:  # split the group where segments reach max_steps
+                cut = s0 + max_steps - 1
+                if cut < g_last:
+                    if act_idx is None:
+                        act_idx = np.flatnonzero(active)
+                    j = int(np.searchsorted(act_idx, cut, side="right"))
+                    starts.append(s0)
+                    lasts.append(int(act_idx[j - 1]))
+                    decides.append(cut)
+                    s0 = int(act_idx[j])
+                    continue
+                starts.append(s0)
+                lasts.append(g_last)
+                decides.append(min(g_last + hold_steps + 1, cut, n - 1))
+                break
+    start = np.asarray(starts, np.int64)
+    decide = np.asarray(decides, np.int64)
+    if start.size:
+        padded = np.concatenate([c, c[-1:]]).astype(np.int16)
+        idx = np.empty(2 * start.size, np.int64)
+        idx[0::2], idx[1::2] = start, decide + 1
+        mx = np.maximum.reduceat(padded, idx, axis=0)[0::2]
+    else:
+        mx = np.zeros((0, c.shape[1] if c.ndim == 2 else 0), np.int16)
+    return {"start": start, "last": np.asarray(lasts, np.int64), "decide": decide, "max": mx}
+
+
+def select_segments(seg: dict, vocabulary: Sequence[str], config: DecisionConfig, step_ms: float) -> list[Keyword]:
+    """The keywords the segment rule fires for ``seg`` (from :func:`segments`):
+    peak, margin, min_steps, then the refractory time, in decision order."""
+    n_words = len(vocabulary)
+    mx = seg["max"]
+    if mx.shape[0] == 0:
+        return []
+    w = mx[:, :n_words].argmax(axis=1)
+    rows = np.arange(mx.shape[0])
+    best = mx[rows, w]
+    if mx.shape[1] > 1:
+        masked = mx.copy()
+        masked[rows, w] = -1
+        other = masked.max(axis=1)
+    else:
+        other = np.full(mx.shape[0], -1, np.int16)
+    ok = ((seg["last"] - seg["start"] + 1 >= config.min_steps) & (best >= config.peak)
+          & (best - other >= config.margin))
+    refr = int(round(config.refractory_ms / step_ms))
+    step_s = step_ms / 1000.0
+    out, last_fire = [], None
+    for i in np.flatnonzero(ok):
+        t = int(seg["decide"][i])
+        if last_fire is not None and t - last_fire <= refr:
+            continue
+        last_fire = t
+        out.append(Keyword(vocabulary[int(w[i])], float(best[i]) / 255.0, int(seg["start"][i]) * step_s,
+                           t * step_s, t))
+    return out

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from spikewire.audio import write_wav
 from spikewire.cli import main
 from spikewire.config import CoreConfig, fixed_params
-from spikewire.decision import Decider, DecisionConfig, Keyword
+from spikewire.decision import DecisionConfig, Keyword, decide_offline_fast
 from spikewire.frontend import FrontEndConfig
 from spikewire.model import Model
 from spikewire.tools import evaluate as ev
@@ -248,63 +246,8 @@ def test_run_stream_hits_and_block_invariance(clean):
     assert cadc.shape == (int(np.ceil(s.duration_s * 1000)), 3)
     kws2, cadc2 = ev.run_stream(m, s, block_ms=37)
     assert kws2 == kws and np.array_equal(cadc2, cadc)
-    # the exact fast decider used by the sweep gives the same keywords
-    assert ev.decide_offline_fast(cadc, m.vocabulary, True, m.decision) == kws
-
-
-def _smooth_codes(rng, n_blocks=400, run=25, n_units=4):
-    base = np.repeat(rng.integers(100, 256, (n_blocks, n_units)), run, axis=0)
-    return np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
-
-
-def _decider_keywords(vocab, cfg, codes, splits=None):
-    d = Decider(vocab, True, cfg)
-    out, t = [], 0
-    for n in (splits if splits is not None else [len(codes)]):
-        out += d.update(codes[t:t + n])
-        t += n
-    return out + d.update(codes[t:]) + d.flush()
-
-
-def test_decide_offline_fast_equals_decider():
-    rng = np.random.default_rng(7)
-    # smooth random codes with long runs, 3 words + none unit
-    codes = _smooth_codes(rng)
-    vocab = ["a", "b", "c"]
-    for th, mg, ms, rf in [(160, 8, 3, 400), (200, 0, 1, 0), (140, 30, 20, 100), (250, 4, 5, 1000)]:
-        cfg = DecisionConfig(threshold=th, margin=mg, min_steps=ms, refractory_ms=rf, rule="run")
-        ref = _decider_keywords(vocab, cfg, codes)
-        assert ref and ev.decide_offline_fast(codes, vocab, True, cfg) == ref
-    # the segment rule's vectorised path, on configs that fire (the property test below covers many more)
-    for th, hold, pk, mg, ms, rf, mx in [(160, 5, 200, 0, 3, 0, 60), (200, 0, 230, 4, 1, 100, 400),
-                                         (140, 30, 150, 8, 20, 400, 50)]:
-        cfg = DecisionConfig(threshold=th, hold_steps=hold, peak=pk, margin=mg, min_steps=ms, refractory_ms=rf,
-                             max_steps=mx)
-        ref = _decider_keywords(vocab, cfg, codes, splits=[7, 300, 1, 2000])
-        assert len(ref) >= 3 and ev.decide_offline_fast(codes, vocab, True, cfg) == ref
-
-
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), th=st.integers(120, 250), hold=st.integers(0, 40),
-       peak=st.integers(100, 250), mg=st.integers(0, 12), ms=st.integers(1, 30), rf=st.integers(0, 300),
-       max_steps=st.integers(30, 400), run=st.integers(1, 30), step_ms=st.sampled_from([1.0, 4.0]))
-def test_segment_rule_fast_path_equals_streaming_decider(seed, th, hold, peak, mg, ms, rf, max_steps, run, step_ms):
-    """The vectorised sweep path (segments + select_segments) fires exactly the keywords of
-    the streaming Decider fed in random blocks, for random codes and decision configs."""
-    rng = np.random.default_rng(seed)
-    codes = _smooth_codes(rng, n_blocks=3000 // run, run=run)
-    codes[rng.random(len(codes)) < 0.3] //= 2  # short dips: segments bridge them or not
-    vocab = ["a", "b", "c"]
-    cfg = DecisionConfig(threshold=th, margin=mg, min_steps=min(ms, max_steps), refractory_ms=rf, peak=peak,
-                         hold_steps=hold, max_steps=max_steps)
-    d = Decider(vocab, True, cfg, step_ms=step_ms)
-    splits = list(rng.integers(1, 200, 40))
-    out, t = [], 0
-    for n in splits:
-        out += d.update(codes[t:t + n])
-        t += n
-    out += d.update(codes[t:]) + d.flush()
-    assert ev.decide_offline_fast(codes, vocab, True, cfg, step_ms) == out
+    # the exact fast decider used by the sweep gives the same keywords (more: test_decision_fast.py)
+    assert decide_offline_fast(cadc, m.vocabulary, True, m.decision) == kws
 
 
 def test_evaluate_stream_repeat(clean):

@@ -36,7 +36,8 @@ import numpy as np
 
 from spikewire.audio import read_wav
 from spikewire.config import Chip
-from spikewire.decision import Decider, DecisionConfig, Keyword, classify
+from spikewire.decision import (DecisionConfig, Keyword, classify, decide_offline_fast,  # noqa: F401 (re-exported)
+                                segments, select_segments)
 from spikewire.frontend import FrontEnd, encode
 from spikewire.model import Model
 
@@ -436,111 +437,6 @@ def run_stream(model: Model, stream: Stream, block_ms: float = BLOCK_MS, chip: O
         core.close()
     codes = np.concatenate(cadc) if cadc else np.zeros((0, len(model.labels)), np.uint8)
     return keywords, codes
-
-
-def decide_offline_fast(cadc: np.ndarray, vocabulary: Sequence[str], has_none_unit: bool,
-                        config: DecisionConfig, step_ms: float = 1.0) -> list[Keyword]:
-    """Exactly the keywords of ``Decider(...).update(cadc)`` followed by ``flush()``
-    (one block, no gaps), but fast, for calibration sweeps.
-
-    Run rule: a step can be evidence only if its best word code is >=
-    threshold; the Decider ends evidence runs both at non-evidence steps and at
-    gaps in the step numbering, so feeding it only the candidate stretches
-    (with their true ``t0``) gives the same keywords, refractory included.
-    Segment rule: :func:`segments` then :func:`select_segments`.
-    """
-    n_words = len(vocabulary)
-    if config.rule == "segment":
-        seg = segments(cadc, n_words, config.threshold, config.hold_steps, config.max_steps)
-        return select_segments(seg, list(vocabulary), config, step_ms)
-    dec = Decider(list(vocabulary), has_none_unit, config, step_ms=step_ms)
-    cand = cadc[:, :n_words].max(axis=1) >= config.threshold
-    if not cand.any():
-        return []
-    d = np.diff(np.concatenate([[0], cand.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    out: list[Keyword] = []
-    for a, b in zip(starts, ends):
-        if b - a >= config.min_steps:
-            out.extend(dec.update(cadc[a:b], t0=int(a)))
-    return out
-
-
-def segments(cadc: np.ndarray, n_words: int, threshold: int, hold_steps: int, max_steps: int) -> dict:
-    """The segment rule's segments of a whole stream (see runtime/decision.py),
-    vectorised: ``start``, ``last`` (last active step), ``decide`` (decision
-    step; the last step when the stream ends first) and ``max`` (per-unit
-    maximum codes over ``start..decide``, int16 [S x n_units])."""
-    c = np.asarray(cadc)
-    n = c.shape[0]
-    active = c[:, :n_words].max(axis=1) >= threshold if n else np.zeros(0, bool)
-    d = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
-    a, e = np.flatnonzero(d == 1), np.flatnonzero(d == -1)  # active runs [a, e)
-    starts, lasts, decides = [], [], []
-    if a.size:
-        # runs separated by at most hold_steps inactive steps form one group
-        brk = np.flatnonzero(a[1:] - e[:-1] > hold_steps) + 1
-        g0 = np.concatenate([[0], brk])
-        g1 = np.concatenate([brk, [a.size]])
-        act_idx = None
-        for i0, i1 in zip(g0, g1):
-            s0, g_last = int(a[i0]), int(e[i1 - 1]) - 1  # first and last active step of the group
-            while True:  # split the group where segments reach max_steps
-                cut = s0 + max_steps - 1
-                if cut < g_last:
-                    if act_idx is None:
-                        act_idx = np.flatnonzero(active)
-                    j = int(np.searchsorted(act_idx, cut, side="right"))
-                    starts.append(s0)
-                    lasts.append(int(act_idx[j - 1]))
-                    decides.append(cut)
-                    s0 = int(act_idx[j])
-                    continue
-                starts.append(s0)
-                lasts.append(g_last)
-                decides.append(min(g_last + hold_steps + 1, cut, n - 1))
-                break
-    start = np.asarray(starts, np.int64)
-    decide = np.asarray(decides, np.int64)
-    if start.size:
-        padded = np.concatenate([c, c[-1:]]).astype(np.int16)
-        idx = np.empty(2 * start.size, np.int64)
-        idx[0::2], idx[1::2] = start, decide + 1
-        mx = np.maximum.reduceat(padded, idx, axis=0)[0::2]
-    else:
-        mx = np.zeros((0, c.shape[1] if c.ndim == 2 else 0), np.int16)
-    return {"start": start, "last": np.asarray(lasts, np.int64), "decide": decide, "max": mx}
-
-
-def select_segments(seg: dict, vocabulary: Sequence[str], config: DecisionConfig, step_ms: float) -> list[Keyword]:
-    """The keywords the segment rule fires for ``seg`` (from :func:`segments`):
-    peak, margin, min_steps, then the refractory time, in decision order."""
-    n_words = len(vocabulary)
-    mx = seg["max"]
-    if mx.shape[0] == 0:
-        return []
-    w = mx[:, :n_words].argmax(axis=1)
-    rows = np.arange(mx.shape[0])
-    best = mx[rows, w]
-    if mx.shape[1] > 1:
-        masked = mx.copy()
-        masked[rows, w] = -1
-        other = masked.max(axis=1)
-    else:
-        other = np.full(mx.shape[0], -1, np.int16)
-    ok = ((seg["last"] - seg["start"] + 1 >= config.min_steps) & (best >= config.peak)
-          & (best - other >= config.margin))
-    refr = int(round(config.refractory_ms / step_ms))
-    step_s = step_ms / 1000.0
-    out, last_fire = [], None
-    for i in np.flatnonzero(ok):
-        t = int(seg["decide"][i])
-        if last_fire is not None and t - last_fire <= refr:
-            continue
-        last_fire = t
-        out.append(Keyword(vocabulary[int(w[i])], float(best[i]) / 255.0, int(seg["start"][i]) * step_s,
-                           t * step_s, t))
-    return out
 
 
 def score_stream(keywords: Sequence[Keyword], segments: Sequence[Segment], duration_s: float,
