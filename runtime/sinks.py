@@ -193,7 +193,7 @@ class MqttOut(Sink):
 
     def __init__(self, url: str, device_id: str, *, options: dict | None = None):
         from .credentials import with_password
-        from .mqtt import parse_mqtt_url
+        from .wire import parse_mqtt_url
 
         self.options = dict(options or {})
         try:
@@ -231,7 +231,7 @@ class MqttOut(Sink):
         await self.sink.publish_keyword({k: e[k] for k in ("word", "score", "t_start", "t_end")})
 
     async def spikes(self, item: SpikeItem) -> None:
-        from .mqtt import POPULATION_IDS, encode_spike_batch
+        from .wire import POPULATION_IDS, encode_spike_batch
 
         ev = item.events
         steps = np.repeat(np.arange(ev.n_steps, dtype=np.int64), np.diff(ev.indptr))

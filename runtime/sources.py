@@ -399,7 +399,7 @@ class MqttSpikeSource(Source):
             raise SourceError("mqtt source needs a broker: pass --broker mqtt://HOST[:PORT] "
                               "(or an mqtt:// sink whose broker is used)")
         from .credentials import with_password
-        from .mqtt import parse_mqtt_url
+        from .wire import parse_mqtt_url
 
         try:
             # a URL without a password may take it from SPIKEWIRE_MQTT_PASSWORD
@@ -427,7 +427,7 @@ class MqttSpikeSource(Source):
 
     def handle_payload(self, payload: bytes) -> SpikeBlock | None:
         """Validate one payload; returns the block to feed or None (counted)."""
-        from .mqtt import PayloadError, decode_spike_batch
+        from .wire import PayloadError, decode_spike_batch
 
         try:
             b = decode_spike_batch(payload)
@@ -465,7 +465,7 @@ class MqttSpikeSource(Source):
     async def run(self, emit: Emitter) -> None:
         import aiomqtt
 
-        from .mqtt import Backoff
+        from .mqtt import Backoff, tls_context
 
         backoff = Backoff()
         attempt = 0
@@ -473,7 +473,7 @@ class MqttSpikeSource(Source):
             attempt += 1
             try:
                 async with aiomqtt.Client(self.url.host, self.url.port, username=self.url.username,
-                                          password=self.url.password, tls_context=self.url.ssl_context(),
+                                          password=self.url.password, tls_context=tls_context(self.url),
                                           tls_insecure=True if self.url.insecure else None,
                                           timeout=5, keepalive=15) as client:
                     await client.subscribe(self.topic, qos=0)

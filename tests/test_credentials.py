@@ -9,7 +9,7 @@ import pytest
 from conftest import PASSWORD, USERNAME
 
 from spikewire.credentials import ENV_VAR, CredentialsError, read_password_file, with_password
-from spikewire.mqtt import parse_mqtt_url
+from spikewire.wire import parse_mqtt_url
 from spikewire.sinks import SinkError, parse_sink
 
 

@@ -290,7 +290,7 @@ def test_sigterm_drains_and_exits_cleanly(tiny_model_path, digits):
 # MQTT
 
 def test_mqtt_keywords_spikes_status(tiny_model_path, mqtt_broker, expected):
-    from spikewire.mqtt import decode_keyword, decode_spike_batch
+    from spikewire.wire import decode_keyword, decode_spike_batch
 
     ev, core_out, kws = expected
     prefix = "t-basic"
@@ -477,7 +477,7 @@ def test_broker_outage_every_keyword_exactly_once(tiny_model_path, mqtt_restarta
 
 
 def test_mqtt_spike_source_validates_and_feeds_the_core(tiny_model_path, mqtt_broker, tmp_path):
-    from spikewire.mqtt import encode_spike_batch
+    from spikewire.wire import encode_spike_batch
 
     model = make_tiny_model()
     rng = np.random.default_rng(3)
