@@ -51,6 +51,8 @@ struct sw_fe {
     float *env;              /* [C] smoothed band power                    */
     float *acc;              /* [C] sigma-delta accumulator, 0 <= acc < 1  */
     int32_t *cnt;            /* [C] scratch: spikes of each channel        */
+    int64_t *pm;             /* [C] PCEN smoothed band power, Q56          */
+    int32_t pcen_leps;       /* Q16 log2 of pcen_eps (fe_pcen_log2q)       */
     float x_prev;            /* pre-emphasis memory                        */
     int32_t fill;            /* internal samples in the current step       */
 };
@@ -87,6 +89,29 @@ static float fe_log2(float x, float k)
     return (float)e + (s * t) * k;
 }
 
+/* PCEN fixed-point conversions (docs/frontend.md "PCEN").
+ * Band power -> Q56 int64: x * 2^56 is exact in float32, the conversion
+ * truncates; x is clamped to [.., 63] so the result stays below 2^62. */
+static int64_t fe_pcen_q56(float x)
+{
+    x = x < 63.0f ? x : 63.0f;
+    return (int64_t)(x * 72057594037927936.0f);
+}
+
+/* log2 of a positive Q56 value, as Q16 int32, no int->float conversion:
+ * v = 2^b * (1 + f), b = index of the top bit, the 23 bits below it (the
+ * rest truncated) form the float32 mantissa m = 1 + f in [1, 2);
+ * result = (b - 56) * 65536 + trunc(65536 * fe_log2(m))  (product exact). */
+static int32_t fe_pcen_log2q(int64_t v, float k)
+{
+    uint64_t u = (uint64_t)v;
+    int32_t b = 62;
+    while (b > 0 && !((u >> b) & 1u)) b--;
+    uint64_t mant = b >= 23 ? u >> (b - 23) : u << (23 - b);
+    float m = fe_u2f(((uint32_t)mant & 0x7FFFFFu) | 0x3F800000u);
+    return (b - 56) * 65536 + (int32_t)(fe_log2(m, k) * 65536.0f);
+}
+
 /* ---- lifetime ----------------------------------------------------------- */
 
 static int fe_check_params(const sw_fe_params *p)
@@ -109,6 +134,17 @@ static int fe_check_params(const sw_fe_params *p)
     if (!(p->log2_floor > -128.0f && p->log2_floor < 128.0f)) return SW_E_PARAM;
     if (!(p->drive_scale >= 0.0f && p->drive_scale < 1e6f)) return SW_E_PARAM;
     if (!(p->tiny >= 0.0f && p->tiny < 1e-6f)) return SW_E_PARAM;
+    if (p->norm != SW_FE_NORM_NONE && p->norm != SW_FE_NORM_PCEN) return SW_E_PARAM;
+    if (p->norm == SW_FE_NORM_PCEN) {
+        /* Q16 log2 levels of any float32 lie in +-128 * 65536 = +-2^23 */
+        if (p->pcen_k < 1 || p->pcen_k > 32768) return SW_E_PARAM;
+        if (p->pcen_alpha < 0 || p->pcen_alpha > 32768) return SW_E_PARAM;
+        if (p->pcen_off < -(1 << 23) || p->pcen_off > (1 << 23)) return SW_E_PARAM;
+        if (p->pcen_eps < ((int64_t)1 << 16) || p->pcen_eps > ((int64_t)1 << 60)) return SW_E_PARAM;
+        /* the smoother's Q56 input is max(e, floor_power): >= 2^16 */
+        if (!(p->floor_power >= 1e-12f)) return SW_E_PARAM;
+        if (!(p->pcen_scale >= 0.0f && p->pcen_scale < 1.0f)) return SW_E_PARAM;
+    }
     return SW_OK;
 }
 
@@ -129,14 +165,15 @@ int sw_fe_create(const sw_fe_params *params, sw_fe **out_fe)
 
     size_t C = (size_t)params->n_channels, S = (size_t)params->n_stages;
     size_t L = (size_t)params->rs_up, K = (size_t)params->rs_taps;
-    size_t nf = S * 5 * C + 2 * S * C + 5 * C;  /* sos, z1, z2, y, pw, env, acc + 1 spare */
+    size_t nf = S * 5 * C + 2 * S * C + 5 * C;  /* sos, z1, z2, y, pw, env, acc, cnt */
     size_t ni = L * K + 2 * K;                  /* coef, hist */
-    size_t bytes = sizeof(sw_fe) + nf * sizeof(float) + ni * sizeof(int16_t) + 64;
+    size_t bytes = sizeof(sw_fe) + C * sizeof(int64_t) + nf * sizeof(float) + ni * sizeof(int16_t) + 64;
     sw_fe *fe = (sw_fe *)malloc(bytes);
     if (fe == NULL) return SW_E_NOMEM;
     memset(fe, 0, bytes);
 
-    float *f = (float *)(fe + 1);
+    fe->pm = (int64_t *)(fe + 1);    /* sizeof(sw_fe) is a multiple of 8 */
+    float *f = (float *)(fe->pm + C);
     fe->sos = f;  f += S * 5 * C;
     fe->z1 = f;   f += S * C;
     fe->z2 = f;   f += S * C;
@@ -155,6 +192,8 @@ int sw_fe_create(const sw_fe_params *params, sw_fe **out_fe)
     fe->p.sos = NULL;
     fe->p.rs_coef = NULL;
     fe->magic = FE_MAGIC;
+    fe->pcen_leps = params->norm == SW_FE_NORM_PCEN
+                    ? fe_pcen_log2q(params->pcen_eps, params->log2_k) : 0;
     sw_fe_reset(fe);
     *out_fe = fe;
     return SW_OK;
@@ -183,6 +222,8 @@ int sw_fe_reset(sw_fe *fe)
     memset(fe->pw, 0, C * sizeof(float));
     memset(fe->env, 0, C * sizeof(float));
     memset(fe->acc, 0, C * sizeof(float));
+    for (size_t k = 0; k < C; k++)
+        fe->pm[k] = fe->p.norm == SW_FE_NORM_PCEN ? fe_pcen_q56(fe->p.floor_power) : 0;
     fe->rs_pos = 0;
     fe->rs_phase = 0;
     fe->n_in = 0;
@@ -310,6 +351,56 @@ static void fe_encode(int32_t C, const sw_fe_params *p, float *restrict pw,
     }
 }
 
+/* The sigma-delta encoder of one channel (shared by both compressions). */
+static int32_t fe_sigma_delta(float drive, int32_t mx, float *acc)
+{
+    float a = drive > 0.0f ? *acc + drive : 0.0f;
+    int32_t n = (int32_t)a;   /* a >= 0: truncation == floor */
+    int cap = n > mx;
+    n = cap ? mx : n;
+    a = cap ? (float)mx : a;
+    *acc = a - (float)n;
+    return n;
+}
+
+/* Per-step envelope, PCEN and sigma-delta (norm == SW_FE_NORM_PCEN).
+ * PCEN (Wang et al. 2017) E / (eps + M)^alpha evaluated in the log domain,
+ * the smoother M in Q56 integers (linear power, so it scales with the input):
+ *   q   = Q56(max(e, floor))                       (fe_pcen_q56)
+ *   M  <- M + floor((q - M) * k / 2^15)            (exact, no overflow)
+ *   lE  = log2q(q), lD = log2q(M + eps), lEps = log2q(eps)  (fe_pcen_log2q, Q16)
+ *   r   = lE - lEps - off - floor(alpha * (lD - lEps) / 2^15)
+ *   drive = (e > floor && r > 0) ? (float)r * scale : 0
+ * (>> of a negative int64 is arithmetic = floor on gcc and clang). */
+static void fe_encode_pcen(sw_fe *fe, int32_t C, const sw_fe_params *p, float *restrict pw,
+                           float *restrict env, float *restrict acc, int64_t *restrict pm,
+                           int32_t *restrict cnt)
+{
+    const float ps = p->power_scale, alpha = p->env_alpha, tiny = p->tiny;
+    const float fl = p->floor_power, lk = p->log2_k, sc = p->pcen_scale;
+    const int64_t kq = p->pcen_k, aq = p->pcen_alpha, eps = p->pcen_eps;
+    const int32_t off = p->pcen_off, leps = fe->pcen_leps, mx = p->max_spikes;
+    for (int32_t k = 0; k < C; k++) {
+        float pstep = pw[k] * ps;
+        float e = env[k] + alpha * (pstep - env[k]);
+        e = e < tiny ? 0.0f : e;
+        env[k] = e;
+        pw[k] = 0.0f;
+        int above = e > fl;
+        float ec = above ? e : fl;
+        int64_t q = fe_pcen_q56(ec);
+        int64_t d = q - pm[k];
+        /* floor(d * kq / 2^15) without a 2^77 product: d = hi * 2^15 + lo */
+        int64_t m = pm[k] + (d >> 15) * kq + (((d & 32767) * kq) >> 15);
+        pm[k] = m;
+        int32_t le = fe_pcen_log2q(q, lk);
+        int32_t ld = fe_pcen_log2q(m + eps, lk);
+        int32_t r = le - leps - off - (int32_t)((aq * (int64_t)(ld - leps)) >> 15);
+        float drive = (above && r > 0) ? (float)r * sc : 0.0f;
+        cnt[k] = fe_sigma_delta(drive, mx, &acc[k]);
+    }
+}
+
 /* Zero filter state that decays towards the denormal range (silence after sound). */
 static void fe_flush_tiny(size_t n, float tiny, float *restrict z)
 {
@@ -321,7 +412,10 @@ static void fe_step(sw_fe *fe, fe_out *o)
 {
     const int32_t C = fe->p.n_channels, S = fe->p.n_stages;
     int32_t *cnt = fe->cnt;
-    fe_encode(C, &fe->p, fe->pw, fe->env, fe->acc, cnt);
+    if (fe->p.norm == SW_FE_NORM_PCEN)
+        fe_encode_pcen(fe, C, &fe->p, fe->pw, fe->env, fe->acc, fe->pm, cnt);
+    else
+        fe_encode(C, &fe->p, fe->pw, fe->env, fe->acc, cnt);
     int64_t ne = o->n_events;
     for (int32_t k = 0; k < C; k++)
         for (int32_t r = 0; r < cnt[k]; r++) o->channels[ne++] = k;

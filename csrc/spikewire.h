@@ -173,6 +173,8 @@ int sw_core_steps_done(const sw_core *core, int64_t *steps);
 #define SW_FE_MAX_DOWN 65536       /* resampler decimation factor M       */
 #define SW_FE_MAX_TAPS 16384       /* resampler taps per phase K          */
 #define SW_FE_MAX_BLOCK 1073741824 /* input samples per process call      */
+#define SW_FE_NORM_NONE 0          /* sw_fe_params.norm: log level only   */
+#define SW_FE_NORM_PCEN 1          /* per-channel log-domain PCEN          */
 
 typedef struct sw_fe_params {
     int32_t n_channels;       /* C, 1..SW_FE_MAX_CHANNELS                  */
@@ -194,6 +196,15 @@ typedef struct sw_fe_params {
     float log2_floor;         /* log2(floor_power) (float32)                */
     float drive_scale;        /* drive = (log2 e - log2_floor) * scale     */
     float tiny;               /* |state| below this is set to 0 each step  */
+    /* per-channel normalisation (docs/frontend.md "PCEN"); norm 0 = none and
+     * the fields below are ignored (zero-initialised params = version 1)    */
+    int32_t norm;             /* SW_FE_NORM_NONE or SW_FE_NORM_PCEN         */
+    int32_t pcen_k;           /* Q15 smoother coefficient, 1..32768         */
+    int32_t pcen_alpha;       /* Q15 strength, 0..32768                     */
+    int32_t pcen_off;         /* Q16 log2: level giving drive 0 (offset)    */
+    int64_t pcen_eps;         /* Q56 band power added to the smoothed one,
+                                 2^16..2^60                                 */
+    float pcen_scale;         /* drive per Q16 log2 unit above the offset   */
 } sw_fe_params;
 
 typedef struct sw_fe sw_fe;

@@ -47,6 +47,13 @@ ALGORITHM_VERSION = 1
 _SCALES = ("mel", "erb", "log")
 _COMPRESSIONS = ("log",)
 _ENCODERS = ("sigma_delta",)
+_NORMALIZATIONS = ("none", "pcen")
+# The per-channel normalisation keys (appended after version 1's keys). They
+# are serialised only when normalize != "none", so every version-1 config
+# keeps its dict and hash; from_dict accepts them missing (= defaults).
+_NORM_KEYS = ("normalize", "pcen_ms", "pcen_alpha", "pcen_offset_db", "pcen_eps_db",
+              "pcen_range_db")
+_NORM_NONE, _NORM_PCEN = 0, 1    # SW_FE_NORM_* in csrc/spikewire.h
 
 # Resampler design (part of ALGORITHM_VERSION, not of the config): Kaiser
 # windowed sinc, passband to 0.95 * Nyquist of the lower rate, stopband from
@@ -108,6 +115,24 @@ class FrontEndConfig:
         Spike rate of a channel whose level is at ``ceiling_db``.
     max_spikes_per_step : int
         Cap of spikes per channel per step (repeated channel ids), 1..15.
+    normalize : {"none", "pcen"}
+        "pcen": per-channel automatic gain in the log domain (integer), see
+        docs/frontend.md "PCEN"; the drive is the band level relative to a
+        slowly smoothed level of that band instead of the absolute level.
+    pcen_ms : float
+        Time constant of the smoothed level (pcen only).
+    pcen_alpha : float
+        0..1, exponent of the smoothed power in ``E / (eps + M)^alpha``
+        (1: level invariant, 0: absolute level; pcen only).
+    pcen_offset_db : float
+        Normalised level (dB) that gives no spikes; negative: a band at its
+        running level still fires (pcen only).
+    pcen_eps_db : float
+        ``eps`` as a band level (dB re full-scale sine): backgrounds quieter
+        than this are not amplified further (pcen only).
+    pcen_range_db : float
+        Normalised level above ``pcen_offset_db`` that gives ``max_rate_hz``
+        (replaces ``ceiling_db - floor_db`` of the log path; pcen only).
     """
 
     sample_rate: int = 8000
@@ -126,6 +151,12 @@ class FrontEndConfig:
     encoder: str = "sigma_delta"
     max_rate_hz: float = 100.0
     max_spikes_per_step: int = 4
+    normalize: str = "none"
+    pcen_ms: float = 400.0
+    pcen_alpha: float = 1.0
+    pcen_offset_db: float = -3.0
+    pcen_eps_db: float = -110.0
+    pcen_range_db: float = 30.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -186,6 +217,25 @@ class FrontEndConfig:
             raise bad("max_rate_hz", "must be positive and reachable within max spikes per step")
         if not 1 <= self.max_spikes_per_step <= _MAX_SPIKES:
             raise bad("max_spikes_per_step", f"must be in 1..{_MAX_SPIKES}")
+        if self.normalize not in _NORMALIZATIONS:
+            raise bad("normalize", f"must be one of {_NORMALIZATIONS}")
+        if self.normalize == "none":
+            for f in dataclasses.fields(self):
+                if f.name.startswith("pcen_") and getattr(self, f.name) != f.default:
+                    raise bad(f.name, "applies only with normalize='pcen'")
+            return
+        if not self.step_ms <= self.pcen_ms <= 60000.0:
+            raise bad("pcen_ms", f"must be in step_ms ({self.step_ms!r})..60000 ms")
+        if not 0.0 <= self.pcen_alpha <= 1.0:
+            raise bad("pcen_alpha", "must be in 0..1")
+        if not -60.0 <= self.pcen_offset_db <= 60.0:
+            raise bad("pcen_offset_db", "must be in -60..60 dB")
+        if not -120.0 <= self.floor_db:
+            raise bad("floor_db", "must be >= -120 dB with normalize='pcen' (Q56 smoother range)")
+        if not -120.0 <= self.pcen_eps_db <= 0.0:
+            raise bad("pcen_eps_db", "must be in -120..0 dB")
+        if not 1.0 <= self.pcen_range_db <= 120.0:
+            raise bad("pcen_range_db", "must be in 1..120 dB")
 
     # -- derived ----------------------------------------------------------
     @property
@@ -198,11 +248,15 @@ class FrontEndConfig:
         """JSON-able dict: every field plus ``"algorithm_version"``."""
         d: dict[str, Any] = {"algorithm_version": ALGORITHM_VERSION}
         d.update(dataclasses.asdict(self))
+        if self.normalize == "none":        # version-1 dict (and hash) unchanged
+            for k in _NORM_KEYS:
+                del d[k]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FrontEndConfig":
-        """Inverse of :meth:`to_dict`. Every key is required, none may be extra."""
+        """Inverse of :meth:`to_dict`. Every key is required (the normalisation
+        keys only with ``normalize`` other than "none"), none may be extra."""
         if not isinstance(d, dict):
             raise ValueError(f"front-end config must be a dict, got {type(d).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
@@ -210,7 +264,8 @@ class FrontEndConfig:
         unknown = sorted(set(d) - expected)
         if unknown:
             raise ValueError(f"unknown front-end config key(s) {unknown}; known keys: {sorted(expected)}")
-        missing = sorted(expected - set(d))
+        missing = sorted(expected - set(d) - (set(_NORM_KEYS) if d.get("normalize", "none") == "none"
+                                              else set()))
         if missing:
             raise ValueError(f"front-end config is missing key(s) {missing}")
         ver = d["algorithm_version"]
@@ -218,7 +273,7 @@ class FrontEndConfig:
             raise ValueError(
                 f"front-end config has algorithm_version {ver!r}; this spikewire implements "
                 f"version {ALGORITHM_VERSION} (events would differ, re-encode or upgrade)")
-        return cls(**{n: d[n] for n in names})
+        return cls(**{n: d[n] for n in names if n in d})
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace, ASCII): what is hashed."""
@@ -353,6 +408,12 @@ class _KernelParams:
     log2_floor: np.float32
     drive_scale: np.float32
     tiny: np.float32
+    norm: int = _NORM_NONE
+    pcen_k: int = 0          # Q15
+    pcen_alpha: int = 0      # Q15
+    pcen_off: int = 0        # Q16 log2
+    pcen_eps: int = 0        # Q56 band power
+    pcen_scale: np.float32 = np.float32(0.0)
 
 
 def _kernel_params(config: FrontEndConfig, input_rate: int) -> _KernelParams:
@@ -367,6 +428,18 @@ def _kernel_params(config: FrontEndConfig, input_rate: int) -> _KernelParams:
     floor_power = f32(10.0 ** (config.floor_db / 10.0))
     span_log2 = (config.ceiling_db - config.floor_db) / (10.0 * math.log10(2.0))
     spikes_per_step_at_ceiling = config.max_rate_hz * config.step_ms / 1000.0
+    norm = {}
+    if config.normalize == "pcen":
+        db_to_q16 = 65536.0 / (10.0 * math.log10(2.0))
+        norm = dict(
+            norm=_NORM_PCEN,
+            pcen_k=max(1, min(32768, int(round(32768.0 * (1.0 - math.exp(-config.step_ms / config.pcen_ms)))))),
+            pcen_alpha=int(round(32768.0 * config.pcen_alpha)),
+            pcen_off=int(round(config.pcen_offset_db * db_to_q16)),
+            pcen_eps=int(round(10.0 ** (config.pcen_eps_db / 10.0) * 2.0 ** 56)),
+            pcen_scale=f32(spikes_per_step_at_ceiling / (config.pcen_range_db / (10.0 * math.log10(2.0)))
+                           / 65536.0),
+        )
     return _KernelParams(
         n_channels=config.n_channels,
         n_stages=config.filter_stages,
@@ -382,6 +455,7 @@ def _kernel_params(config: FrontEndConfig, input_rate: int) -> _KernelParams:
         log2_floor=f32(math.log2(float(floor_power))),
         drive_scale=f32(spikes_per_step_at_ceiling / span_log2),
         tiny=f32(2.0 ** -60),
+        **norm,
     )
 
 
@@ -424,6 +498,27 @@ def _log2_f32(x: np.ndarray, k: np.float32) -> np.ndarray:
     return e.astype(np.float32) + (s * t) * k
 
 
+def _pcen_q56(x) -> np.ndarray:
+    """Mirror of fe_pcen_q56: float32 band power -> Q56 int64 (clamped at 63, truncated)."""
+    x = np.minimum(np.asarray(x, np.float32), np.float32(63.0))
+    return (x * np.float32(2.0 ** 56)).astype(np.int64)
+
+
+def _pcen_log2q(v: np.ndarray, k: np.float32) -> np.ndarray:
+    """Mirror of fe_pcen_log2q: Q16 log2 of positive Q56 int64 values, no int->float conversion."""
+    u = np.asarray(v, np.int64).astype(np.uint64)
+    b = np.zeros(u.shape, np.int64)
+    for sh in (32, 16, 8, 4, 2, 1):                 # index of the top bit, exactly
+        t = (u >> (b + sh).astype(np.uint64)) > 0
+        b = np.where(t, b + sh, b)
+    down = u >> np.maximum(b - 23, 0).astype(np.uint64)
+    up = u << np.maximum(23 - b, 0).astype(np.uint64)
+    mant = np.where(b >= 23, down, up)
+    m = ((mant & np.uint64(0x7FFFFF)).astype(np.uint32) | np.uint32(0x3F800000)).view(np.float32)
+    frac = (_log2_f32(m, k) * np.float32(65536.0)).astype(np.int32).astype(np.int64)
+    return (b - 56) * 65536 + frac
+
+
 class _RefKernel:
     """numpy reference of csrc/frontend.c: one sample at a time, same arithmetic."""
 
@@ -446,6 +541,10 @@ class _RefKernel:
         self.pw = np.zeros(c, np.float32)
         self.env = np.zeros(c, np.float32)
         self.acc = np.zeros(c, np.float32)
+        self.pm = np.full(c, _pcen_q56(np.float32(kp.floor_power)) if kp.norm == _NORM_PCEN else 0,
+                          dtype=np.int64)
+        self.pcen_leps = int(_pcen_log2q(np.array([kp.pcen_eps], np.int64), kp.log2_k)[0]) \
+            if kp.norm == _NORM_PCEN else 0
         self.x_prev = np.float32(0.0)
         self.fill = 0
 
@@ -483,7 +582,18 @@ class _RefKernel:
         self.pw = np.zeros_like(self.pw)
         above = e > kp.floor_power
         drive = np.zeros_like(e)
-        if above.any():
+        if kp.norm == _NORM_PCEN:
+            ec = np.where(above, e, kp.floor_power).astype(np.float32)
+            q = _pcen_q56(ec)
+            d = q - self.pm
+            m = self.pm + (d >> 15) * kp.pcen_k + (((d & 32767) * kp.pcen_k) >> 15)
+            self.pm = m
+            le = _pcen_log2q(q, kp.log2_k)
+            ld = _pcen_log2q(m + kp.pcen_eps, kp.log2_k)
+            r = le - self.pcen_leps - kp.pcen_off - ((kp.pcen_alpha * (ld - self.pcen_leps)) >> 15)
+            on = above & (r > 0)
+            drive[on] = r[on].astype(np.int32).astype(np.float32) * kp.pcen_scale
+        elif above.any():
             drive[above] = (_log2_f32(e[above], kp.log2_k) - kp.log2_floor) * kp.drive_scale
         drive[drive < f32(0.0)] = f32(0.0)
         on = drive > f32(0.0)
@@ -562,8 +672,10 @@ class _CKernel:
         p.rs_coef = ffi.cast("const int16_t *", ffi.from_buffer(coef))
         p.sos = ffi.cast("const float *", ffi.from_buffer(sos))
         for name in ("preemph", "env_alpha", "power_scale", "log2_k", "floor_power",
-                     "log2_floor", "drive_scale", "tiny"):
+                     "log2_floor", "drive_scale", "tiny", "pcen_scale"):
             setattr(p, name, float(getattr(kp, name)))   # float32 value, exact in double
+        for name in ("norm", "pcen_k", "pcen_alpha", "pcen_off", "pcen_eps"):
+            setattr(p, name, int(getattr(kp, name)))
         pp = ffi.new("sw_fe **")
         self._check_status(lib.sw_fe_create(p, pp), "sw_fe_create")
         self._fe = ffi.gc(pp[0], lib.sw_fe_destroy)

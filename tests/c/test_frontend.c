@@ -60,6 +60,18 @@ static void params(sw_fe_params *p)
     p->tiny = 1e-30f;
 }
 
+/* the same params with log-domain PCEN (Q15 / Q16 integers) */
+static void pcen(sw_fe_params *p)
+{
+    params(p);
+    p->norm = SW_FE_NORM_PCEN;
+    p->pcen_k = 655;                    /* ~ 1 - exp(-1/50)          */
+    p->pcen_alpha = 29491;              /* 0.9                       */
+    p->pcen_off = -(1 << 16);           /* -3 dB                     */
+    p->pcen_eps = (int64_t)1 << 30;     /* 2^-26 ~ -78 dB            */
+    p->pcen_scale = 1.0f / 65536.0f;
+}
+
 static uint64_t fnv(uint64_t h, const void *data, size_t n)
 {
     const uint8_t *p = (const uint8_t *)data;
@@ -113,7 +125,7 @@ int main(void)
 {
     sw_fe_params p, q;
     sw_fe *fe = NULL;
-    uint64_t seed = 12345, h1, h2, h3;
+    uint64_t seed = 12345, h0, h1, h2, h3;
     int64_t ns = -1, ne = -1, ev1, ev2, ev3, steps = 0;
     int i;
     const int one[] = {NSAMP}, odd[] = {1, 37, 160, 7, 999}, tiny[] = {3};
@@ -138,6 +150,26 @@ int main(void)
     CHECK(sw_fe_create(&q, &fe) != SW_OK, "NULL sos");
     q = p; q.max_spikes = 99;
     CHECK(sw_fe_create(&q, &fe) != SW_OK, "max_spikes 99");
+    q = p; q.norm = 2;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "unknown norm");
+    pcen(&q); q.pcen_k = 0;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen_k 0");
+    pcen(&q); q.pcen_k = 32769;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen_k > 1.0");
+    pcen(&q); q.pcen_alpha = -1;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen_alpha < 0");
+    pcen(&q); q.pcen_eps = 1000;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen_eps below 2^16");
+    pcen(&q); q.floor_power = 1e-13f;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen floor below -120 dB");
+    pcen(&q); q.pcen_off = -(1 << 24);
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "pcen_off out of range");
+    pcen(&q); q.pcen_scale = -1.0f;
+    CHECK(sw_fe_create(&q, &fe) == SW_E_PARAM && fe == NULL, "negative pcen_scale");
+    q = p; q.pcen_k = 0; q.pcen_scale = -1.0f;   /* ignored without norm */
+    CHECK(sw_fe_create(&q, &fe) == SW_OK && fe, "pcen fields ignored with norm 0");
+    sw_fe_destroy(fe);
+    fe = NULL;
 
     CHECK(sw_fe_create(&p, &fe) == SW_OK && fe, "valid create");
     if (!fe)
@@ -158,10 +190,28 @@ int main(void)
     CHECK(ev1 > 100, "the test signal produces events (%lld)", (long long)ev1);
     CHECK(h1 == h2 && ev1 == ev2, "blocks 1,37,160,7,999 == one call");
     CHECK(h1 == h3 && ev1 == ev3, "blocks of 3 == one call");
+    h0 = h1;
     CHECK(sw_fe_flush(fe, ip, MAXST, ch, (int64_t)MAXST * C * 4, &ns, &ne) == SW_OK, "flush");
     CHECK(sw_fe_destroy(fe) == SW_OK, "destroy");
     CHECK(sw_fe_destroy(NULL) == SW_OK, "destroy NULL");
     printf("fe_hash %016llx events %lld\n", (unsigned long long)h1, (long long)ev1);
+
+    /* the PCEN path: block-invariant, different from the log path, and its
+     * hash is compared across compilers and CPUs by run.sh like the first */
+    pcen(&q);
+    fe = NULL;
+    CHECK(sw_fe_create(&q, &fe) == SW_OK && fe, "valid pcen create");
+    if (!fe)
+        return 1;
+    h1 = run_blocks(fe, one, 1, &ev1);
+    h2 = run_blocks(fe, odd, 5, &ev2);
+    h3 = run_blocks(fe, tiny, 1, &ev3);
+    CHECK(ev1 > 100, "pcen: the test signal produces events (%lld)", (long long)ev1);
+    CHECK(h1 == h2 && ev1 == ev2, "pcen: blocks 1,37,160,7,999 == one call");
+    CHECK(h1 == h3 && ev1 == ev3, "pcen: blocks of 3 == one call");
+    CHECK(h1 != h0, "pcen events differ from the log path's");
+    CHECK(sw_fe_destroy(fe) == SW_OK, "destroy pcen");
+    printf("fe_hash pcen %016llx events %lld\n", (unsigned long long)h1, (long long)ev1);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
