@@ -20,7 +20,14 @@ skipped; a chunk with an odd size is followed by one pad byte, as RIFF
 requires.  The RIFF size field is not trusted (streaming writers leave it 0 or
 wrong); the chunk walk is bounded by the real file size and stops as soon as
 both ``fmt `` and ``data`` have been seen, so trailing bytes after the data are
-ignored.
+ignored.  The walk seeks from chunk header to chunk header: only the headers
+and the ``fmt `` chunk are read, and more than 10000 chunks before ``fmt `` and
+``data`` are an error.
+
+:class:`WavReader` reads a file block by block (memory bounded by the block,
+not the file; the ``wav:`` source streams files this way); :func:`read_wav`
+and :func:`read_wav_int16` read the whole data chunk with the same decoder, so
+both give the same samples.
 
 Scaling to float: a ``B``-bit signed PCM value ``v`` becomes ``v / 2**(B-1)``
 (so 16-bit gives ``[-1, 1 - 2**-15]``); 8-bit unsigned ``u`` becomes
@@ -61,7 +68,7 @@ import numpy as np
 
 from .modelfile import atomic_writer
 
-__all__ = ["AudioFileError", "WavInfo", "read_wav", "read_wav_int16", "read_wav_info", "write_wav"]
+__all__ = ["AudioFileError", "WavInfo", "WavReader", "read_wav", "read_wav_int16", "read_wav_info", "write_wav"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -153,8 +160,12 @@ def read_wav_int16(path: PathLike, *, allow_truncated: bool = False) -> tuple[np
 
 
 def read_wav_info(path: PathLike, *, allow_truncated: bool = False) -> WavInfo:
-    """Parse and validate a WAV file and return its format (samples are decoded too)."""
-    return _read_frames(path, allow_truncated)[1]
+    """Parse and validate a WAV file's header and return its format.
+
+    Only the chunk headers and the ``fmt `` chunk are read (sample values,
+    e.g. a NaN in a float file, are not looked at)."""
+    with WavReader(path, allow_truncated=allow_truncated) as r:
+        return r.info
 
 
 def write_wav(path: PathLike, samples: np.ndarray, rate: int) -> None:
@@ -245,27 +256,51 @@ def _parse_fmt(body: bytes, path: PathLike) -> tuple[int, int, int, int, int, bo
     return tag, channels, rate, bits, block_align, extensible
 
 
-def _read_frames(path: PathLike, allow_truncated: bool) -> tuple[np.ndarray, WavInfo]:
-    """Return the raw samples as an array of shape (frames, channels) and the format."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = len(raw)
-    if n < 12:
-        raise AudioFileError(path, f"file is {n} bytes, too short to be a WAV file")
-    riff, _riff_size, wave = struct.unpack_from("<4sI4s", raw)
+# A real WAV file has a handful of chunks before its data; a file that is
+# mostly tiny chunk headers is refused instead of walked for minutes.
+_MAX_CHUNKS = 10000
+# Of the 'fmt ' chunk only the first 40 bytes mean anything (EXTENSIBLE).
+_FMT_BYTES = 40
+
+
+@dataclass(frozen=True)
+class _Layout:
+    tag: int
+    channels: int
+    rate: int
+    bits: int
+    block_align: int
+    extensible: bool
+    data_start: int
+    frames: int
+    truncated: bool
+
+
+def _parse_header(f, path: PathLike, allow_truncated: bool) -> _Layout:
+    """Walk the chunks of an open file with seeks; only headers and 'fmt ' are read."""
+    n = os.fstat(f.fileno()).st_size
+    head = f.read(12)
+    if len(head) < 12:
+        raise AudioFileError(path, f"file is {len(head)} bytes, too short to be a WAV file")
+    riff, _riff_size, wave = struct.unpack_from("<4sI4s", head)
     if riff in (b"RIFX", b"RF64"):
         raise AudioFileError(path, f"unsupported RIFF variant {riff!r} (only little-endian RIFF)")
     if riff != b"RIFF" or wave != b"WAVE":
-        raise AudioFileError(path, f"not a WAV file (starts with {raw[:12]!r}, expected b'RIFF....WAVE')")
+        raise AudioFileError(path, f"not a WAV file (starts with {head!r}, expected b'RIFF....WAVE')")
 
     fmt = None
     data_start = data_size = None
     truncated = False
     pos = 12
+    chunks = 0
     while pos < n and (fmt is None or data_start is None):
+        chunks += 1
+        if chunks > _MAX_CHUNKS:
+            raise AudioFileError(path, f"more than {_MAX_CHUNKS} chunks before 'fmt ' and 'data'")
         if pos + 8 > n:
             raise AudioFileError(path, f"truncated chunk header at offset {pos} ({n - pos} bytes left)")
-        cid, size = struct.unpack_from("<4sI", raw, pos)
+        f.seek(pos)
+        cid, size = struct.unpack("<4sI", f.read(8))
         body_start = pos + 8
         available = n - body_start
         if cid == b"data":
@@ -281,7 +316,7 @@ def _read_frames(path: PathLike, allow_truncated: bool) -> tuple[np.ndarray, Wav
             raise AudioFileError(path, f"truncated: chunk {cid!r} at offset {pos} claims {size} bytes "
                                        f"but only {available} remain")
         elif cid == b"fmt " and fmt is None:
-            fmt = _parse_fmt(raw[body_start:body_start + size], path)
+            fmt = _parse_fmt(f.read(min(size, _FMT_BYTES)), path)
         pos = body_start + size + (size & 1)
 
     if fmt is None:
@@ -295,29 +330,111 @@ def _read_frames(path: PathLike, allow_truncated: bool) -> tuple[np.ndarray, Wav
             raise AudioFileError(path, f"data chunk size {data_size} is not a multiple of the "
                                        f"frame size {block_align}")
         truncated = True
-    body = raw[data_start:data_start + frames * block_align]
-    if tag == WAVE_FORMAT_IEEE_FLOAT:
-        samples = np.frombuffer(body, dtype="<f4" if bits == 32 else "<f8")
-    elif bits == 8:
+    return _Layout(tag, channels, rate, bits, block_align, extensible, data_start, frames, truncated)
+
+
+def _decode(body: bytes, lay: _Layout) -> np.ndarray:
+    """Raw little-endian sample bytes (whole frames) -> array (frames, channels)."""
+    if lay.tag == WAVE_FORMAT_IEEE_FLOAT:
+        samples = np.frombuffer(body, dtype="<f4" if lay.bits == 32 else "<f8")
+    elif lay.bits == 8:
         samples = np.frombuffer(body, dtype=np.uint8)
-    elif bits == 16:
+    elif lay.bits == 16:
         samples = np.frombuffer(body, dtype="<i2")
-    elif bits == 24:
+    elif lay.bits == 24:
         b = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         samples = (v ^ 0x800000) - 0x800000  # sign-extend 24 -> 32 bits
     else:
         samples = np.frombuffer(body, dtype="<i4")
-    info = WavInfo(tag, channels, rate, bits, block_align, frames, extensible, truncated)
-    return samples.reshape(frames, channels), info
+    return samples.reshape(len(body) // lay.block_align, lay.channels)
 
 
-def _to_mono_float(frames: np.ndarray, info: WavInfo, path: PathLike) -> np.ndarray:
+class WavReader:
+    """A WAV file read in blocks: memory is bounded by the block, not the file.
+
+    Opening parses and validates the header (same checks and messages as
+    :func:`read_wav`; only chunk headers and the 'fmt ' chunk are read).
+    :meth:`read_int16` / :meth:`read_float` return the next at most
+    ``max_frames`` frames as mono, converted exactly as :func:`read_wav_int16` /
+    :func:`read_wav` convert the whole file, so reading a file block by block
+    gives the same samples.  A non-finite float sample raises
+    :class:`AudioFileError` when its block is read.  Use as a context manager
+    (or call :meth:`close`).
+    """
+
+    def __init__(self, path: PathLike, *, allow_truncated: bool = False):
+        self.path = os.fspath(path)
+        self._f = open(path, "rb")
+        try:
+            self._lay = _parse_header(self._f, path, allow_truncated)
+        except BaseException:
+            self._f.close()
+            raise
+        lay = self._lay
+        self.info = WavInfo(lay.tag, lay.channels, lay.rate, lay.bits, lay.block_align, lay.frames,
+                            lay.extensible, lay.truncated)
+        self.position = 0  # frames returned so far
+        self._f.seek(lay.data_start)
+
+    @property
+    def rate(self) -> int:
+        return self.info.rate
+
+    @property
+    def frames(self) -> int:
+        return self.info.frames
+
+    def __enter__(self) -> "WavReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def read_frames(self, max_frames: int) -> np.ndarray:
+        """The next at most ``max_frames`` raw frames, shape ``(n, channels)`` (empty at the end)."""
+        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 0:
+            raise ValueError(f"max_frames must be a non-negative integer, got {max_frames!r}")
+        n = min(int(max_frames), self.info.frames - self.position)
+        want = n * self.info.block_align
+        body = self._f.read(want) if want else b""
+        if len(body) != want:
+            raise AudioFileError(self.path, f"file shrank while reading: frame {self.position + len(body) // self.info.block_align} "
+                                            f"of {self.info.frames} is missing")
+        frames = _decode(body, self._lay)
+        self.position += n
+        return frames
+
+    def read_float(self, max_frames: int) -> np.ndarray:
+        """The next at most ``max_frames`` frames as mono float32 (see :func:`read_wav`)."""
+        first = self.position
+        return _to_mono_float(self.read_frames(max_frames), self.info, self.path, first)
+
+    def read_int16(self, max_frames: int) -> np.ndarray:
+        """The next at most ``max_frames`` frames as mono int16 (see :func:`read_wav_int16`)."""
+        first = self.position
+        frames = self.read_frames(max_frames)
+        info = self.info
+        if info.format_tag == WAVE_FORMAT_PCM and info.bits == 16 and info.channels == 1:
+            return frames.reshape(-1).astype(np.int16, copy=True)
+        return _float_to_int16(_to_mono_float(frames, info, self.path, first).astype(np.float64))
+
+
+def _read_frames(path: PathLike, allow_truncated: bool) -> tuple[np.ndarray, WavInfo]:
+    """Return the raw samples as an array of shape (frames, channels) and the format."""
+    with WavReader(path, allow_truncated=allow_truncated) as r:
+        return r.read_frames(r.frames), r.info
+
+
+def _to_mono_float(frames: np.ndarray, info: WavInfo, path: PathLike, first_frame: int = 0) -> np.ndarray:
     if info.format_tag == WAVE_FORMAT_IEEE_FLOAT:
         x = frames.astype(np.float64)
         if not np.all(np.isfinite(x)):
             bad = int(np.argmin(np.isfinite(x).all(axis=1)))
-            raise AudioFileError(path, f"non-finite float sample in frame {bad}")
+            raise AudioFileError(path, f"non-finite float sample in frame {first_frame + bad}")
         x = np.clip(x, -1.0, 1.0)
     elif info.bits == 8:
         x = (frames.astype(np.float64) - 128.0) / 128.0

@@ -187,6 +187,7 @@ def _default_device_id() -> str:
 def _run_and_report(cfg: dict, prog: str) -> int:
     import asyncio
 
+    from .frontend import SampleRateError
     from .mqtt import MqttSinkError
     from .modelfile import ModelFileError
     from .pipeline import PipelineError, run_pipeline
@@ -207,7 +208,8 @@ def _run_and_report(cfg: dict, prog: str) -> int:
     except (MqttSinkError, PipelineError, OSError) as e:
         log.debug("pipeline failed", exc_info=True)
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        # a sample rate the model's front end cannot take is bad input (docs/runtime.md: exit 2)
+        return 2 if isinstance(e.__cause__, SampleRateError) else 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"{prog}: aborted", file=sys.stderr)
         return 130

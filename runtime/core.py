@@ -17,12 +17,11 @@ import numpy as np
 
 from ._spikewire_c import ffi as _ffi, lib as _lib
 from .config import Chip, CoreConfig, FixedPopulation, fixed_params
-from .events import Events, as_channels as _as_channels
+from .events import MAX_EVENTS_PER_STEP, Events, as_channels as _as_channels
 
 W_IN, W_REC, W_OUT = "in", "rec", "out"
 _WHICH = {W_IN: _lib.SW_W_IN, W_REC: _lib.SW_W_REC, W_OUT: _lib.SW_W_OUT}
 _KERNELS = {"fast": 0, "reference": 1}
-MAX_EVENTS_PER_STEP = 1 << 20
 
 
 class CoreError(RuntimeError):

@@ -9,6 +9,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+#: The core's limit of input events in one step (repeats included).
+MAX_EVENTS_PER_STEP = 1 << 20
+#: Default bound of :meth:`Events.from_raster` on the events of one block (1 GiB of channel ids).
+MAX_EVENTS_PER_BLOCK = 1 << 28
+
 
 class Events(NamedTuple):
     """Input events in CSR form: step t fires ``channels[indptr[t]:indptr[t+1]]``.
@@ -54,8 +59,13 @@ class Events(NamedTuple):
         return Events(np.concatenate(ind), np.concatenate([p.channels for p in parts]))
 
     @classmethod
-    def from_raster(cls, raster: np.ndarray) -> "Events":
-        """Dense [T x n_in] raster of non-negative event counts (bool or ints) to CSR."""
+    def from_raster(cls, raster: np.ndarray, *, max_events: int | None = None) -> "Events":
+        """Dense [T x n_in] raster of non-negative event counts (bool or ints) to CSR.
+
+        The counts are bounded before anything is allocated: at most
+        :data:`MAX_EVENTS_PER_STEP` events in a step (the core's limit) and at
+        most ``max_events`` (default :data:`MAX_EVENTS_PER_BLOCK`) in all;
+        beyond either a ``ValueError`` says which."""
         r = np.asarray(raster)
         if r.ndim != 2:
             raise ValueError(f"raster must be 2-D [T x n_in], got shape {r.shape}")
@@ -63,13 +73,24 @@ class Events(NamedTuple):
             r = r.astype(np.uint8)
         if not np.issubdtype(r.dtype, np.integer):
             raise TypeError(f"raster must hold integer counts or bools, got dtype {r.dtype}")
-        if r.size and r.min() < 0:
-            raise ValueError("raster counts must be >= 0")
-        counts = r.astype(np.int64)
+        limit = MAX_EVENTS_PER_BLOCK if max_events is None else int(max_events)
+        if r.size:
+            lo, hi = int(r.min()), int(r.max())  # exact Python ints whatever the dtype
+            if lo < 0:
+                raise ValueError("raster counts must be >= 0")
+            if hi > MAX_EVENTS_PER_STEP:
+                raise ValueError(f"raster count {hi} exceeds {MAX_EVENTS_PER_STEP} events in one step")
+        counts = r.astype(np.int64)  # every count fits now; a row sums to at most n_in * 2**20
+        per_step = counts.sum(axis=1, dtype=np.int64)
+        if per_step.size and int(per_step.max()) > MAX_EVENTS_PER_STEP:
+            t = int(per_step.argmax())
+            raise ValueError(f"{int(per_step[t])} input events in step {t} (max {MAX_EVENTS_PER_STEP})")
+        total = int(per_step.sum(dtype=np.int64))
+        if total > limit:
+            raise ValueError(f"raster holds {total} events, more than {limit} in one block")
         t_idx, ch = np.nonzero(counts)
         reps = counts[t_idx, ch]
         channels = np.repeat(ch, reps).astype(np.int32)
-        per_step = np.bincount(t_idx, weights=reps, minlength=r.shape[0]).astype(np.int64)
         indptr = np.zeros(r.shape[0] + 1, np.int64)
         np.cumsum(per_step, out=indptr[1:])
         return cls(indptr, channels)

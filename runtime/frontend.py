@@ -37,7 +37,8 @@ import numpy as np
 
 from .events import Events
 
-__all__ = ["ALGORITHM_VERSION", "Events", "FrontEnd", "FrontEndConfig", "FrontEndError", "encode"]
+__all__ = ["ALGORITHM_VERSION", "Events", "FrontEnd", "FrontEndConfig", "FrontEndError", "SampleRateError",
+           "check_input_rate", "encode"]
 
 #: Version of the signal chain. It is part of :meth:`FrontEndConfig.to_dict`
 #: and therefore of the config hash: bump it whenever the events for a given
@@ -69,7 +70,11 @@ _MIN_CHANNELS = 16
 _MAX_STAGES = 4
 _MAX_SPIKES = 15
 _MAX_UP = 4096
+_MAX_DOWN = 65536
 _MAX_TAPS = 16384
+# The design (float64 prototype of n taps, a few temporaries) is bounded before any array
+# exists: the common rates need at most 111133 taps (11025 -> 16000 Hz), this is ~4.7x that.
+_MAX_DESIGN_TAPS = 1 << 19
 _CHUNK = 16384  # input samples per C call (bounds the output buffers)
 
 
@@ -349,40 +354,79 @@ def _design_bank(config: FrontEndConfig) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(stage, (s, 5, config.n_channels)), dtype=np.float32)
 
 
+class SampleRateError(ValueError):
+    """An input sample rate the front end cannot resample to the model's rate (message says why).
+
+    Raised before anything is allocated; ``spikewire run`` exits 2 on it."""
+
+
+def _resampler_size(input_rate: int, output_rate: int) -> tuple[int, int, int, int, int]:
+    """``(L, M, n, K, skip)`` of the resampler design, checked against the C limits and the
+    design budget from scalars alone: nothing is allocated before a rate is accepted."""
+    g = math.gcd(input_rate, output_rate)
+    up, down = output_rate // g, input_rate // g
+    if up == 1 and down == 1:
+        return 1, 1, 1, 1, 0
+    hint = "use a rate with a larger common divisor, e.g. 8000, 16000, 44100, 48000"
+    if up > _MAX_UP:
+        raise SampleRateError(
+            f"input_rate {input_rate} Hz -> {output_rate} Hz needs interpolation factor {up} "
+            f"(> {_MAX_UP}); {hint}")
+    if down > _MAX_DOWN:
+        raise SampleRateError(
+            f"input_rate {input_rate} Hz -> {output_rate} Hz needs decimation factor {down} "
+            f"(> {_MAX_DOWN}); {hint}")
+    fs_up = float(input_rate) * up
+    nyq = min(input_rate, output_rate) / 2.0
+    f_pass, f_stop = _RS_PASS * nyq, nyq
+    dw = 2.0 * math.pi * (f_stop - f_pass) / fs_up
+    n_req = int(math.ceil((_RS_ATTEN_DB - 7.95) / (2.285 * dw))) + 1
+    skip = -(-(n_req - 1) // (2 * down))          # delay in output samples
+    n = 2 * skip * down + 1                        # odd, centre at skip*down
+    k = -(-n // up)
+    if n > _MAX_DESIGN_TAPS:
+        raise SampleRateError(
+            f"input_rate {input_rate} Hz -> {output_rate} Hz needs a resampler of {n} taps "
+            f"(> {_MAX_DESIGN_TAPS}); {hint}")
+    if k > _MAX_TAPS or skip > _MAX_TAPS:
+        raise SampleRateError(f"input_rate {input_rate} Hz needs {k} resampler taps per phase (> {_MAX_TAPS})")
+    return up, down, n, k, skip
+
+
+def check_input_rate(config: FrontEndConfig, input_rate: int) -> None:
+    """Raise :class:`SampleRateError` (or ``TypeError``) if ``input_rate`` cannot feed ``config``.
+
+    Cheap (scalars only); :class:`FrontEnd` does the same checks before designing anything."""
+    if isinstance(input_rate, bool) or not isinstance(input_rate, (int, np.integer)):
+        raise TypeError(f"input_rate must be an int (Hz), got {input_rate!r}")
+    input_rate = int(input_rate)
+    if not _MIN_INPUT_RATE <= input_rate <= _MAX_INPUT_RATE:
+        raise SampleRateError(f"input_rate must be in {_MIN_INPUT_RATE}..{_MAX_INPUT_RATE} Hz, got {input_rate}")
+    _resampler_size(input_rate, config.sample_rate)
+
+
 def _design_resampler(input_rate: int, output_rate: int) -> tuple[int, int, int, int, np.ndarray]:
     """Polyphase tables for input_rate -> output_rate.
 
     Returns ``(L, M, K, skip, coef)`` with ``coef`` int16 [L x K] in Q14,
     taps reversed within each phase (see csrc/frontend.c, fe_push).
     """
-    g = math.gcd(input_rate, output_rate)
-    up, down = output_rate // g, input_rate // g
+    up, down, n, k, skip = _resampler_size(input_rate, output_rate)
     if up == 1 and down == 1:
         return 1, 1, 1, 0, np.array([[1 << _RS_Q]], dtype=np.int16)
-    if up > _MAX_UP:
-        raise ValueError(
-            f"input_rate {input_rate} Hz -> {output_rate} Hz needs interpolation factor {up} "
-            f"(> {_MAX_UP}); use a rate with a larger common divisor, e.g. 8000, 16000, 44100, 48000")
     fs_up = float(input_rate) * up
     nyq = min(input_rate, output_rate) / 2.0
     f_pass, f_stop = _RS_PASS * nyq, nyq
     fc = 0.5 * (f_pass + f_stop)
-    dw = 2.0 * math.pi * (f_stop - f_pass) / fs_up
-    n_req = int(math.ceil((_RS_ATTEN_DB - 7.95) / (2.285 * dw))) + 1
-    skip = -(-(n_req - 1) // (2 * down))          # delay in output samples
-    n = 2 * skip * down + 1                        # odd, centre at skip*down
     beta = 0.1102 * (_RS_ATTEN_DB - 8.7)
     t = np.arange(n, dtype=np.float64) - skip * down
     h = up * (2.0 * fc / fs_up) * np.sinc(2.0 * fc / fs_up * t) * np.kaiser(n, beta)
-    k = -(-n // up)
-    if k > _MAX_TAPS:
-        raise ValueError(f"input_rate {input_rate} Hz needs {k} resampler taps per phase (> {_MAX_TAPS})")
     hp = np.zeros(k * up, dtype=np.float64)
     hp[:n] = h
     phases = hp.reshape(k, up).T                   # phases[p, j] = h[p + j*up]
     coef = np.rint(phases[:, ::-1] * (1 << _RS_Q))
     if np.abs(coef).sum(axis=1).max() * 32768 + (1 << (_RS_Q - 1)) > 2**31 - 1:
-        raise ValueError(f"resampler for {input_rate} Hz would overflow its int32 accumulator")
+        raise SampleRateError(f"resampler for {input_rate} Hz would overflow its int32 accumulator")
     return up, down, k, skip, np.ascontiguousarray(coef, dtype=np.int16)
 
 
@@ -420,8 +464,7 @@ def _kernel_params(config: FrontEndConfig, input_rate: int) -> _KernelParams:
     if isinstance(input_rate, bool) or not isinstance(input_rate, (int, np.integer)):
         raise TypeError(f"input_rate must be an int (Hz), got {input_rate!r}")
     input_rate = int(input_rate)
-    if not _MIN_INPUT_RATE <= input_rate <= _MAX_INPUT_RATE:
-        raise ValueError(f"input_rate must be in {_MIN_INPUT_RATE}..{_MAX_INPUT_RATE} Hz, got {input_rate}")
+    check_input_rate(config, input_rate)
     up, down, k, skip, coef = _design_resampler(input_rate, config.sample_rate)
     f32 = np.float32
     spp = config.step_samples

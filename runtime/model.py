@@ -27,6 +27,7 @@ SCHEMA_VERSION = 1
 KIND = "spikewire-model"
 MODEL_SUFFIX = ".swm"
 NONE_LABEL = "_none"  # the "no keyword" readout unit (silence, noise, unknown words)
+MAX_WORD_LEN = 64  # a vocabulary word goes into every keyword event
 
 
 @dataclass
@@ -45,8 +46,20 @@ class Model:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError("model name must be a non-empty string")
+        if not isinstance(self.vocabulary, (list, tuple)):
+            raise ValueError(f"vocabulary must be a list of words, got {type(self.vocabulary).__name__}")
+        self.vocabulary = list(self.vocabulary)
+        for i, w in enumerate(self.vocabulary):
+            if not isinstance(w, str) or not w or len(w) > MAX_WORD_LEN or not w.isprintable():
+                raise ValueError(f"vocabulary[{i}] must be a non-empty printable string of at most "
+                                 f"{MAX_WORD_LEN} characters, got {w!r:.80}")
         if len(set(self.vocabulary)) != len(self.vocabulary) or not self.vocabulary:
-            raise ValueError(f"vocabulary must be non-empty and unique, got {self.vocabulary!r}")
+            raise ValueError(f"vocabulary must be non-empty and unique, got {self.vocabulary!r:.200}")
+        if not isinstance(self.has_none_unit, bool):
+            raise ValueError(f"has_none_unit must be true or false, got {self.has_none_unit!r:.40}")
+        for what in ("training", "metrics"):
+            if not isinstance(getattr(self, what), dict):
+                raise ValueError(f"{what} must be an object, got {type(getattr(self, what)).__name__}")
         if NONE_LABEL in self.vocabulary:
             raise ValueError(f"{NONE_LABEL!r} is reserved for the no-keyword unit")
         n_units = len(self.vocabulary) + (1 if self.has_none_unit else 0)
@@ -132,8 +145,8 @@ class Model:
             for prefix in ("hid", "out"):
                 pops.append(FixedPopulation(*[arrays[f"{prefix}_{k}"] for k in FixedPopulation.FIELDS]))
             weights = {k: arrays[f"w_{k}"] for k in ("in", "rec", "out")}
-            return cls(name=header["name"], vocabulary=list(header["vocabulary"]),
-                       has_none_unit=bool(header["has_none_unit"]), frontend=fe, core=core,
+            return cls(name=header["name"], vocabulary=header["vocabulary"],
+                       has_none_unit=header["has_none_unit"], frontend=fe, core=core,
                        params=(pops[0], pops[1]), weights=weights,
                        decision=DecisionConfig.from_dict(header.get("decision", {})),
                        training=header.get("training", {}), metrics=header.get("metrics", {}))

@@ -100,6 +100,16 @@ class Source:
         return f"{type(self).__name__}({self.spec!r})"
 
 
+#: Input rates a source accepts (the front end's limits, runtime/frontend.py).
+MIN_RATE, MAX_RATE = 1000, 384000
+
+
+def _check_rate(rate: Any, what: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
+        raise SourceError(f"{what}: --rate must be an integer in {MIN_RATE}..{MAX_RATE} Hz, got {rate!r}")
+    return rate
+
+
 def _block_samples(rate: int, block_ms: float) -> int:
     n = int(round(rate * block_ms / 1000.0))
     if n < 1:
@@ -111,13 +121,20 @@ def _block_samples(rate: int, block_ms: float) -> int:
 # wav:PATH
 
 class WavSource(Source):
-    """A WAV file as a stream of blocks.
+    """A WAV file as a stream of blocks, read from the file as it plays.
 
     Paced (default): block *i* is emitted when ``(i+1)`` blocks of audio time
     have passed since the start, divided by ``speed`` (``speed=2`` plays twice
     as fast); ``fast=True`` emits as fast as the pipeline takes them.
     Back-pressure either way: nothing is dropped.
+
+    The file is read in chunks of about ``READ_S`` seconds (in a worker
+    thread), so memory does not grow with the file.  ``__aenter__`` checks
+    the header; a float file is also scanned once for NaN/infinite samples
+    (chunk by chunk), so that a bad file fails before the stream starts.
     """
+
+    READ_S = 1.0
 
     def __init__(self, path: str | os.PathLike, *, block_ms: float = 10.0, fast: bool = False,
                  speed: float = 1.0, spec: str | None = None):
@@ -128,41 +145,76 @@ class WavSource(Source):
         if not speed > 0:
             raise SourceError(f"speed must be > 0, got {speed}")
         self.speed = float(speed)
-        self._samples: np.ndarray | None = None
+        self._reader = None
+        self.frames = 0
         self.counters = {"blocks": 0, "samples": 0}
 
+    def _open(self):
+        from .audio import WAVE_FORMAT_IEEE_FLOAT, WavReader
+
+        r = WavReader(self.path)
+        try:
+            if r.info.format_tag == WAVE_FORMAT_IEEE_FLOAT:
+                step = max(1, int(r.rate * self.READ_S))
+                while r.read_float(step).size:  # raises on the first non-finite sample
+                    pass
+                r.close()
+                r = WavReader(self.path)
+        except BaseException:
+            r.close()
+            raise
+        return r
+
     async def __aenter__(self) -> "WavSource":
-        from .audio import AudioFileError, read_wav_int16
+        from .audio import AudioFileError
 
         if not self.path.is_file():
             raise SourceError(f"wav source: no such file: {self.path}")
         try:
-            self._samples, self.rate = await asyncio.to_thread(read_wav_int16, self.path)
+            self._reader = await asyncio.to_thread(self._open)
         except (AudioFileError, OSError) as e:
             raise SourceError(f"wav source: cannot read {self.path}: {e}") from None
-        log.info("wav source %s: %d samples at %d Hz (%.2f s), %s", self.path, self._samples.size, self.rate,
-                 self._samples.size / self.rate, "fast" if self.fast else f"paced x{self.speed:g}")
+        self.rate, self.frames = self._reader.rate, self._reader.frames
+        log.info("wav source %s: %d samples at %d Hz (%.2f s), %s", self.path, self.frames, self.rate,
+                 self.frames / self.rate, "fast" if self.fast else f"paced x{self.speed:g}")
         return self
+
+    async def __aexit__(self, *exc) -> None:
+        r, self._reader = self._reader, None
+        if r is not None:
+            r.close()
 
     @property
     def duration_s(self) -> float:
-        return 0.0 if self._samples is None else self._samples.size / self.rate
+        return 0.0 if self._reader is None else self.frames / self.rate
 
     async def run(self, emit: Emitter) -> None:
-        x, rate = self._samples, self.rate
+        from .audio import AudioFileError
+
+        r, rate = self._reader, self.rate
         n = _block_samples(rate, self.block_ms)
+        chunk = n * max(1, int(round(self.READ_S * 1000.0 / self.block_ms)))
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i, a in enumerate(range(0, x.size, n)):
-            block = x[a:a + n]
-            if not self.fast:
-                due = start + (a + block.size) / rate / self.speed
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await emit.put(AudioBlock(block.copy(), time.monotonic()))
-            self.counters["blocks"] += 1
-            self.counters["samples"] += block.size
+        a = 0
+        while True:
+            try:
+                x = await asyncio.to_thread(r.read_int16, chunk)
+            except AudioFileError as e:  # the file changed under us
+                raise SourceError(f"wav source: cannot read {self.path}: {e}") from None
+            if not x.size:
+                break
+            for i in range(0, x.size, n):
+                block = x[i:i + n]
+                if not self.fast:
+                    due = start + (a + block.size) / rate / self.speed
+                    delay = due - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await emit.put(AudioBlock(block.copy(), time.monotonic()))
+                a += block.size
+                self.counters["blocks"] += 1
+                self.counters["samples"] += block.size
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +232,7 @@ class StdinSource(Source):
     def __init__(self, rate: int = 16000, *, block_ms: float = 10.0, fd: int | None = None,
                  spec: str = "stdin"):
         super().__init__(spec)
-        if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 384000:
-            raise SourceError(f"stdin source: --rate must be an integer in 1000..384000 Hz, got {rate!r}")
-        self.rate = rate
+        self.rate = _check_rate(rate, "stdin source")
         self.block_ms = float(block_ms)
         self.fd = fd
         self.counters = {"blocks": 0, "samples": 0, "odd_bytes": 0, "samples_after_stop": 0}
@@ -303,7 +353,7 @@ class MicSource(Source):
         if isinstance(device, str) and device.strip().lstrip("-").isdigit():
             device = int(device)
         self.device = device
-        self.requested_rate = rate
+        self.requested_rate = None if rate is None else _check_rate(rate, "mic source")
         self.block_ms = float(block_ms)
         self.capture = capture
         self.first_block: asyncio.Event | None = None
@@ -319,7 +369,7 @@ class MicSource(Source):
             names = [f"{d['index']}: {d['name']}" for d in list_input_devices()]
             raise SourceError(f"mic source: no input device {self.device!r} ({e}); input devices: "
                               f"{'; '.join(names) or 'none (is an audio server running?)'}") from None
-        self.rate = int(self.requested_rate or round(info["default_samplerate"]))
+        self.rate = int(round(info["default_samplerate"])) if self.requested_rate is None else self.requested_rate
         self._device_index = info["index"]
         self._device_name = info["name"]
         log.info("mic source: device %s (%s) at %d Hz", info["index"], info["name"], self.rate)
@@ -523,7 +573,7 @@ def parse_source(spec: str, options: SourceOptions | None = None) -> Source:
             raise SourceError("wav source needs a path: wav:PATH")
         return WavSource(arg, block_ms=o.block_ms, fast=o.fast, speed=o.speed, spec=spec)
     if kind == "stdin" and not arg:
-        return StdinSource(o.rate or 16000, block_ms=o.block_ms, spec=spec)
+        return StdinSource(16000 if o.rate is None else o.rate, block_ms=o.block_ms, spec=spec)
     if kind == "mqtt":
         if not arg or arg.startswith("//"):
             raise SourceError("mqtt source needs a topic: mqtt:TOPIC (the broker comes from --broker)")
