@@ -19,6 +19,12 @@ CSRC = os.path.join(ROOT, "csrc")
 # Flags that keep results identical across CPUs (docs/fixed-point.md):
 # plain char is signed everywhere, no FMA contraction, signed overflow wraps.
 PORTABLE_FLAGS = ["-std=c99", "-O3", "-fsigned-char", "-ffp-contract=off", "-fwrapv"]
+#: C sources and include folders, relative to the repository root (where setup.py is);
+#: also used by the aarch64 cross build (tests/aarch64/cross_build.py).
+SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, "*.c")))
+INCLUDE_DIRS = [os.path.relpath(CSRC, ROOT)]
+#: the extension module's import name (spikewire/_spikewire_c.abi3.so)
+MODULE = "spikewire._spikewire_c"
 
 
 def _cdef_text() -> str:
@@ -40,10 +46,10 @@ def _cdef_text() -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
-    "spikewire._spikewire_c",
+    MODULE,
     '#include <stdint.h>\n#include "spikewire.h"\n',
-    sources=sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, "*.c"))),
-    include_dirs=[os.path.relpath(CSRC, ROOT)],
+    sources=SOURCES,
+    include_dirs=INCLUDE_DIRS,
     extra_compile_args=PORTABLE_FLAGS,
 )
 

@@ -36,6 +36,9 @@ $PY -m pip install -q --disable-pip-version-check -e ".[test,train]"
 # --- C core: sanitizers, baseline ISA, aarch64 ---------------------------------
 SPIKEWIRE_REQUIRE_AARCH64=${CI:+1} bash tests/c/run.sh
 
+# --- the Python package in an arm64 CPython under qemu (cross-built extension) ---
+SPIKEWIRE_REQUIRE_AARCH64=${CI:+1} PYTHON=$PY bash tests/aarch64/run.sh
+
 # --- Python suite (exit 5 = no tests collected is a failure here, not success) -
 # -P / PYTHONSAFEPATH: the checkout is never on sys.path, so tests (and the CLI
 # subprocesses they start) import the installed `spikewire`, never a folder here.
