@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--calibrate: also accept at most this fraction of the --unknown words (e.g. 0.02)")
     e.add_argument("--rule", choices=("segment", "run"),
                    help="--calibrate: the decision rule to calibrate (default: the model's; docs/evaluation.md)")
-    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (defaults: tools/evaluate.py GRIDS)")
+    e.add_argument("--thresholds", help="--calibrate: comma-separated grid (defaults: tools/calibration.py GRIDS)")
     e.add_argument("--margins", help="--calibrate: comma-separated grid")
     e.add_argument("--min-steps", help="--calibrate: comma-separated grid")
     e.add_argument("--peaks", help="--calibrate (segment rule): comma-separated grid")

@@ -10,9 +10,11 @@ import pytest
 import torch  # required: tests/run.sh installs it (never skipped)
 
 from spikewire.audio import write_wav  # noqa: E402
+from spikewire.config import gain_q15  # noqa: E402
 from spikewire.decision import classify  # noqa: E402
 from spikewire.events import Events  # noqa: E402
 from spikewire.model import load  # noqa: E402
+from spikewire.tools.augment import _noise  # noqa: E402
 from spikewire.tools import train as T  # noqa: E402
 
 VOCAB = ["low", "high"]
@@ -111,7 +113,7 @@ def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, 
     hid, _ = res["net"].params
     assert len(set(hid.gain_mem.tolist())) > 8 and len(set(hid.decay_syn.tolist())) > 8
     # tau in [10, 200] ms at 4 ms steps: gain_mem = (1 - exp(-4/tau)) * 2^15
-    assert T.gain_q15(200.0, 4.0) <= hid.gain_mem.min() and hid.gain_mem.max() <= T.gain_q15(10.0, 4.0)
+    assert gain_q15(200.0, 4.0) <= hid.gain_mem.min() and hid.gain_mem.max() <= gain_q15(10.0, 4.0)
     again, _ = T.neuron_params(cfg, res["core"])  # seeded: the same draw after a resume
     np.testing.assert_array_equal(again.gain_mem, hid.gain_mem)
     m = T.export_model(res, cfg, tmp_path / "m" / "het.swm", name="het")
@@ -171,7 +173,7 @@ def test_augmentation_context_and_noise_are_deterministic(tmp_path):
         np.testing.assert_array_equal(y, T.in_context(tone, 8000, np.random.default_rng(seed), sp))
     assert len(lens) == 6
     for color in ("white", "pink", "brown"):
-        n = T._noise(np.random.default_rng(0), 4000, color)
+        n = _noise(np.random.default_rng(0), 4000, color)
         assert abs(np.sqrt(np.mean(n ** 2)) - 1) < 1e-6
 
 

@@ -4,7 +4,7 @@ A keyword spotter must stay silent on words it does not know, and measuring
 that needs words that played no part in choosing the model.  Three disjoint
 sets, so that no number is measured on words that also tuned it:
 
-* ``background``: trained on, as the "no keyword" unit's examples (tools/train.py);
+* ``background``: trained on, as the "no keyword" unit's examples (tools/trainset.py);
 * ``calibration``: never trained on; the decision rule is calibrated with them
   (``spikewire eval --calibrate --unknown DIR``);
 * ``heldout``: never trained on, never calibrated on; false accepts are
