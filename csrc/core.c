@@ -38,6 +38,15 @@
 #define SW_STATE_VERSION 1u
 #define SW_MAX_EVENTS_PER_STEP (1 << 20)
 
+/* One population as the LIF update sees it (views into struct sw_core). */
+typedef struct lif_pop {
+    int32_t n;
+    const int32_t *A, *G, *L, *th, *rst, *gs;
+    int16_t *I, *V;
+    uint8_t *ref;     /* NULL: the readout (no threshold, never refractory) */
+    int32_t t_ref;
+} lif_pop;
+
 struct sw_core {
     uint32_t magic;
     sw_config cfg;
@@ -56,9 +65,11 @@ struct sw_core {
     int32_t n_z;
     /* scratch */
     int32_t *acc_in, *acc_rec, *acc_out;
-    int16_t *acc16_in, *acc16_rec; /* int16 partial sums (fast kernel) */
-    int32_t *noise;   /* per-step membrane noise (fast kernel) */
-    uint8_t *zflag;   /* per-step spike flags (fast kernel) */
+    int16_t *acc16_in, *acc16_rec, *acc16_out; /* int16 partial sums (fast kernel) */
+    int32_t *noise;   /* per-step membrane noise (all zero when noise_amp == 0) */
+    uint8_t *zflag;   /* per-step spike flags when the caller wants none */
+    int16_t *vpre;    /* per-step pre-reset membranes when the caller wants none */
+    lif_pop hid, out; /* the two populations for lif_plain() */
 };
 
 static const char *g_create_error = "";
@@ -255,6 +266,11 @@ int sw_core_create(const sw_config *cfg, const sw_pop_params *hid,
         return SW_E_NULL;
     }
     *out_core = NULL;
+    if (cfg->abi_version != SW_ABI_VERSION || cfg->struct_size != (int32_t)sizeof(sw_config)) {
+        g_create_error = "sw_config is from another ABI version (abi_version / struct_size "
+                         "differ from this library's); rebuild the caller against this spikewire.h";
+        return SW_E_ABI;
+    }
     if ((s = check_config(cfg)) != SW_OK)
         return s;
     if ((s = check_pop(hid, cfg->n_hid, 1)) != SW_OK)
@@ -302,8 +318,10 @@ int sw_core_create(const sw_config *cfg, const sw_pop_params *hid,
         SW_TAKE(c->acc_out, int32_t, no);
         SW_TAKE(c->acc16_in, int16_t, nh);
         SW_TAKE(c->acc16_rec, int16_t, nh);
+        SW_TAKE(c->acc16_out, int16_t, no);
         SW_TAKE(c->noise, int32_t, nh);
         SW_TAKE(c->zflag, uint8_t, nh);
+        SW_TAKE(c->vpre, int16_t, nh);
 #undef SW_TAKE
         if (mem)
             break;
@@ -330,6 +348,16 @@ int sw_core_create(const sw_config *cfg, const sw_pop_params *hid,
         memcpy(c->o_rst, out->v_reset, no * sizeof(int32_t));
         memcpy(c->o_gs, out->g_syn, no * sizeof(int32_t));
     }
+    c->hid.n = cfg->n_hid;
+    c->hid.A = c->h_A; c->hid.G = c->h_G; c->hid.L = c->h_L;
+    c->hid.th = c->h_th; c->hid.rst = c->h_rst; c->hid.gs = c->h_gs;
+    c->hid.I = c->h_I; c->hid.V = c->h_V; c->hid.ref = c->h_ref;
+    c->hid.t_ref = cfg->t_ref;
+    c->out.n = cfg->n_out;
+    c->out.A = c->o_A; c->out.G = c->o_G; c->out.L = c->o_L;
+    c->out.th = NULL; c->out.rst = c->o_rst; c->out.gs = c->o_gs;
+    c->out.I = c->o_I; c->out.V = c->o_V; c->out.ref = NULL;
+    c->out.t_ref = 0;
     c->magic = SW_MAGIC;
     c->last_error = "";
     sw_core_reset(c);
@@ -383,6 +411,8 @@ const char *sw_strerror(int status)
     case SW_E_STATE: return "SW_E_STATE: corrupt or mismatched state";
     case SW_E_BADCTX: return "SW_E_BADCTX: not a live sw_core context";
     case SW_E_BUFFER: return "SW_E_BUFFER: buffer size does not match";
+    case SW_E_ABI: return "SW_E_ABI: struct size or ABI version mismatch";
+    case SW_E_LIMIT: return "SW_E_LIMIT: the step counter is at its limit";
     default: return "unknown status";
     }
 }
@@ -468,95 +498,135 @@ int sw_core_set_kernel(sw_core *c, int32_t kernel)
 
 /* ------------------------------------------------------------------ */
 /* the step (docs/fixed-point.md, "Update equations")                   */
+/*                                                                      */
+/* The LIF update of a population is written once per kernel form:      */
+/* lif_plain() (the reference, int64 where a product can leave int32)   */
+/* and lif_fast() (branch-free int32, vectorised).  Both serve the      */
+/* hidden population (threshold, refractoriness, noise) and the readout */
+/* (none of these).  Everything else in a step -- row sums, noise,      */
+/* collecting spikes, the CADC -- is one helper each, shared.           */
 
-/* Synaptic accumulation: plain reference version. */
-static void accumulate_ref(sw_core *c, const int32_t *ch, int64_t n_ev)
+/* Zero acc[0..n) and add the int8 rows w[rows[r]] (n columns each). */
+static void add_rows32(int32_t *acc, const int8_t *w, const int32_t *rows, int64_t n_rows, int32_t n)
 {
-    const int32_t nh = c->cfg.n_hid;
-    int64_t e;
-    int32_t j, k;
-    for (j = 0; j < nh; j++) {
-        c->acc_in[j] = 0;
-        c->acc_rec[j] = 0;
-    }
-    for (e = 0; e < n_ev; e++) {
-        const int8_t *row = c->w_in + (int64_t)ch[e] * nh;
-        for (j = 0; j < nh; j++)
-            c->acc_in[j] += row[j];
-    }
-    for (k = 0; k < c->n_z; k++) {
-        const int8_t *row = c->w_rec + (int64_t)c->zidx[k] * nh;
-        for (j = 0; j < nh; j++)
-            c->acc_rec[j] += row[j];
+    int64_t r;
+    int32_t j;
+    for (j = 0; j < n; j++)
+        acc[j] = 0;
+    for (r = 0; r < n_rows; r++) {
+        const int8_t *row = w + (int64_t)rows[r] * n;
+        for (j = 0; j < n; j++)
+            acc[j] += row[j];
     }
 }
 
-/* Neuron update of the hidden population; returns the number of spikes
- * and writes their indices to zidx. */
-static int32_t update_hidden(sw_core *c, uint8_t *hs, int16_t *hv)
+/* Membrane noise of every hidden neuron for this step (docs: "Membrane
+ * noise"); c->noise stays all zero when noise_amp == 0. */
+static void draw_noise(sw_core *c)
 {
-    const int32_t nh = c->cfg.n_hid;
-    const int32_t s_in = c->cfg.shift_in, s_rec = c->cfg.shift_rec;
-    const int32_t t_ref = c->cfg.t_ref, amp = c->cfg.noise_amp;
-    const uint64_t seed = c->cfg.noise_seed;
+    const int32_t nh = c->cfg.n_hid, amp = c->cfg.noise_amp;
     const uint64_t ctr0 = (uint64_t)c->steps * (uint64_t)nh;
-    int32_t j, nz = 0;
-    for (j = 0; j < nh; j++) {
-        int64_t tot = (int64_t)c->acc_in[j] * ((int64_t)1 << s_in) +
-                      (int64_t)c->acc_rec[j] * ((int64_t)1 << s_rec);
-        int64_t inp = trunc_shr64(tot * c->h_gs[j], 14);
-        int32_t dec = trunc_shr32((int32_t)c->h_I[j] * c->h_A[j], 15);
-        int32_t I = sat16_64((int64_t)dec + inp);
-        int32_t V;
-        uint8_t z = 0;
-        c->h_I[j] = (int16_t)I;
-        if (c->h_ref[j] > 0) {
-            c->h_ref[j]--;
-            V = c->h_rst[j];
-        } else {
-            int32_t e = sat16_32(c->h_L[j] + I - (int32_t)c->h_V[j]);
-            V = (int32_t)c->h_V[j] + away_shr32(e * c->h_G[j], 15);
-            if (amp > 0)
-                V += noise_from(splitmix64_at(seed, ctr0 + (uint64_t)j), amp);
-            V = sat16_32(V);
-            if (V >= c->h_th[j]) {
-                z = 1;
-                V = c->h_rst[j];
-                c->h_ref[j] = (uint8_t)t_ref;
-                c->zidx[nz++] = j;
-            }
-        }
-        c->h_V[j] = (int16_t)V;
-        if (hs)
-            hs[j] = z;
-        if (hv)
-            hv[j] = (int16_t)V;
+    int32_t j;
+    if (amp > 0)
+        for (j = 0; j < nh; j++)
+            c->noise[j] = noise_from(splitmix64_at(c->cfg.noise_seed, ctr0 + (uint64_t)j), amp);
+}
+
+/* Indices of the set flags of zf[0..n) into zidx; returns their number.
+ * Skips eight silent neurons at a time (spikes are sparse). */
+static int32_t collect_spikes(const uint8_t *zf, int32_t n, int32_t *zidx)
+{
+    int32_t j, k, nz = 0;
+    for (j = 0; j + 8 <= n; j += 8) {
+        uint64_t word;
+        memcpy(&word, zf + j, 8);
+        if (word)
+            for (k = j; k < j + 8; k++)
+                if (zf[k])
+                    zidx[nz++] = k;
     }
+    for (; j < n; j++)
+        if (zf[j])
+            zidx[nz++] = j;
     return nz;
 }
 
-/* Fast neuron update: the same integers as update_hidden(), branch-free in
- * 32-bit arithmetic so that the compiler vectorises it.  Only valid when
- * |tot| <= 65535 for every neuron (then tot * g_syn < 2^31); the caller
- * checks that bound and otherwise uses update_hidden().  The arrays are
- * function parameters with restrict so the vectoriser needs no alias checks. */
-SW_INLINE void lif_i32(int32_t nh, int32_t m_in, int32_t m_rec, int32_t t_ref,
-                    const int16_t *restrict acc_in, const int16_t *restrict acc_rec,
-                    const int32_t *restrict gs, const int32_t *restrict A,
-                    const int32_t *restrict G, const int32_t *restrict L,
-                    const int32_t *restrict th, const int32_t *restrict rst,
-                    const int32_t *restrict noise, int16_t *restrict I,
-                    int16_t *restrict V, uint8_t *restrict ref, uint8_t *restrict zf)
+/* The CADC codes of n membranes (the one home of the CADC in C). */
+static void cadc_row(const int16_t *v, int32_t n, int32_t base, int32_t shift, uint8_t *code)
 {
     int32_t j;
-    for (j = 0; j < nh; j++) {
-        int32_t tot = (int32_t)acc_in[j] * m_in + (int32_t)acc_rec[j] * m_rec;
+    for (j = 0; j < n; j++)
+        code[j] = cadc_code(v[j], base, shift);
+}
+
+/* LIF update, reference form.  Input of neuron j this step:
+ * tot = acc_a[j] * 2^s_a + acc_b[j] * 2^s_b (acc_b NULL: no second term).
+ * A population with p->ref != NULL is the hidden one: noise (NULL: none) is
+ * added, the membrane before reset goes to vpre[j] (the value compared with
+ * the threshold; R while refractory), the spike to zf[j]. */
+static void lif_plain(const lif_pop *p, const int32_t *acc_a, int32_t s_a,
+                      const int32_t *acc_b, int32_t s_b, const int32_t *noise,
+                      int16_t *vpre, uint8_t *zf)
+{
+    int32_t j;
+    for (j = 0; j < p->n; j++) {
+        int64_t tot = (int64_t)acc_a[j] * ((int64_t)1 << s_a) +
+                      (acc_b ? (int64_t)acc_b[j] * ((int64_t)1 << s_b) : 0);
+        int64_t inp = trunc_shr64(tot * p->gs[j], 14);
+        int32_t dec = trunc_shr32((int32_t)p->I[j] * p->A[j], 15);
+        int32_t I = sat16_64((int64_t)dec + inp);
+        int32_t V;
+        p->I[j] = (int16_t)I;
+        if (p->ref && p->ref[j] > 0) { /* refractory: held at R, no threshold */
+            p->ref[j]--;
+            V = p->rst[j];
+            vpre[j] = (int16_t)V;
+            zf[j] = 0;
+        } else {
+            int32_t e = sat16_32(p->L[j] + I - (int32_t)p->V[j]);
+            V = (int32_t)p->V[j] + away_shr32(e * p->G[j], 15);
+            if (noise)
+                V += noise[j];
+            V = sat16_32(V);
+            if (p->ref) {
+                vpre[j] = (int16_t)V;
+                zf[j] = (uint8_t)(V >= p->th[j]);
+                if (zf[j]) {
+                    V = p->rst[j];
+                    p->ref[j] = (uint8_t)p->t_ref;
+                }
+            }
+        }
+        p->V[j] = (int16_t)V;
+    }
+}
+
+/* LIF update, fast form: the same integers as lif_plain(), branch-free in
+ * 32-bit arithmetic so that the compiler vectorises it.  Valid only when
+ * |tot| <= 65535 for every neuron (then tot * g < 2^31); the caller checks
+ * that bound and otherwise widens the sums and calls lif_plain().
+ * `spiking` is a constant at each (inlined) call site: 1 = hidden
+ * (acc_b, noise, threshold, refractoriness, vpre, zf), 0 = readout (those
+ * pointers are not touched).  The arrays are restrict parameters so the
+ * vectoriser needs no alias checks. */
+SW_INLINE void lif_fast(const int spiking, int32_t n, int32_t m_a, int32_t m_b, int32_t t_ref,
+                        const int16_t *restrict acc_a, const int16_t *restrict acc_b,
+                        const int32_t *restrict gs, const int32_t *restrict A,
+                        const int32_t *restrict G, const int32_t *restrict L,
+                        const int32_t *restrict th, const int32_t *restrict rst,
+                        const int32_t *restrict noise, int16_t *restrict I,
+                        int16_t *restrict V, uint8_t *restrict ref,
+                        int16_t *restrict vpre, uint8_t *restrict zf)
+{
+    int32_t j;
+    for (j = 0; j < n; j++) {
+        int32_t tot = (int32_t)acc_a[j] * m_a + (spiking ? (int32_t)acc_b[j] * m_b : 0);
         int32_t p = tot * gs[j];
         int32_t inp = ASR32(p + (ASR32(p, 31) & 16383), 14);           /* trunc */
         int32_t q = (int32_t)I[j] * A[j];
         int32_t dec = ASR32(q + (ASR32(q, 31) & 32767), 15);           /* trunc */
         int32_t in = dec + inp;
-        int32_t e, r, v, refr, spk;
+        int32_t e, r, v;
         in = in < 32767 ? in : 32767;
         in = in > -32768 ? in : -32768;
         e = L[j] + in - (int32_t)V[j];
@@ -564,68 +634,61 @@ SW_INLINE void lif_i32(int32_t nh, int32_t m_in, int32_t m_rec, int32_t t_ref,
         e = e > -32768 ? e : -32768;
         r = e * G[j];
         v = (int32_t)V[j] + ASR32(r + (32767 & ~ASR32(r, 31)), 15);   /* away */
-        v += noise[j];
+        if (spiking)
+            v += noise[j];
         v = v < 32767 ? v : 32767;
         v = v > -32768 ? v : -32768;
-        /* masks (0 or -1) instead of branches */
-        refr = -(int32_t)(ref[j] > 0);
-        spk = ~refr & -(int32_t)(v >= th[j]);
-        v = (v & ~(refr | spk)) | (rst[j] & (refr | spk));
-        ref[j] = (uint8_t)((refr & ((int32_t)ref[j] - 1)) | (spk & t_ref));
+        if (spiking) {
+            /* masks (0 or -1) instead of branches */
+            int32_t refr = -(int32_t)(ref[j] > 0);
+            int32_t spk, held;
+            v = (v & ~refr) | (rst[j] & refr);                           /* R while refractory */
+            vpre[j] = (int16_t)v;
+            spk = ~refr & -(int32_t)(v >= th[j]);
+            held = refr | spk;
+            v = (v & ~held) | (rst[j] & held);
+            ref[j] = (uint8_t)((refr & ((int32_t)ref[j] - 1)) | (spk & t_ref));
+            zf[j] = (uint8_t)(spk & 1);
+        }
         I[j] = (int16_t)in;
         V[j] = (int16_t)v;
-        zf[j] = (uint8_t)(spk & 1);
     }
 }
 
-SW_INLINE int32_t update_hidden_fast(sw_core *c, uint8_t *hs, int16_t *hv)
+/* One step of the plain reference kernel.  zf, vpre: [n_hid] outputs. */
+static void step_plain(sw_core *c, const int32_t *ch, int64_t n_ev, uint8_t *zf, int16_t *vpre)
 {
-    const int32_t nh = c->cfg.n_hid, amp = c->cfg.noise_amp;
-    int32_t j, nz = 0;
-    if (amp > 0) {
-        const uint64_t ctr0 = (uint64_t)c->steps * (uint64_t)nh;
-        for (j = 0; j < nh; j++)
-            c->noise[j] = noise_from(splitmix64_at(c->cfg.noise_seed, ctr0 + (uint64_t)j), amp);
+    const sw_config *k = &c->cfg;
+    add_rows32(c->acc_in, c->w_in, ch, n_ev, k->n_hid);
+    add_rows32(c->acc_rec, c->w_rec, c->zidx, c->n_z, k->n_hid);
+    draw_noise(c);
+    lif_plain(&c->hid, c->acc_in, k->shift_in, c->acc_rec, k->shift_rec,
+              k->noise_amp > 0 ? c->noise : NULL, vpre, zf);
+    c->n_z = collect_spikes(zf, k->n_hid, c->zidx);
+    if (k->n_out > 0) {
+        add_rows32(c->acc_out, c->w_out, c->zidx, c->n_z, k->n_out);
+        lif_plain(&c->out, c->acc_out, k->shift_out, NULL, 0, NULL, NULL, NULL);
     }
-    lif_i32(nh, (int32_t)1 << c->cfg.shift_in, (int32_t)1 << c->cfg.shift_rec, c->cfg.t_ref,
-            c->acc16_in, c->acc16_rec, c->h_gs, c->h_A, c->h_G, c->h_L, c->h_th, c->h_rst,
-            c->noise, c->h_I, c->h_V, c->h_ref, c->zflag);
-    for (j = 0; j + 8 <= nh; j += 8) {
-        uint64_t word;
-        memcpy(&word, c->zflag + j, 8);
-        if (word) {
-            int32_t k;
-            for (k = j; k < j + 8; k++)
-                if (c->zflag[k])
-                    c->zidx[nz++] = k;
-        }
-    }
-    for (; j < nh; j++)
-        if (c->zflag[j])
-            c->zidx[nz++] = j;
-    if (hs)
-        memcpy(hs, c->zflag, (size_t)nh);
-    if (hv)
-        memcpy(hv, c->h_V, (size_t)nh * sizeof(int16_t));
-    return nz;
 }
 
 /* Rows added straight into int16 sums: exact while a step has at most
  * SW_ROWS16 rows (SW_ROWS16 * 63 <= 32767). */
 #define SW_ROWS16 520
-SW_INLINE void add_row16(int16_t *restrict acc, const int8_t *restrict row, int32_t nh)
+SW_INLINE void add_row16(int16_t *restrict acc, const int8_t *restrict row, int32_t n)
 {
     int32_t j;
-    for (j = 0; j < nh; j++)
+    for (j = 0; j < n; j++)
         acc[j] = (int16_t)(acc[j] + row[j]);
 }
 
+/* Zero acc[0..n) and add the rows (the int16 twin of add_rows32). */
 SW_INLINE void add_rows16(int16_t *restrict acc, const int8_t *restrict w,
-                       const int32_t *restrict rows, int64_t n_rows, int32_t nh)
+                          const int32_t *restrict rows, int64_t n_rows, int32_t n)
 {
     int64_t r;
+    memset(acc, 0, (size_t)n * sizeof(int16_t));
     for (r = 0; r < n_rows; r++)
-        add_row16(acc, w + (int64_t)rows[r] * nh, nh);
+        add_row16(acc, w + (int64_t)rows[r] * n, n);
 }
 
 SW_INLINE int32_t max_abs16(const int16_t *restrict a, int32_t n)
@@ -638,8 +701,16 @@ SW_INLINE int32_t max_abs16(const int16_t *restrict a, int32_t n)
     return m;
 }
 
-/* One step of the optimised kernel; returns 0 if it does not apply (the
- * caller then runs the general path, which gives the same integers).
+SW_INLINE void widen16(int32_t *restrict dst, const int16_t *restrict src, int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; j++)
+        dst[j] = src[j];
+}
+
+/* One step of the optimised kernel (default): the same integers as
+ * step_plain().  Row sums go into int16 while a step has <= SW_ROWS16 rows;
+ * lif_fast() runs when |tot| <= 65535 is proven, else lif_plain().
  * On x86-64 with GCC it is compiled twice (AVX2 and baseline) and the
  * loader picks one per CPU; integer results are identical by construction
  * and the tests compare both against the plain kernel.  Define
@@ -650,97 +721,45 @@ SW_INLINE int32_t max_abs16(const int16_t *restrict a, int32_t n)
 #define SW_CLONES
 #endif
 SW_CLONES
-static int step_fast(sw_core *c, const int32_t *ch, int64_t n_ev, uint8_t *hs, int16_t *hv)
+static void step_fast(sw_core *c, const int32_t *ch, int64_t n_ev, uint8_t *zf, int16_t *vpre)
 {
-    const int32_t nh = c->cfg.n_hid;
-    if (n_ev > SW_ROWS16 || c->n_z > SW_ROWS16)
-        return 0;
-    memset(c->acc16_in, 0, (size_t)nh * sizeof(int16_t));
-    memset(c->acc16_rec, 0, (size_t)nh * sizeof(int16_t));
-    if (n_ev > 0)
+    const sw_config *k = &c->cfg;
+    const int32_t nh = k->n_hid, no = k->n_out;
+    const int32_t *noise = k->noise_amp > 0 ? c->noise : NULL;
+    draw_noise(c);
+    if (n_ev <= SW_ROWS16 && c->n_z <= SW_ROWS16) {
         add_rows16(c->acc16_in, c->w_in, ch, n_ev, nh);
-    if (c->n_z > 0)
         add_rows16(c->acc16_rec, c->w_rec, c->zidx, c->n_z, nh);
-    if (((int64_t)max_abs16(c->acc16_in, nh) << c->cfg.shift_in) +
-            ((int64_t)max_abs16(c->acc16_rec, nh) << c->cfg.shift_rec) > 65535) {
-        /* general path: widen the partial sums, plain neuron update */
-        int32_t j;
-        for (j = 0; j < nh; j++) {
-            c->acc_in[j] = c->acc16_in[j];
-            c->acc_rec[j] = c->acc16_rec[j];
+        if (((int64_t)max_abs16(c->acc16_in, nh) << k->shift_in) +
+                ((int64_t)max_abs16(c->acc16_rec, nh) << k->shift_rec) <= 65535) {
+            lif_fast(1, nh, (int32_t)1 << k->shift_in, (int32_t)1 << k->shift_rec, k->t_ref,
+                     c->acc16_in, c->acc16_rec, c->h_gs, c->h_A, c->h_G, c->h_L, c->h_th,
+                     c->h_rst, c->noise, c->h_I, c->h_V, c->h_ref, vpre, zf);
+        } else {
+            widen16(c->acc_in, c->acc16_in, nh);
+            widen16(c->acc_rec, c->acc16_rec, nh);
+            lif_plain(&c->hid, c->acc_in, k->shift_in, c->acc_rec, k->shift_rec, noise, vpre, zf);
         }
-        c->n_z = update_hidden(c, hs, hv);
-        return 1;
+    } else {
+        add_rows32(c->acc_in, c->w_in, ch, n_ev, nh);
+        add_rows32(c->acc_rec, c->w_rec, c->zidx, c->n_z, nh);
+        lif_plain(&c->hid, c->acc_in, k->shift_in, c->acc_rec, k->shift_rec, noise, vpre, zf);
     }
-    c->n_z = update_hidden_fast(c, hs, hv);
-    return 1;
-}
-
-/* Readout (non-spiking leaky integrators) driven by this step's hidden
- * spikes.  Same equations as the hidden neurons without threshold; the
- * 32-bit branch-free form is used when |tot| <= 65535 (exact), else int64. */
-static void update_readout(sw_core *c, int16_t *ov, uint8_t *oc, int plain)
-{
-    const int32_t no = c->cfg.n_out;
-    const int32_t s_out = c->cfg.shift_out;
-    const int32_t base = c->cfg.cadc_base, cs = c->cfg.cadc_shift;
-    int32_t k, q, m = 0;
-    int32_t *restrict acc = c->acc_out;
+    c->n_z = collect_spikes(zf, nh, c->zidx);
     if (no == 0)
         return;
-    memset(acc, 0, (size_t)no * sizeof(int32_t));
-    for (q = 0; q < c->n_z; q++) {
-        const int8_t *restrict row = c->w_out + (int64_t)c->zidx[q] * no;
-        for (k = 0; k < no; k++)
-            acc[k] += row[k];
-    }
-    for (k = 0; k < no; k++) {
-        int32_t x = acc[k] < 0 ? -acc[k] : acc[k];
-        m = x > m ? x : m;
-    }
-    if (!plain && ((int64_t)m << s_out) <= 65535) {
-        const int32_t mo = (int32_t)1 << s_out;
-        for (k = 0; k < no; k++) {
-            int32_t p = acc[k] * mo * c->o_gs[k];
-            int32_t inp = ASR32(p + (ASR32(p, 31) & 16383), 14);
-            int32_t qq = (int32_t)c->o_I[k] * c->o_A[k];
-            int32_t in = ASR32(qq + (ASR32(qq, 31) & 32767), 15) + inp;
-            int32_t e, r, V, code;
-            in = in < 32767 ? in : 32767;
-            in = in > -32768 ? in : -32768;
-            e = c->o_L[k] + in - (int32_t)c->o_V[k];
-            e = e < 32767 ? e : 32767;
-            e = e > -32768 ? e : -32768;
-            r = e * c->o_G[k];
-            V = (int32_t)c->o_V[k] + ASR32(r + (32767 & ~ASR32(r, 31)), 15);
-            V = V < 32767 ? V : 32767;
-            V = V > -32768 ? V : -32768;
-            c->o_I[k] = (int16_t)in;
-            c->o_V[k] = (int16_t)V;
-            code = ASR32(V - base, cs);
-            code = code < 255 ? code : 255;
-            code = code > 0 ? code : 0;
-            if (ov)
-                ov[k] = (int16_t)V;
-            if (oc)
-                oc[k] = (uint8_t)code;
+    if (c->n_z <= SW_ROWS16) {
+        add_rows16(c->acc16_out, c->w_out, c->zidx, c->n_z, no);
+        if (((int64_t)max_abs16(c->acc16_out, no) << k->shift_out) <= 65535) {
+            lif_fast(0, no, (int32_t)1 << k->shift_out, 0, 0, c->acc16_out, NULL, c->o_gs,
+                     c->o_A, c->o_G, c->o_L, NULL, NULL, NULL, c->o_I, c->o_V, NULL, NULL, NULL);
+            return;
         }
-        return;
+        widen16(c->acc_out, c->acc16_out, no);
+    } else {
+        add_rows32(c->acc_out, c->w_out, c->zidx, c->n_z, no);
     }
-    for (k = 0; k < no; k++) {
-        int64_t tot = (int64_t)acc[k] * ((int64_t)1 << s_out);
-        int64_t inp = trunc_shr64(tot * c->o_gs[k], 14);
-        int32_t dec = trunc_shr32((int32_t)c->o_I[k] * c->o_A[k], 15);
-        int32_t I = sat16_64((int64_t)dec + inp);
-        int32_t e = sat16_32(c->o_L[k] + I - (int32_t)c->o_V[k]);
-        int32_t V = sat16_32((int32_t)c->o_V[k] + away_shr32(e * c->o_G[k], 15));
-        c->o_I[k] = (int16_t)I;
-        c->o_V[k] = (int16_t)V;
-        if (ov)
-            ov[k] = (int16_t)V;
-        if (oc)
-            oc[k] = cadc_code(V, base, cs);
-    }
+    lif_plain(&c->out, c->acc_out, k->shift_out, NULL, 0, NULL, NULL, NULL);
 }
 
 static int validate_events(sw_core *c, int32_t T, const int64_t *indptr,
@@ -784,10 +803,17 @@ static int validate_events(sw_core *c, int32_t T, const int64_t *indptr,
     return SW_OK;
 }
 
-int sw_core_run(sw_core *c, int32_t T, const int64_t *indptr,
-                const int32_t *channels, int64_t n_events,
-                uint8_t *hid_spikes, int16_t *hid_v,
-                int16_t *out_v, uint8_t *out_cadc, int64_t *n_spikes)
+/* The most steps a core may have done: the step counter stays <= INT64_MAX
+ * and the noise counter steps * n_hid + j of every step stays below 2^64, so
+ * the noise stream never repeats (docs/fixed-point.md, "Membrane noise"). */
+static int64_t max_steps(const sw_core *c)
+{
+    uint64_t m = UINT64_MAX / (uint64_t)c->cfg.n_hid;
+    return m > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)m;
+}
+
+int sw_core_run_ex(sw_core *c, int32_t T, const int64_t *indptr,
+                   const int32_t *channels, int64_t n_events, sw_run_out *o)
 {
     int32_t t;
     int64_t total = 0;
@@ -795,34 +821,72 @@ int sw_core_run(sw_core *c, int32_t T, const int64_t *indptr,
     int s = live(c);
     if (s != SW_OK)
         return s;
+    if (!o) {
+        c->last_error = "run output struct is NULL";
+        return SW_E_NULL;
+    }
+    if (o->struct_size != (int32_t)sizeof(sw_run_out)) {
+        c->last_error = "sw_run_out.struct_size is not sizeof(sw_run_out) of this library";
+        return SW_E_ABI;
+    }
     if (T < 0) {
         c->last_error = "negative number of steps";
         return SW_E_SIZE;
     }
+    if (o->max_steps < T) {
+        c->last_error = "sw_run_out.max_steps is smaller than the number of steps";
+        return SW_E_BUFFER;
+    }
     if ((s = validate_events(c, T, indptr, channels, n_events)) != SW_OK)
         return s;
+    if ((int64_t)T > max_steps(c) - c->steps) {
+        c->last_error = "the step counter would pass its limit (noise stream would repeat); reset the core";
+        return SW_E_LIMIT;
+    }
     for (t = 0; t < T; t++) {
         const int32_t *ch = channels ? channels + indptr[t] : NULL;
         int64_t n = indptr[t + 1] - indptr[t];
-        uint8_t *hs = hid_spikes ? hid_spikes + t * nh : NULL;
-        int16_t *hv = hid_v ? hid_v + t * nh : NULL;
-        if (c->kernel == 1) {
-            accumulate_ref(c, ch, n);
-            c->n_z = update_hidden(c, hs, hv);
-        } else {
-            if (!step_fast(c, ch, n, hs, hv)) { /* > SW_ROWS16 rows this step */
-                accumulate_ref(c, ch, n);
-                c->n_z = update_hidden(c, hs, hv);
-            }
-        }
-        update_readout(c, out_v ? out_v + t * no : NULL,
-                       out_cadc ? out_cadc + t * no : NULL, c->kernel == 1);
+        uint8_t *zf = o->hid_spikes ? o->hid_spikes + t * nh : c->zflag;
+        int16_t *vpre = o->hid_v_pre ? o->hid_v_pre + t * nh : c->vpre;
+        if (c->kernel == 1)
+            step_plain(c, ch, n, zf, vpre);
+        else
+            step_fast(c, ch, n, zf, vpre);
+        if (o->hid_v)
+            memcpy(o->hid_v + t * nh, c->h_V, (size_t)nh * sizeof(int16_t));
+        if (o->hid_ref)
+            memcpy(o->hid_ref + t * nh, c->h_ref, (size_t)nh);
+        if (o->hid_cadc)
+            cadc_row(c->h_V, (int32_t)nh, c->cfg.cadc_base, c->cfg.cadc_shift, o->hid_cadc + t * nh);
+        if (o->out_v && no > 0)
+            memcpy(o->out_v + t * no, c->o_V, (size_t)no * sizeof(int16_t));
+        if (o->out_cadc && no > 0)
+            cadc_row(c->o_V, (int32_t)no, c->cfg.cadc_base, c->cfg.cadc_shift, o->out_cadc + t * no);
         total += c->n_z;
         c->steps++;
     }
-    if (n_spikes)
-        *n_spikes = total;
+    o->n_spikes = total;
     return SW_OK;
+}
+
+int sw_core_run(sw_core *c, int32_t T, const int64_t *indptr,
+                const int32_t *channels, int64_t n_events,
+                uint8_t *hid_spikes, int16_t *hid_v,
+                int16_t *out_v, uint8_t *out_cadc, int64_t *n_spikes)
+{
+    sw_run_out o;
+    int s;
+    memset(&o, 0, sizeof o);
+    o.struct_size = (int32_t)sizeof o;
+    o.max_steps = T;
+    o.hid_spikes = hid_spikes;
+    o.hid_v = hid_v;
+    o.out_v = out_v;
+    o.out_cadc = out_cadc;
+    s = sw_core_run_ex(c, T, indptr, channels, n_events, &o);
+    if (s == SW_OK && n_spikes)
+        *n_spikes = o.n_spikes;
+    return s;
 }
 
 int sw_core_step(sw_core *c, const int32_t *channels, int32_t n_events,
@@ -958,8 +1022,8 @@ int sw_core_load_state(sw_core *c, const uint8_t *buf, int64_t size)
         return SW_E_STATE;
     }
     steps = (int64_t)get_u64(buf + 20);
-    if (steps < 0) {
-        c->last_error = "state blob has a negative step count";
+    if (steps < 0 || steps > max_steps(c)) {
+        c->last_error = "state blob has a step count outside 0..the step limit";
         return SW_E_STATE;
     }
     /* validate everything before writing anything */

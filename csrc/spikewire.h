@@ -18,10 +18,13 @@
 #ifndef SPIKEWIRE_H
 #define SPIKEWIRE_H
 
-#define SW_ABI_VERSION 1
+#define SW_ABI_VERSION 2
 
 /* The SW_ABI_VERSION this library was compiled with; the binding
- * (runtime/core.py) refuses to load a library whose value differs. */
+ * (runtime/core.py) refuses to load a library whose value differs.  Every
+ * struct a caller fills carries its size (and sw_config the version), and
+ * the library rejects a mismatch with SW_E_ABI: an old caller with a new
+ * library fails clearly instead of reading fields at the wrong offsets. */
 int sw_abi_version(void);
 
 /* ---- status codes ---------------------------------------------------- */
@@ -37,6 +40,8 @@ int sw_abi_version(void);
 #define SW_E_STATE -9         /* corrupt / mismatched state blob       */
 #define SW_E_BADCTX -10       /* context is not a live sw_core         */
 #define SW_E_BUFFER -11       /* output buffer too small               */
+#define SW_E_ABI -12          /* struct size / ABI version mismatch    */
+#define SW_E_LIMIT -13        /* step counter at its limit             */
 
 /* ---- limits ---------------------------------------------------------- */
 #define SW_WEIGHT_MAX 63      /* weights are signed 6 bit: -63..63     */
@@ -84,6 +89,8 @@ typedef struct sw_pop_params {
 } sw_pop_params;
 
 typedef struct sw_config {
+    int32_t abi_version;      /* SW_ABI_VERSION of the caller           */
+    int32_t struct_size;      /* sizeof(sw_config) of the caller        */
     int32_t n_in;             /* input channels                        */
     int32_t n_hid;            /* recurrent spiking neurons             */
     int32_t n_out;            /* non-spiking leaky readout neurons     */
@@ -142,6 +149,40 @@ int sw_core_run(sw_core *core, int32_t T, const int64_t *indptr,
 int sw_core_step(sw_core *core, const int32_t *channels, int32_t n_events,
                  uint8_t *hid_spikes, int16_t *hid_v,
                  int16_t *out_v, uint8_t *out_cadc);
+
+/*
+ * sw_core_run_ex: sw_core_run with every per-step observable learning and
+ * in-the-loop training need, in a caller-filled struct.  The caller sets
+ * struct_size = sizeof(sw_run_out) (else SW_E_ABI) and max_steps = the
+ * rows each non-NULL array holds (T > max_steps: SW_E_BUFFER, nothing
+ * runs).  Any array may be NULL to skip it.  Row-major, T rows:
+ *   hid_spikes [T x n_hid] uint8 0/1
+ *   hid_v      [T x n_hid] int16 membrane after the step (after reset)
+ *   hid_v_pre  [T x n_hid] int16 membrane before reset: the value compared
+ *              with the threshold (R while refractory)
+ *   hid_ref    [T x n_hid] uint8 refractory counter after the step
+ *   hid_cadc   [T x n_hid] uint8 CADC code of hid_v
+ *   out_v      [T x n_out] int16 readout membrane
+ *   out_cadc   [T x n_out] uint8 CADC code of out_v
+ * n_spikes receives the number of hidden spikes in the block.
+ * The step counter is limited (noise counter steps * n_hid below 2^64, and
+ * steps <= 2^63 - 1): a run that would pass it returns SW_E_LIMIT.
+ */
+typedef struct sw_run_out {
+    int32_t struct_size;      /* sizeof(sw_run_out) of the caller      */
+    int32_t max_steps;        /* rows of every non-NULL array          */
+    uint8_t *hid_spikes;
+    int16_t *hid_v;
+    int16_t *hid_v_pre;
+    uint8_t *hid_ref;
+    uint8_t *hid_cadc;
+    int16_t *out_v;
+    uint8_t *out_cadc;
+    int64_t n_spikes;         /* out                                   */
+} sw_run_out;
+
+int sw_core_run_ex(sw_core *core, int32_t T, const int64_t *indptr,
+                   const int32_t *channels, int64_t n_events, sw_run_out *out);
 
 /* Select the kernel: 0 = optimised (default), 1 = plain reference loop.   */
 int sw_core_set_kernel(sw_core *core, int32_t kernel);

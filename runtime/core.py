@@ -38,7 +38,7 @@ class CoreInputError(CoreError, ValueError):
 
 
 # The C ABI this binding was written for (csrc/spikewire.h SW_ABI_VERSION).
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def _check_abi(got: int, expected: int = ABI_VERSION) -> None:
@@ -55,6 +55,10 @@ _INPUT_CODES = {_lib.SW_E_SIZE, _lib.SW_E_PARAM, _lib.SW_E_WEIGHT, _lib.SW_E_CHA
                 _lib.SW_E_EVENTS, _lib.SW_E_PRESET, _lib.SW_E_STATE, _lib.SW_E_BUFFER}
 
 
+class CoreLimitError(CoreError):
+    """The step counter reached its limit (the noise stream would repeat); reset the core."""
+
+
 class CoreBusyError(RuntimeError):
     """The core is being stepped from another thread."""
 
@@ -64,7 +68,8 @@ def _check_rc(status: int, msg: str, core_ptr=None) -> None:
         detail = ""
         if core_ptr is not None and status not in (_lib.SW_E_NULL, _lib.SW_E_BADCTX):
             detail = _ffi.string(_lib.sw_core_last_error(core_ptr)).decode()
-        cls = CoreInputError if status in _INPUT_CODES else CoreError
+        cls = (CoreLimitError if status == _lib.SW_E_LIMIT
+               else CoreInputError if status in _INPUT_CODES else CoreError)
         raise cls(status, f"{msg}: {detail}" if detail else msg)
 
 
@@ -80,6 +85,24 @@ class RunOutput(NamedTuple):
     cadc: np.ndarray  # uint8 [T x n_out]
     hid_v: np.ndarray | None  # int16 [T x n_hid] when requested
     n_spikes: int
+
+
+RUN_FIELDS = ("spikes", "hid_v", "hid_v_pre", "hid_ref", "hid_cadc", "out_v", "cadc")
+
+
+class RunOutputEx(NamedTuple):
+    """Every per-step observable of a block (``Core.run_ex``); None where not recorded."""
+    spikes: np.ndarray | None  # uint8 [T x n_hid] 0/1
+    hid_v: np.ndarray | None  # int16 [T x n_hid] membrane after the step (after reset)
+    hid_v_pre: np.ndarray | None  # int16 [T x n_hid] membrane before reset (R while refractory)
+    hid_ref: np.ndarray | None  # uint8 [T x n_hid] refractory counter after the step
+    hid_cadc: np.ndarray | None  # uint8 [T x n_hid] CADC code of hid_v
+    out_v: np.ndarray | None  # int16 [T x n_out] readout membrane
+    cadc: np.ndarray | None  # uint8 [T x n_out] CADC code of out_v
+    n_spikes: int
+
+
+_C_TYPES = {np.uint8: "uint8_t[]", np.int16: "int16_t[]"}
 
 
 class Core:
@@ -111,6 +134,7 @@ class Core:
         self._ptr = None
 
         c = _ffi.new("sw_config *")
+        c.abi_version, c.struct_size = ABI_VERSION, _ffi.sizeof("sw_config")
         c.n_in, c.n_hid, c.n_out = config.n_in, config.n_hid, config.n_out
         c.preset = _lib.SW_PRESET_BSS2 if config.preset == "bss2" else _lib.SW_PRESET_UNBOUNDED
         c.shift_in, c.shift_rec, c.shift_out = config.shift_in, config.shift_rec, config.shift_out
@@ -264,12 +288,8 @@ class Core:
         finally:
             self._lock.release()
 
-    def run(self, events, record_hidden_v: bool = False, n_steps: int | None = None) -> RunOutput:
-        """Run a block of steps in one C call.
-
-        ``events``: an :class:`Events` (CSR, or any ``(indptr, channels)`` pair)
-        or a dense [T x n_in] raster of event counts.  ``n_steps`` checks T.
-        """
+    def _events(self, events, n_steps: int | None):
+        """Check a block's events here (clear messages); returns (T, indptr int64, channels int32)."""
         if isinstance(events, np.ndarray):
             ev = Events.from_raster(events)
             if events.shape[1] != self.config.n_in:
@@ -301,22 +321,51 @@ class Core:
         if ch.size and (ch.min() < 0 or ch.max() >= self.config.n_in):
             bad = ch[(ch < 0) | (ch >= self.config.n_in)][0]
             raise ValueError(f"input channel id {bad} out of range 0..{self.config.n_in - 1}")
+        return T, indptr, ch
+
+    def run(self, events, record_hidden_v: bool = False, n_steps: int | None = None) -> RunOutput:
+        """Run a block of steps in one C call.
+
+        ``events``: an :class:`Events` (CSR, or any ``(indptr, channels)`` pair)
+        or a dense [T x n_in] raster of event counts.  ``n_steps`` checks T.
+        """
+        out = self.run_ex(events, n_steps=n_steps,
+                          record=("spikes", "out_v", "cadc") + (("hid_v",) if record_hidden_v else ()))
+        return RunOutput(out.spikes, out.out_v, out.cadc, out.hid_v, out.n_spikes)
+
+    def run_ex(self, events, n_steps: int | None = None, record=RUN_FIELDS) -> RunOutputEx:
+        """Run a block of steps in one C call (``sw_core_run_ex``) and return every
+        per-step observable named in ``record`` (default: all of :data:`RUN_FIELDS`;
+        the others are None): hidden spikes, membranes after and before reset,
+        refractory counters, hidden CADC codes, readout membranes and CADC codes."""
+        want = set(record)
+        unknown = want - set(RUN_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {list(RUN_FIELDS)}")
+        T, indptr, ch = self._events(events, n_steps)
         c = self.config
-        spikes = np.zeros((T, c.n_hid), np.uint8)
-        out_v = np.zeros((T, c.n_out), np.int16)
-        cadc = np.zeros((T, c.n_out), np.uint8)
-        hid_v = np.zeros((T, c.n_hid), np.int16) if record_hidden_v else None
-        nsp = _ffi.new("int64_t *")
+        shapes = {"spikes": (c.n_hid, np.uint8), "hid_v": (c.n_hid, np.int16),
+                  "hid_v_pre": (c.n_hid, np.int16), "hid_ref": (c.n_hid, np.uint8),
+                  "hid_cadc": (c.n_hid, np.uint8), "out_v": (c.n_out, np.int16), "cadc": (c.n_out, np.uint8)}
+        arrays = {k: np.zeros((T, n), dt) if k in want else None for k, (n, dt) in shapes.items()}
+        o = _ffi.new("sw_run_out *")
+        o.struct_size, o.max_steps = _ffi.sizeof("sw_run_out"), T
+        keep = []
+        for name, field in (("spikes", "hid_spikes"), ("hid_v", "hid_v"), ("hid_v_pre", "hid_v_pre"),
+                            ("hid_ref", "hid_ref"), ("hid_cadc", "hid_cadc"), ("out_v", "out_v"),
+                            ("cadc", "out_cadc")):
+            a = arrays[name]
+            if a is not None and a.size:
+                buf = _ffi.from_buffer(_C_TYPES[a.dtype.type], a, require_writable=True)
+                keep.append(buf)
+                setattr(o, field, buf)
         with self._guard():
             ptr = self._live()
-            _check_rc(_lib.sw_core_run(
-                ptr, T, _ffi.from_buffer("int64_t[]", indptr),
-                _ffi.from_buffer("int32_t[]", ch) if ch.size else _ffi.NULL, ch.shape[0],
-                _ffi.from_buffer("uint8_t[]", spikes, require_writable=True),
-                _ffi.from_buffer("int16_t[]", hid_v, require_writable=True) if hid_v is not None else _ffi.NULL,
-                _ffi.from_buffer("int16_t[]", out_v, require_writable=True),
-                _ffi.from_buffer("uint8_t[]", cadc, require_writable=True), nsp), "run failed", ptr)
-        return RunOutput(spikes, out_v, cadc, hid_v, int(nsp[0]))
+            st = _lib.sw_core_run_ex(ptr, T, _ffi.from_buffer("int64_t[]", indptr),
+                                     _ffi.from_buffer("int32_t[]", ch) if ch.size else _ffi.NULL,
+                                     ch.shape[0], o)
+            _check_rc(st, "run failed", ptr)
+        return RunOutputEx(n_spikes=int(o.n_spikes), **arrays)
 
     # -- state ----------------------------------------------------------------
     def save_state(self) -> bytes:

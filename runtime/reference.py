@@ -7,6 +7,8 @@ for bit; it is also the model the torch training code is checked against.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .config import CoreConfig, FixedPopulation, splitmix64_at
@@ -47,6 +49,25 @@ def cadc(v: np.ndarray, base: int, shift: int) -> np.ndarray:
     return np.clip(floor_shr(v.astype(_I64) - base, shift), 0, 255).astype(np.uint8)
 
 
+def max_steps(n_hid: int) -> int:
+    """The step limit of docs/fixed-point.md: min(2^63 - 1, floor((2^64 - 1) / n_hid))."""
+    return min(2**63 - 1, (2**64 - 1) // n_hid)
+
+
+class StepEx(NamedTuple):
+    """The observables of one step (or, stacked, of a block), as ``sw_core_run_ex`` hands them out."""
+    spikes: np.ndarray  # uint8 [n_hid] 0/1
+    hid_v: np.ndarray  # int16 [n_hid] membrane after the step (after reset)
+    hid_v_pre: np.ndarray  # int16 [n_hid] membrane before reset (R while refractory)
+    hid_ref: np.ndarray  # uint8 [n_hid] refractory counter after the step
+    hid_cadc: np.ndarray  # uint8 [n_hid] CADC code of hid_v
+    out_v: np.ndarray  # int16 [n_out] readout membrane
+    cadc: np.ndarray  # uint8 [n_out] CADC code of out_v
+
+
+_EX_DTYPES = (np.uint8, np.int16, np.int16, np.uint8, np.uint8, np.int16, np.uint8)
+
+
 class ReferenceCore:
     """Numpy twin of :class:`spikewire.core.Core` (same constructor inputs, same outputs)."""
 
@@ -71,7 +92,19 @@ class ReferenceCore:
 
     def step(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One step; returns (hidden spikes uint8, hidden V int16, readout V int16, CADC uint8)."""
+        o = self.step_ex(channels)
+        return o.spikes, o.hid_v, o.out_v, o.cadc
+
+    @property
+    def max_steps(self) -> int:
+        """Steps allowed since reset: the noise counter steps * n_hid stays below 2^64."""
+        return max_steps(self.config.n_hid)
+
+    def step_ex(self, channels: np.ndarray) -> StepEx:
+        """One step with every observable of ``sw_core_run_ex`` (see :class:`StepEx`)."""
         c, h, o = self.config, self.hid, self.out
+        if self.steps >= self.max_steps:
+            raise OverflowError(f"step counter at its limit {self.max_steps} (the noise stream would repeat); reset")
         channels = np.asarray(channels, dtype=np.int64)
         # 1. synaptic input: rows of the active input channels and of last step's spikes
         acc_in = self.w_in[channels].astype(_I64).sum(axis=0) if channels.size else np.zeros(c.n_hid, _I64)
@@ -87,8 +120,9 @@ class ReferenceCore:
         if c.noise_amp > 0:
             V = V + noise(c.noise_seed, self.steps, c.n_hid, c.noise_amp)
         V = sat16(V)
-        z = (~refr) & (V >= h["v_th"])
-        V = np.where(refr | z, h["v_reset"], V)
+        v_pre = np.where(refr, h["v_reset"], V)  # the value compared with the threshold
+        z = (~refr) & (v_pre >= h["v_th"])
+        V = np.where(refr | z, h["v_reset"], v_pre)
         self.h_ref = np.where(refr, self.h_ref - 1, np.where(z, c.t_ref_steps, 0))
         self.h_V = V
         self.z = z
@@ -99,15 +133,21 @@ class ReferenceCore:
         e = sat16(o["v_leak"] + self.o_I - self.o_V)
         self.o_V = sat16(self.o_V + away_shr(e * o["gain_mem"], 15))
         self.steps += 1
-        return (z.astype(np.uint8), V.astype(np.int16), self.o_V.astype(np.int16),
-                cadc(self.o_V, c.cadc_base, c.cadc_shift))
+        return StepEx(z.astype(np.uint8), V.astype(np.int16), v_pre.astype(np.int16),
+                      self.h_ref.astype(np.uint8), cadc(V, c.cadc_base, c.cadc_shift),
+                      self.o_V.astype(np.int16), cadc(self.o_V, c.cadc_base, c.cadc_shift))
 
     def run(self, indptr: np.ndarray, channels: np.ndarray):
         """Steps over a CSR event list; returns stacked (spikes, hid_v, out_v, cadc)."""
+        o = self.run_ex(indptr, channels)
+        return o.spikes, o.hid_v, o.out_v, o.cadc
+
+    def run_ex(self, indptr: np.ndarray, channels: np.ndarray) -> StepEx:
+        """Steps over a CSR event list; every :class:`StepEx` field stacked to [T x n]."""
         T = len(indptr) - 1
-        outs = [self.step(channels[indptr[t]:indptr[t + 1]]) for t in range(T)]
+        outs = [self.step_ex(channels[indptr[t]:indptr[t + 1]]) for t in range(T)]
         c = self.config
         if not outs:
-            return (np.zeros((0, c.n_hid), np.uint8), np.zeros((0, c.n_hid), np.int16),
-                    np.zeros((0, c.n_out), np.int16), np.zeros((0, c.n_out), np.uint8))
-        return tuple(np.stack(x) for x in zip(*outs))
+            sizes = (c.n_hid,) * 5 + (c.n_out,) * 2
+            return StepEx(*(np.zeros((0, n), dt) for n, dt in zip(sizes, _EX_DTYPES)))
+        return StepEx(*(np.stack(x) for x in zip(*outs)))

@@ -135,13 +135,16 @@ static int run_golden_case(const char *name)
     int32_t *ch, T;
     long long nh, no, ni, t, n_ev, exp_spikes;
     unsigned long long exp_out, exp_state;
-    uint8_t *spk, *cadc, *state;
-    int16_t *hv, *ov;
+    uint8_t *spk, *cadc, *state, *x_spk, *x_cadc, *x_ref, *x_hcadc, *k0_ref, *k0_hcadc;
+    int16_t *hv, *ov, *x_hv, *x_ov, *x_vpre, *k0_vpre;
+    sw_run_out xo;
     uint64_t h;
     sw_core *core = NULL;
     int s, kernel;
 
     memset(&cfg, 0, sizeof cfg);
+    cfg.abi_version = SW_ABI_VERSION;
+    cfg.struct_size = (int32_t)sizeof cfg;
     expect_word("config");
     cfg.n_in = (int32_t)tok_ll();
     cfg.n_hid = (int32_t)tok_ll();
@@ -195,6 +198,16 @@ static int run_golden_case(const char *name)
     hv = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
     ov = xmalloc(sizeof(int16_t) * (size_t)(T * no));
     cadc = xmalloc((size_t)(T * no));
+    x_spk = xmalloc((size_t)(T * nh));
+    x_hv = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    x_vpre = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    k0_vpre = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    x_ref = xmalloc((size_t)(T * nh));
+    k0_ref = xmalloc((size_t)(T * nh));
+    x_hcadc = xmalloc((size_t)(T * nh));
+    k0_hcadc = xmalloc((size_t)(T * nh));
+    x_ov = xmalloc(sizeof(int16_t) * (size_t)(T * no));
+    x_cadc = xmalloc((size_t)(T * no));
     s = sw_core_create(&cfg, &hid, &out, &core);
     CHECK(s == SW_OK, "%s: create: %s (%s)", name, sw_strerror(s), sw_create_error());
     if (s != SW_OK)
@@ -223,12 +236,35 @@ static int run_golden_case(const char *name)
         CHECK(h == (uint64_t)exp_state, "%s kernel %d: state hash %016llx, golden %016llx", name,
               kernel, (unsigned long long)h, exp_state);
         free(state);
+        /* sw_core_run_ex: the same block with every output */
+        memset(&xo, 0, sizeof xo);
+        xo.struct_size = (int32_t)sizeof xo;
+        xo.max_steps = T;
+        xo.hid_spikes = x_spk; xo.hid_v = x_hv; xo.hid_v_pre = x_vpre; xo.hid_ref = x_ref;
+        xo.hid_cadc = x_hcadc; xo.out_v = x_ov; xo.out_cadc = x_cadc;
+        CHECK(sw_core_reset(core) == SW_OK, "reset");
+        s = sw_core_run_ex(core, T, indptr, ch, n_ev, &xo);
+        CHECK(s == SW_OK && xo.n_spikes == n_spk, "%s kernel %d: run_ex", name, kernel);
+        CHECK(memcmp(x_spk, spk, (size_t)(T * nh)) == 0 && memcmp(x_hv, hv, sizeof(int16_t) * (size_t)(T * nh)) == 0 &&
+              memcmp(x_ov, ov, sizeof(int16_t) * (size_t)(T * no)) == 0 && memcmp(x_cadc, cadc, (size_t)(T * no)) == 0,
+              "%s kernel %d: run_ex outputs equal run's", name, kernel);
+        if (kernel == 0) {
+            memcpy(k0_vpre, x_vpre, sizeof(int16_t) * (size_t)(T * nh));
+            memcpy(k0_ref, x_ref, (size_t)(T * nh));
+            memcpy(k0_hcadc, x_hcadc, (size_t)(T * nh));
+        } else {
+            CHECK(memcmp(k0_vpre, x_vpre, sizeof(int16_t) * (size_t)(T * nh)) == 0 &&
+                  memcmp(k0_ref, x_ref, (size_t)(T * nh)) == 0 && memcmp(k0_hcadc, x_hcadc, (size_t)(T * nh)) == 0,
+                  "%s: pre-reset V, refractory, hidden CADC: fast kernel == plain kernel", name);
+        }
     }
     printf("golden %-16s %6lld spikes  %s\n", name, (long long)n_spk,
            n_fail ? "(failures above)" : "ok");
     sw_core_destroy(core);
     free(hp); free(op); free(w_in); free(w_rec); free(w_out); free(indptr); free(ch);
     free(spk); free(hv); free(ov); free(cadc);
+    free(x_spk); free(x_hv); free(x_vpre); free(k0_vpre); free(x_ref); free(k0_ref);
+    free(x_hcadc); free(k0_hcadc); free(x_ov); free(x_cadc);
     return 0;
 }
 
@@ -242,7 +278,7 @@ static void test_malformed(void)
     sw_pop_params p = {A, G, z, th, z, ones};
     sw_pop_params pb = {bad, G, z, th, z, ones};
     sw_pop_params pnull = {A, NULL, z, th, z, ones};
-    sw_config cfg = {3, 4, 2, SW_PRESET_UNBOUNDED, 6, 5, 6, 2, 0, 0, -8192, 6};
+    sw_config cfg = {SW_ABI_VERSION, (int32_t)sizeof(sw_config), 3, 4, 2, SW_PRESET_UNBOUNDED, 6, 5, 6, 2, 0, 0, -8192, 6};
     sw_config c2;
     sw_core *core = NULL, *tmp = NULL;
     int8_t w[16] = {0}, wbad[12] = {0};
@@ -274,6 +310,10 @@ static void test_malformed(void)
     c2 = cfg; c2.preset = SW_PRESET_BSS2; c2.n_in = 300;
     CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_PRESET, "bss2 fan-in");
     CHECK(strlen(sw_create_error()) > 0, "create error message");
+    c2 = cfg; c2.abi_version = 1;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_ABI && core == NULL, "ABI version 1 config");
+    c2 = cfg; c2.struct_size -= 8;
+    CHECK(sw_core_create(&c2, &p, &p, &core) == SW_E_ABI && core == NULL, "short sw_config");
 
     CHECK(sw_core_create(&cfg, &p, &p, &core) == SW_OK && core != NULL, "valid create");
     if (!core)
@@ -305,6 +345,22 @@ static void test_malformed(void)
     CHECK(sw_core_step(core, NULL, 0, spk, NULL, ov, cadc) == SW_OK, "empty step");
     CHECK(sw_core_steps_done(core, &steps) == SW_OK && steps == 5, "5 steps done");
     CHECK(sw_core_set_kernel(core, 2) == SW_E_PARAM, "unknown kernel");
+    {
+        sw_run_out o;
+        memset(&o, 0, sizeof o);
+        o.struct_size = (int32_t)sizeof o - 8;
+        o.max_steps = 2;
+        o.hid_spikes = spk;
+        CHECK(sw_core_run_ex(core, 2, ip, ch, 3, &o) == SW_E_ABI, "run_ex short struct");
+        o.struct_size = (int32_t)sizeof o;
+        o.max_steps = 1;
+        CHECK(sw_core_run_ex(core, 2, ip, ch, 3, &o) == SW_E_BUFFER, "run_ex max_steps < T");
+        CHECK(sw_core_run_ex(core, 2, ip, ch, 3, NULL) == SW_E_NULL, "run_ex NULL out");
+        CHECK(sw_core_steps_done(core, &steps) == SW_OK && steps == 5, "refused run_ex did not step");
+        o.max_steps = 2;
+        CHECK(sw_core_run_ex(core, 2, ip, ch, 3, &o) == SW_OK, "valid run_ex");
+        CHECK(sw_core_steps_done(core, &steps) == SW_OK && steps == 7, "7 steps done");
+    }
     /* state */
     CHECK(sw_core_state_size(core, &size) == SW_OK && size > 0 && size < (int64_t)sizeof blob, "state size");
     CHECK(sw_core_save_state(core, blob, size - 1) == SW_E_BUFFER, "short save buffer");
