@@ -188,7 +188,7 @@ def _run_and_report(cfg: dict, prog: str) -> int:
     import asyncio
 
     from .frontend import SampleRateError
-    from .mqtt import MqttSinkError
+    from .mqtt import MqttFatalError
     from .modelfile import ModelFileError
     from .pipeline import PipelineError, run_pipeline
     from .sinks import SinkError
@@ -205,7 +205,7 @@ def _run_and_report(cfg: dict, prog: str) -> int:
     except (SourceError, SinkError, ModelFileError, FileNotFoundError, _UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except (MqttSinkError, PipelineError, OSError) as e:
+    except (MqttFatalError, PipelineError, OSError) as e:
         log.debug("pipeline failed", exc_info=True)
         print(f"{prog}: error: {e}", file=sys.stderr)
         # a sample rate the model's front end cannot take is bad input (docs/runtime.md: exit 2)

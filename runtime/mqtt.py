@@ -1,4 +1,6 @@
-"""MQTT connections: the async :class:`MqttSink` (keyword events, spike batches, metrics, status, control).
+"""MQTT connections: the async :class:`MqttSink` (keyword events, spike batches, metrics, status, control)
+and :class:`MqttSpikeSource` (``--source mqtt:TOPIC``), sharing one reconnect loop (:class:`Reconnector`,
+:class:`Backoff`) and one rule for fatal errors (:class:`MqttFatalError`).
 
 The wire protocol (topics, JSON schemas, the binary spike-batch layout, control
 commands, buffering and reconnection policy) is specified in ``docs/mqtt.md``.
@@ -22,8 +24,10 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from .control import (
     ArgType,
@@ -35,6 +39,9 @@ from .control import (
     encode_reply,
     parse_control,
 )
+from .credentials import with_password
+from .events import Events
+from .sources import Emitter, Source, SourceError, SpikeBlock
 
 # The codecs moved to wire.py and the control protocol to control.py; re-exported for old imports.
 from .wire import (  # noqa: F401
@@ -84,7 +91,11 @@ __all__ = [
     "ControlCommand",
     "MqttAuthError",
     "MqttSink",
+    "MqttFatalError",
     "MqttSinkError",
+    "MqttSpikeSource",
+    "Reconnector",
+    "classify_connect_error",
     "MqttTlsError",
     "MqttUrl",
     "PayloadError",
@@ -139,19 +150,23 @@ class Backoff:
 
 
 # ---------------------------------------------------------------------------
-# The sink
+# Errors, TLS and the one reconnect loop (shared by MqttSink and MqttSpikeSource)
 # ---------------------------------------------------------------------------
 
-class MqttSinkError(ConnectionError):
-    """A broker connection failed in a way retrying will not fix."""
+class MqttFatalError(ConnectionError):
+    """A broker connection failed in a way retrying will not fix (credentials, TLS)."""
 
 
-class MqttAuthError(MqttSinkError):
+#: The old name (the sink was the only client); the same class.
+MqttSinkError = MqttFatalError
+
+
+class MqttAuthError(MqttFatalError):
     """The broker refused the credentials (bad user name or password, or not authorised)."""
 
 
-class MqttTlsError(MqttSinkError):
-    """The TLS handshake failed, e.g. the broker certificate does not verify against the CA."""
+class MqttTlsError(MqttFatalError):
+    """TLS cannot work: the CA/certificate files do not load, or the broker certificate does not verify."""
 
 
 def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
@@ -181,7 +196,7 @@ def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
 _AUTH_CODES = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5; MQTT 5 reason codes 0x86/0x87
 
 
-def _classify_connect_error(exc: BaseException, url: MqttUrl) -> Exception:
+def classify_connect_error(exc: BaseException, url: MqttUrl) -> Exception:
     """Map a failed connect to MqttAuthError / MqttTlsError (fatal) or leave it as is (transient)."""
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
@@ -195,6 +210,132 @@ def _classify_connect_error(exc: BaseException, url: MqttUrl) -> Exception:
         return TimeoutError(f"connect to {url.host}:{url.port} timed out")
     return exc if isinstance(exc, Exception) else RuntimeError(text)
 
+
+def _abandon(client: Any) -> None:
+    """aiomqtt leaves the socket of a failed or timed-out connect open; close it."""
+    paho = getattr(client, "_client", None)
+    if paho is not None:
+        with contextlib.suppress(Exception):
+            paho.disconnect()
+
+
+class Reconnector:
+    """The one connect-and-retry loop of every MQTT client here (:class:`MqttSink`, :class:`MqttSpikeSource`).
+
+    :meth:`run` connects a fresh client from ``make_client()``, runs ``await session(client)``
+    and, when the session raises (connection lost), disconnects and connects again. Attempt
+    *n* of a run of failures waits ``backoff.delay(n)``; after a lost session the first retry
+    waits one jittered initial delay, so a flapping broker cannot cause a busy loop. Every
+    attempt and failure is logged with the password redacted.
+
+    A fatal error (:class:`MqttFatalError`: refused credentials, TLS) on the very first
+    attempt is raised: retrying cannot fix a wrong password or CA, and the caller is still
+    starting, so it can fail loudly. A fatal error on a later attempt (a broker being
+    restarted or reconfigured may refuse for a while) is logged and retried like any other.
+
+    ``counts`` gets ``connect_failures`` (failed attempts) and ``reconnects`` (successful
+    connections after the first); pass the owner's counter dict to have them there.
+    """
+
+    def __init__(self, url: MqttUrl, make_client: Callable[[], Any], *, what: str,
+                 backoff: Backoff | None = None, rng: random.Random | None = None,
+                 connect_timeout: float = 5.0, release_timeout: float = 5.0,
+                 counts: dict[str, int] | None = None) -> None:
+        self.url = url
+        self.what = what
+        self._make_client = make_client
+        self.backoff = backoff or Backoff()
+        self._rng = rng or random.Random()
+        self._connect_timeout = connect_timeout
+        self._release_timeout = release_timeout
+        self.counts = counts if counts is not None else {}
+        for key in ("connect_failures", "reconnects"):
+            self.counts.setdefault(key, 0)
+
+    async def run(
+        self,
+        session: Callable[[Any], Awaitable[bool]],
+        *,
+        wait: Callable[[float], Awaitable[bool]] | None = None,
+        first: asyncio.Future[Exception | None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        """Connect and run sessions until one returns True (finished) or ``wait`` says stop.
+
+        ``wait(delay)`` sleeps between attempts and returns True to stop (default: just sleep).
+        ``first`` gets the outcome of the first attempt (``None`` if connected, else the error).
+        ``on_disconnect()`` runs after every connected session, before the client is released.
+        Raises the :class:`MqttFatalError` of a refused first attempt.
+        """
+        attempt = 0
+        tries = 0
+        ever_connected = False
+        while True:
+            attempt += 1
+            tries += 1
+            log.info("%s: MQTT connect attempt %d to %s", self.what, attempt, self.url)
+            client = self._make_client()
+            try:
+                async with asyncio.timeout(self._connect_timeout + 1.0):
+                    await client.__aenter__()
+            except asyncio.CancelledError:
+                _abandon(client)
+                raise
+            except Exception as exc:
+                _abandon(client)
+                self.counts["connect_failures"] += 1
+                error = classify_connect_error(exc, self.url)
+                if first is not None and not first.done():
+                    first.set_result(error)
+                if isinstance(error, MqttFatalError) and tries == 1:
+                    log.error("%s: MQTT connect to %s failed: %s (not retrying)", self.what, self.url, error)
+                    raise error
+                delay = self.backoff.delay(attempt, self._rng)
+                log.warning("%s: MQTT connect attempt %d to %s failed: %s; retrying in %.2f s",
+                            self.what, attempt, self.url, error, delay)
+                if await self._wait(wait, delay):
+                    return
+                continue
+            if ever_connected:
+                self.counts["reconnects"] += 1
+            ever_connected = True
+            attempt = 0
+            log.info("%s: MQTT connected to %s", self.what, self.url)
+            if first is not None and not first.done():
+                first.set_result(None)
+            finished = False
+            try:
+                finished = await session(client)
+            except Exception as exc:
+                log.warning("%s: MQTT connection to %s lost: %s", self.what, self.url, exc or type(exc).__name__)
+            finally:
+                if on_disconnect is not None:
+                    on_disconnect()
+                await self._release(client)
+            if finished:
+                return
+            if await self._wait(wait, self.backoff.delay(1, self._rng)):
+                return
+
+    @staticmethod
+    async def _wait(wait: Callable[[float], Awaitable[bool]] | None, delay: float) -> bool:
+        if wait is not None:
+            return await wait(delay)
+        await asyncio.sleep(delay)
+        return False
+
+    async def _release(self, client: Any) -> None:
+        try:
+            async with asyncio.timeout(self._release_timeout):
+                await client.__aexit__(None, None, None)
+        except Exception as exc:
+            log.debug("MQTT disconnect: %s", exc)
+            _abandon(client)
+
+
+# ---------------------------------------------------------------------------
+# The sink
+# ---------------------------------------------------------------------------
 
 def _log_task_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
@@ -273,8 +414,6 @@ class MqttSink:
         self._ssl = tls_context(self.url)  # fail early on unreadable CA/cert files
         if self.url.insecure:
             log.warning("MQTT TLS certificate and host name checks are OFF for %s: for tests only", self.url)
-        self._backoff = backoff or Backoff()
-        self._rng = rng or random.Random()
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._close_timeout = close_timeout
@@ -297,6 +436,9 @@ class MqttSink:
             "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
             "dropped_commands", "control_received", "control_errors", "reconnects", "connect_failures",
         ), 0)
+        self._reconnector = Reconnector(self.url, self._make_client, what=f"sink {device_id}",
+                                        backoff=backoff, rng=rng, connect_timeout=connect_timeout,
+                                        release_timeout=publish_timeout, counts=self._counts)
         self._wake: asyncio.Event | None = None
         self._connected: asyncio.Event | None = None
         self._close_requested: asyncio.Event | None = None
@@ -402,7 +544,7 @@ class MqttSink:
             for task in (self._runner, self._worker):
                 task.cancel()
             raise
-        if isinstance(first_error, MqttSinkError):
+        if isinstance(first_error, MqttFatalError):
             await self._shutdown_tasks()
             self._closed = True
             raise first_error
@@ -480,22 +622,6 @@ class MqttSink:
             logger=logging.getLogger(__name__ + ".client"),
         )
 
-    @staticmethod
-    def _abandon(client: Any) -> None:
-        # aiomqtt leaves the socket of a failed or timed-out connect open; close it.
-        paho = getattr(client, "_client", None)
-        if paho is not None:
-            with contextlib.suppress(Exception):
-                paho.disconnect()
-
-    async def _release(self, client: Any) -> None:
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await client.__aexit__(None, None, None)
-        except Exception as exc:
-            log.debug("MQTT disconnect: %s", exc)
-            self._abandon(client)
-
     async def _sleep_unless_closing(self, delay: float) -> bool:
         """Sleep ``delay`` s; return True if the sink is closing with nothing left to deliver."""
         with contextlib.suppress(TimeoutError):
@@ -504,57 +630,23 @@ class MqttSink:
         return self._close_requested.is_set() and not self._kw
 
     async def _run(self) -> None:
-        attempt = 0
-        ever_connected = False
-        while True:
-            attempt += 1
-            log.info("MQTT connect attempt %d to %s", attempt, self.url)
-            client = self._make_client()
-            try:
-                async with asyncio.timeout(self._connect_timeout + 1.0):
-                    await client.__aenter__()
-            except asyncio.CancelledError:
-                self._abandon(client)
-                raise
-            except Exception as exc:
-                self._abandon(client)
-                self._counts["connect_failures"] += 1
-                error = _classify_connect_error(exc, self.url)
-                if not self._first_attempt.done():
-                    self._first_attempt.set_result(error)
-                    if isinstance(error, MqttSinkError):
-                        return
-                delay = self._backoff.delay(attempt, self._rng)
-                log.warning("MQTT connect attempt %d to %s failed: %s; retrying in %.2f s",
-                            attempt, self.url, error, delay)
-                if await self._sleep_unless_closing(delay):
-                    return
-                continue
-            if ever_connected:
-                self._counts["reconnects"] += 1
-            ever_connected = True
-            attempt = 0
-            log.info("MQTT connected to %s as %r", self.url, self._client_id)
+        def disconnected() -> None:
+            self._connected.clear()
+            if self._spikes:
+                self._counts["dropped_spike_batches"] += len(self._spikes)
+                self._spikes.clear()
+
+        async def session(client: Any) -> bool:
+            log.info("MQTT sink %s connected as %r", self.topics.base, self._client_id)
             self._connected.set()
-            if not self._first_attempt.done():
-                self._first_attempt.set_result(None)
-            finished = False
-            try:
-                finished = await self._session(client)
-            except Exception as exc:
-                log.warning("MQTT connection to %s lost: %s", self.url, exc or type(exc).__name__)
-            finally:
-                self._connected.clear()
-                if self._spikes:
-                    self._counts["dropped_spike_batches"] += len(self._spikes)
-                    self._spikes.clear()
-                await self._release(client)
+            finished = await self._session(client)
             if finished:
                 log.info("MQTT sink for %s closed cleanly", self.topics.base)
-                return
-            # A short pause even after a good session, so a flapping broker cannot cause a busy loop.
-            if await self._sleep_unless_closing(self._backoff.delay(1, self._rng)):
-                return
+            return finished
+
+        with contextlib.suppress(MqttFatalError):  # already reported through _first_attempt
+            await self._reconnector.run(session, wait=self._sleep_unless_closing, first=self._first_attempt,
+                                        on_disconnect=disconnected)
 
     async def _session(self, client: Any) -> bool:
         """Run one connection; True when it ended because the sink closed, else raises."""
@@ -657,3 +749,122 @@ class MqttSink:
             log.warning("keyword buffer full (%d): dropped oldest event seq=%d", self._kw_cap, item.seq)
         else:
             self._kw.appendleft(item)
+
+
+# ---------------------------------------------------------------------------
+# The spike source (``--source mqtt:TOPIC``)
+# ---------------------------------------------------------------------------
+
+class MqttSpikeSource(Source):
+    """Spike batches (docs/mqtt.md binary layout) from an MQTT topic, straight to the core.
+
+    Each valid batch becomes ``n_steps`` core steps.  Malformed payloads
+    (``PayloadError``), unit ids ``>= n_in`` and batches older than the last
+    one are counted and logged, never raised.  A forward jump in ``t0`` of at
+    most ``max_gap_steps`` is filled with empty steps; a larger one resyncs.
+    Live: drop-oldest when the pipeline is behind.
+    """
+
+    kind = "spikes"
+    live = True
+
+    def __init__(self, topic: str, url: str | MqttUrl | None, *, n_in: int | None = None,
+                 max_gap_steps: int = 1000, spec: str | None = None, backoff: Backoff | None = None):
+        super().__init__(spec or f"mqtt:{topic}")
+        if not topic or any(c in topic for c in "+#\0"):
+            raise SourceError(f"mqtt source: topic must be a non-empty topic without wildcards, got {topic!r}")
+        if url is None:
+            raise SourceError("mqtt source needs a broker: pass --broker mqtt://HOST[:PORT] "
+                              "(or an mqtt:// sink whose broker is used)")
+        try:
+            # a URL without a password may take it from SPIKEWIRE_MQTT_PASSWORD
+            self.url = with_password(parse_mqtt_url(url)) if isinstance(url, str) else url
+        except ValueError as e:
+            raise SourceError(f"mqtt source: bad broker URL: {e}") from None
+        try:
+            self._ssl = tls_context(self.url)  # unreadable CA/cert files fail here, before the pipeline starts
+        except MqttTlsError as e:
+            raise SourceError(f"mqtt source: {e}") from None
+        if aiomqtt is None:
+            raise SourceError("mqtt source needs aiomqtt>=2.5 (pip install aiomqtt)")
+        self.backoff = backoff
+        self.topic = topic
+        self.n_in = n_in
+        self.max_gap_steps = max_gap_steps
+        self.subscribed: asyncio.Event | None = None
+        self._next_t0: int | None = None
+        self.counters = {"batches": 0, "steps": 0, "events": 0, "malformed": 0, "bad_units": 0,
+                         "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0, "connect_failures": 0}
+        self._last_warn = 0.0
+
+    async def __aenter__(self) -> "MqttSpikeSource":
+        self.subscribed = asyncio.Event()
+        return self
+
+    def _warn(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last_warn > 1.0:  # at most one warning per second; the counters have the rest
+            self._last_warn = now
+            log.warning("mqtt source %s: " + msg, self.topic, *args)
+
+    def handle_payload(self, payload: bytes) -> SpikeBlock | None:
+        """Validate one payload; returns the block to feed or None (counted)."""
+        try:
+            b = decode_spike_batch(payload)
+        except PayloadError as e:
+            self.counters["malformed"] += 1
+            self._warn("malformed spike batch dropped (%s)", e)
+            return None
+        if self.n_in is not None and b.units.size and int(b.units.max()) >= self.n_in:
+            self.counters["bad_units"] += 1
+            self._warn("spike batch dropped: unit %d >= the core's n_in=%d", int(b.units.max()), self.n_in)
+            return None
+        gap = 0
+        if self._next_t0 is not None:
+            if b.t0 < self._next_t0:
+                self.counters["late"] += 1
+                self._warn("spike batch at t0=%d dropped: older than the next expected step %d", b.t0,
+                           self._next_t0)
+                return None
+            gap = b.t0 - self._next_t0
+            if gap > self.max_gap_steps:
+                self.counters["resyncs"] += 1
+                log.info("mqtt source %s: jump of %d steps; resynchronised", self.topic, gap)
+                gap = 0
+        self._next_t0 = b.t0 + b.n_steps
+        T = gap + b.n_steps
+        counts = np.bincount(b.steps.astype(np.int64) + gap, minlength=T)
+        indptr = np.zeros(T + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        self.counters["batches"] += 1
+        self.counters["steps"] += T
+        self.counters["gap_steps"] += gap
+        self.counters["events"] += int(b.units.size)
+        return SpikeBlock(Events(indptr, b.units.astype(np.int32)), b.t0 - gap, time.monotonic())
+
+    def _make_client(self) -> Any:
+        return aiomqtt.Client(self.url.host, self.url.port, username=self.url.username,
+                              password=self.url.password, tls_context=self._ssl,
+                              tls_insecure=True if self.url.insecure else None,
+                              timeout=5, keepalive=15, logger=logging.getLogger(__name__ + ".client"))
+
+    async def run(self, emit: Emitter) -> None:
+        """Subscribe and feed batches until cancelled; reconnects like the sink (:class:`Reconnector`).
+
+        Refused credentials or a failed TLS check on the first attempt raise
+        :class:`MqttAuthError` / :class:`MqttTlsError` (the pipeline fails; retrying cannot help).
+        """
+
+        async def session(client: Any) -> bool:
+            await client.subscribe(self.topic, qos=0)
+            log.info("mqtt source: subscribed to %s on %s", self.topic, self.url)
+            self.subscribed.set()
+            async for msg in client.messages:
+                blk = self.handle_payload(bytes(msg.payload))
+                if blk is not None:
+                    emit.put_nowait(blk)
+            raise ConnectionError("the message stream ended")
+
+        reconnector = Reconnector(self.url, self._make_client, what=f"source {self.spec}",
+                                  backoff=self.backoff, counts=self.counters)
+        await reconnector.run(session, on_disconnect=self.subscribed.clear)

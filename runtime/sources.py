@@ -43,7 +43,7 @@ from .events import Events
 log = logging.getLogger(__name__)
 
 __all__ = ["AudioBlock", "SpikeBlock", "Emitter", "Source", "SourceError", "WavSource", "StdinSource",
-           "MicSource", "MqttSpikeSource", "parse_source", "list_input_devices"]
+           "MicSource", "parse_source", "list_input_devices"]  # mqtt:TOPIC: spikewire.mqtt.MqttSpikeSource
 
 
 class SourceError(ValueError):
@@ -425,123 +425,16 @@ class MicSource(Source):
 
 
 # ---------------------------------------------------------------------------
-# mqtt:TOPIC
+# mqtt:TOPIC lives with the other MQTT client: spikewire.mqtt.MqttSpikeSource (imported on use,
+# so that the other sources never import aiomqtt)
 
-class MqttSpikeSource(Source):
-    """Spike batches (docs/mqtt.md binary layout) from an MQTT topic, straight to the core.
 
-    Each valid batch becomes ``n_steps`` core steps.  Malformed payloads
-    (``PayloadError``), unit ids ``>= n_in`` and batches older than the last
-    one are counted and logged, never raised.  A forward jump in ``t0`` of at
-    most ``max_gap_steps`` is filled with empty steps; a larger one resyncs.
-    Live: drop-oldest when the pipeline is behind.
-    """
+def __getattr__(name: str) -> Any:
+    if name == "MqttSpikeSource":  # the old home
+        from .mqtt import MqttSpikeSource
 
-    kind = "spikes"
-    live = True
-
-    def __init__(self, topic: str, url: str | None, *, n_in: int | None = None, max_gap_steps: int = 1000,
-                 spec: str | None = None):
-        super().__init__(spec or f"mqtt:{topic}")
-        if not topic or any(c in topic for c in "+#\0"):
-            raise SourceError(f"mqtt source: topic must be a non-empty topic without wildcards, got {topic!r}")
-        if url is None:
-            raise SourceError("mqtt source needs a broker: pass --broker mqtt://HOST[:PORT] "
-                              "(or an mqtt:// sink whose broker is used)")
-        from .credentials import with_password
-        from .wire import parse_mqtt_url
-
-        try:
-            # a URL without a password may take it from SPIKEWIRE_MQTT_PASSWORD
-            self.url = with_password(parse_mqtt_url(url)) if isinstance(url, str) else url
-        except ValueError as e:
-            raise SourceError(f"mqtt source: bad broker URL: {e}") from None
-        self.topic = topic
-        self.n_in = n_in
-        self.max_gap_steps = max_gap_steps
-        self.subscribed: asyncio.Event | None = None
-        self._next_t0: int | None = None
-        self.counters = {"batches": 0, "steps": 0, "events": 0, "malformed": 0, "bad_units": 0,
-                         "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0}
-        self._last_warn = 0.0
-
-    async def __aenter__(self) -> "MqttSpikeSource":
-        self.subscribed = asyncio.Event()
-        return self
-
-    def _warn(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._last_warn > 1.0:  # at most one warning per second; the counters have the rest
-            self._last_warn = now
-            log.warning("mqtt source %s: " + msg, self.topic, *args)
-
-    def handle_payload(self, payload: bytes) -> SpikeBlock | None:
-        """Validate one payload; returns the block to feed or None (counted)."""
-        from .wire import PayloadError, decode_spike_batch
-
-        try:
-            b = decode_spike_batch(payload)
-        except PayloadError as e:
-            self.counters["malformed"] += 1
-            self._warn("malformed spike batch dropped (%s)", e)
-            return None
-        if self.n_in is not None and b.units.size and int(b.units.max()) >= self.n_in:
-            self.counters["bad_units"] += 1
-            self._warn("spike batch dropped: unit %d >= the core's n_in=%d", int(b.units.max()), self.n_in)
-            return None
-        gap = 0
-        if self._next_t0 is not None:
-            if b.t0 < self._next_t0:
-                self.counters["late"] += 1
-                self._warn("spike batch at t0=%d dropped: older than the next expected step %d", b.t0,
-                           self._next_t0)
-                return None
-            gap = b.t0 - self._next_t0
-            if gap > self.max_gap_steps:
-                self.counters["resyncs"] += 1
-                log.info("mqtt source %s: jump of %d steps; resynchronised", self.topic, gap)
-                gap = 0
-        self._next_t0 = b.t0 + b.n_steps
-        T = gap + b.n_steps
-        counts = np.bincount(b.steps.astype(np.int64) + gap, minlength=T)
-        indptr = np.zeros(T + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        self.counters["batches"] += 1
-        self.counters["steps"] += T
-        self.counters["gap_steps"] += gap
-        self.counters["events"] += int(b.units.size)
-        return SpikeBlock(Events(indptr, b.units.astype(np.int32)), b.t0 - gap, time.monotonic())
-
-    async def run(self, emit: Emitter) -> None:
-        import aiomqtt
-
-        from .mqtt import Backoff, tls_context
-
-        backoff = Backoff()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with aiomqtt.Client(self.url.host, self.url.port, username=self.url.username,
-                                          password=self.url.password, tls_context=tls_context(self.url),
-                                          tls_insecure=True if self.url.insecure else None,
-                                          timeout=5, keepalive=15) as client:
-                    await client.subscribe(self.topic, qos=0)
-                    log.info("mqtt source: subscribed to %s on %s", self.topic, self.url)
-                    if attempt > 1:
-                        self.counters["reconnects"] += 1
-                    attempt = 0
-                    self.subscribed.set()
-                    async for msg in client.messages:
-                        blk = self.handle_payload(bytes(msg.payload))
-                        if blk is not None:
-                            emit.put_nowait(blk)
-            except aiomqtt.MqttError as e:
-                self.subscribed.clear()
-                delay = backoff.delay(max(attempt, 1))
-                log.warning("mqtt source %s: connection to %s failed or lost (%s); retrying in %.2f s",
-                            self.topic, self.url, e, delay)
-                await asyncio.sleep(delay)
+        return MqttSpikeSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -577,5 +470,7 @@ def parse_source(spec: str, options: SourceOptions | None = None) -> Source:
     if kind == "mqtt":
         if not arg or arg.startswith("//"):
             raise SourceError("mqtt source needs a topic: mqtt:TOPIC (the broker comes from --broker)")
+        from .mqtt import MqttSpikeSource
+
         return MqttSpikeSource(arg, o.broker, spec=spec)
     raise SourceError(f"unknown source {spec!r}; expected one of {SOURCE_SPECS}")

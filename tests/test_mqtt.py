@@ -443,3 +443,112 @@ def test_keyword_buffer_overflow_drops_oldest(mqtt_restartable_broker, prefix):
         if doc["seq"] not in seqs:
             seqs.append(doc["seq"])
     assert seqs == [3, 4, 5, 6, 7]
+
+
+# ---------------------------------------------------------------------------
+# The one reconnect loop (fake clients: the policy, not the network)
+# ---------------------------------------------------------------------------
+
+class _Refused(Exception):
+    def __init__(self, rc: int):
+        super().__init__(f"refused rc={rc}")
+        self.rc = rc
+
+
+class _FakeClient:
+    """Connect outcomes from a script: an exception to raise on __aenter__, or None to connect."""
+
+    def __init__(self, script: list, log: list):
+        self._outcome = script.pop(0)
+        self._log = log
+
+    async def __aenter__(self):
+        self._log.append("connect")
+        if self._outcome is not None:
+            raise self._outcome
+        return self
+
+    async def __aexit__(self, *exc):
+        self._log.append("release")
+
+
+def _reconnector(script: list, log: list) -> "Reconnector":
+    from spikewire.mqtt import Reconnector
+
+    url = parse_mqtt_url("mqtt://u@127.0.0.1:1/lab")
+    return Reconnector(url, lambda: _FakeClient(script, log), what="test",
+                       backoff=Backoff(initial=0.001, maximum=0.002), rng=random.Random(0))
+
+
+def test_reconnector_refused_first_attempt_is_fatal():
+    log: list = []
+    r = _reconnector([_Refused(5)], log)
+
+    async def session(client):  # pragma: no cover - never reached
+        raise AssertionError("connected")
+
+    with pytest.raises(MqttAuthError, match="refused user 'u'"):
+        run(r.run(session))
+    assert log == ["connect"] and r.counts == {"connect_failures": 1, "reconnects": 0}
+
+
+def test_reconnector_retries_transient_and_later_refusals_then_reconnects():
+    """Only the first attempt's refusal is fatal; lost sessions reconnect; counters count."""
+    log: list = []
+    script = [OSError("connection refused"), _Refused(5), None, None]
+    r = _reconnector(script, log)
+    sessions = []
+
+    async def session(client):
+        sessions.append(client)
+        if len(sessions) == 1:
+            raise ConnectionError("lost")
+        return True  # finished
+
+    first = None
+
+    async def go():
+        nonlocal first
+        first = asyncio.get_running_loop().create_future()
+        await r.run(session, first=first)
+
+    run(go())
+    assert isinstance(first.result(), OSError)  # the first attempt's outcome, reported once
+    assert log == ["connect", "connect", "connect", "release", "connect", "release"]
+    assert len(sessions) == 2 and script == []
+    assert r.counts == {"connect_failures": 2, "reconnects": 1}
+
+
+def test_reconnector_wait_can_stop_the_loop():
+    log: list = []
+    r = _reconnector([OSError("down"), OSError("down")], log)
+    delays = []
+
+    async def wait(delay):
+        delays.append(delay)
+        return True  # closing: stop retrying
+
+    async def session(client):  # pragma: no cover - never reached
+        raise AssertionError("connected")
+
+    run(r.run(session, wait=wait))
+    assert log == ["connect"] and len(delays) == 1 and 0.0005 <= delays[0] <= 0.001
+
+
+def test_spike_source_refused_password_is_fatal(mqtt_auth_broker, tiny_model_path):
+    """The mqtt: source used to retry a refused password for ever; now the pipeline fails with MqttAuthError."""
+    from spikewire.mqtt import MqttSpikeSource
+    from spikewire.pipeline import Pipeline
+
+    src = MqttSpikeSource("swsrc/in", mqtt_auth_broker.url("swsrc", password="wrong"))
+    with pytest.raises(MqttAuthError, match="refused user"):
+        run(Pipeline(str(tiny_model_path), src, [], metrics_interval=0).run())
+    assert src.counters["connect_failures"] == 1 and src.counters["batches"] == 0
+
+
+def test_spike_source_unreadable_ca_is_a_source_error(tmp_path):
+    from spikewire.mqtt import MqttSpikeSource
+    from spikewire.sources import SourceError
+
+    with pytest.raises(SourceError, match="cannot load CA file .*nope.pem"):
+        MqttSpikeSource("x/in", f"mqtts://127.0.0.1/x?cafile={tmp_path / 'nope.pem'}")

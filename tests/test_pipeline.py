@@ -24,7 +24,8 @@ from spikewire.frontend import encode
 from spikewire.model import Model
 from spikewire.pipeline import Pipeline
 from spikewire.sinks import FileSink, StdoutSink, parse_sink, read_spike_file
-from spikewire.sources import MqttSpikeSource, SourceOptions, WavSource, parse_source
+from spikewire.mqtt import MqttSpikeSource
+from spikewire.sources import SourceOptions, WavSource, parse_source
 
 aiomqtt = pytest.importorskip("aiomqtt")
 
