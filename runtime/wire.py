@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -47,15 +48,56 @@ class PayloadError(ValueError):
     """A received or to-be-decoded payload is malformed. The message says what and where."""
 
 
-def decode_json_object(payload: bytes | str, what: str,
-                       error: type[PayloadError] = PayloadError) -> dict[str, Any]:
+#: Limits of :func:`decode_json_object`: every JSON payload from the network (control requests,
+#: keyword events) is far smaller and flatter; beyond them the payload is refused before parsing.
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def _json_depth_exceeds(data: bytes, limit: int) -> bool:
+    """True when the brackets outside strings nest deeper than ``limit`` (no parsing, no recursion)."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
+    depth = 0
+    for b in brackets:
+        if b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _reject_json_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def decode_json_object(payload: bytes | str, what: str, error: type[PayloadError] = PayloadError, *,
+                       max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """The one parse point for JSON received from the network: a JSON object or ``error``.
 
-    ``what`` names the payload in the message (e.g. "keyword payload"). Limits on size and
-    nesting belong here, so that every network decoder gets them at once.
+    ``what`` names the payload in the message (e.g. "keyword payload"). Bounded before
+    parsing: at most ``max_bytes`` bytes (UTF-8) and ``max_depth`` nested arrays/objects;
+    NaN and Infinity (not JSON) are refused. Every failure is ``error`` with a message that
+    says what, never the payload itself.
     """
+    if isinstance(payload, str):
+        data = payload.encode("utf-8", "surrogatepass")
+    elif isinstance(payload, (bytes, bytearray, memoryview)):
+        data = bytes(payload)
+    else:
+        raise error(f"{what} must be bytes or text, got {type(payload).__name__}")
+    if len(data) > max_bytes:
+        raise error(f"{what} is {len(data)} bytes, more than {max_bytes}")
+    if _json_depth_exceeds(data, max_depth):
+        raise error(f"{what} nests arrays/objects deeper than {max_depth}")
     try:
-        doc = json.loads(payload)
+        doc = json.loads(data, parse_constant=_reject_json_constant)
+    except RecursionError:  # cannot happen below the depth limit; kept so nothing escapes
+        raise error(f"{what} nests arrays/objects too deeply") from None
     except (ValueError, TypeError) as exc:
         raise error(f"{what} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
