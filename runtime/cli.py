@@ -75,6 +75,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "e2e":
         from . import bench_e2e
         return bench_e2e.run(args.json, args.model)
+    if args.what == "cpu":
+        from . import bench_cpu
+        argv = ["--rate", str(args.rate), "--model", args.model or "kws-digits"]
+        argv += (["--json", args.json] if args.json else []) + (["--aarch64"] if args.aarch64 else [])
+        return bench_cpu.main(argv + (["--runtime"] if args.runtime else []))
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
 
@@ -351,11 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_core_demo)
 
     b = sub.add_parser("bench", help="benchmarks (print JSON; never part of the tests)")
-    b.add_argument("what", choices=["core", "e2e"])
+    b.add_argument("what", choices=["core", "e2e", "cpu"],
+                   help="cpu: instructions per step and per second of audio (callgrind; --aarch64: qemu)")
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--kernel", choices=["fast", "reference"], default="fast")
-    b.add_argument("--model", help="e2e: model name or .swm path (default kws-digits)")
+    b.add_argument("--model", help="e2e, cpu: model name or .swm path (default kws-digits)")
+    b.add_argument("--aarch64", action="store_true", help="cpu: A64 instructions under qemu (needs a checkout)")
+    b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")
+    b.add_argument("--rate", type=int, default=16000, help="cpu: input sample rate (default 16000)")
     b.set_defaults(fn=cmd_bench)
 
     e = sub.add_parser("eval", help="evaluate a keyword model on labelled WAVs (offline, --stream, --calibrate)",

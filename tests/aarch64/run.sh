@@ -14,7 +14,11 @@
 # The sysroot and wheels are cached in $SPIKEWIRE_AARCH64_CACHE (default ~/.cache/spikewire-aarch64),
 # keyed by package list and versions; a lock makes parallel runs safe.
 # Called by tests/run.sh; SPIKEWIRE_REQUIRE_AARCH64=1 (CI) makes missing tools an error.
+# --prepare: only fetch and cross-build, then print SYSROOT=, SITE=, PKG= lines (for
+# `spikewire bench cpu --aarch64`); SPIKEWIRE_AARCH64_OUT sets the build folder.
 set -euo pipefail
+PREPARE=0
+[ "${1:-}" = --prepare ] && PREPARE=1
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 REQUIRE=${SPIKEWIRE_REQUIRE_AARCH64:-0}
@@ -29,7 +33,7 @@ done
 t0=$(date +%s)
 CACHE=${SPIKEWIRE_AARCH64_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spikewire-aarch64}
 mkdir -p "$CACHE"
-out=tests/aarch64/build
+out=${SPIKEWIRE_AARCH64_OUT:-tests/aarch64/build}
 rm -rf "$out"; mkdir -p "$out"
 
 SUITES="bookworm bookworm-security"
@@ -92,6 +96,9 @@ echo "== aarch64 python: $(grep -o '^python3.11-minimal_[^_]*' "$SYSROOT/.spikew
 
 $PY tests/aarch64/cross_build.py --sysroot "$SYSROOT" --out "$out/site" --work "$out/cffi"
 $PY -m compileall -q "$out/site" tests/golden >/dev/null
+if [ $PREPARE = 1 ]; then
+    echo "SYSROOT=$SYSROOT"; echo "SITE=$SITE"; echo "PKG=$(cd "$out/site" && pwd)"; exit 0
+fi
 
 a64() {  # the arm64 interpreter; -P: only PYTHONPATH, never the checkout
     env -u PYTHONSAFEPATH PYTHONPATH="$out/site:$SITE" \

@@ -1,0 +1,326 @@
+"""`spikewire bench cpu`: the CPU budget in instructions (docs/raspberry-pi.md, "CPU budget").
+
+Instructions are counted, not timed, so the numbers repeat: on x86-64 with valgrind's callgrind,
+on aarch64 (``--aarch64``) with a QEMU TCG plugin counting executed A64 instructions
+(tests/aarch64/insn_plugin.c) in Debian's arm64 CPython with the cross-built extension
+(tests/aarch64/run.sh --prepare; needs a source checkout).
+
+The workload (:func:`workload`) is the bundled digits recording (10.9 s, ten spoken digits),
+linearly resampled to ``--rate`` (a microphone's rate; the model runs at 8 kHz), through the
+shipped model in runtime-sized blocks (10 ms, as ``spikewire run``): phase ``frontend`` (C
+front end per block), ``core`` (C core per block), ``decision`` (the numpy decider per block),
+then the same audio in one call each (``frontend_one_call``, ``core_one_call``: the C work
+with almost no Python around it). The guest marks phase boundaries with ``os.getpgid(0)``
+(callgrind ``--dump-before=getpgid``, the plugin's syscall hook), so imports and set-up are not
+counted. callgrind also gives the instructions inside the C entry points (``c_only``), so
+the Python overhead is measured, not estimated. ``--runtime`` adds the asyncio pipeline of
+``spikewire demo`` (sources, queues, sinks, JSON) as one more phase.
+
+A load estimate divides instructions per second of audio by (IPC x clock) for the Pi 4
+(Cortex-A72, 1.5-1.8 GHz) and the Pi Zero 2 W (Cortex-A53, 1.0 GHz) over an assumed IPC range
+(:data:`CPUS`); that is an estimate, not a measurement on a Pi.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PHASES = ["frontend", "core", "decision", "frontend_one_call", "core_one_call"]
+RUNTIME_PHASE = "runtime_pipeline"
+#: C entry points whose inclusive cost is the C work of a phase (callgrind)
+C_ENTRY = {"frontend": ("sw_fe_process", "sw_fe_flush"), "core": ("sw_core_run",),
+           "frontend_one_call": ("sw_fe_process", "sw_fe_flush"), "core_one_call": ("sw_core_run",)}
+#: (name, clock GHz range, assumed IPC range) for the load estimate. IPC: instructions per cycle
+#: of this integer, branchy, small-working-set code; the A72 is 3-wide out of order, the A53
+#: 2-wide in order. These ranges are assumptions (no Pi measured here), stated with the result.
+CPUS = [
+    ("Raspberry Pi 4 (Cortex-A72)", (1.5, 1.8), (0.8, 1.5)),
+    ("Raspberry Pi Zero 2 W (Cortex-A53)", (1.0, 1.0), (0.5, 0.9)),
+]
+TARGET_PCT = 3.0  # issue 14: inference <= 3 % of one Pi 4 core
+
+
+def _mark() -> None:
+    """Phase boundary: a getpgid(0) syscall the instruction counters watch for."""
+    os.getpgid(0)
+
+
+def _input(rate: int):
+    import numpy as np
+
+    from .audio import read_wav_int16
+    from .cli import demo_recording
+
+    x, r = read_wav_int16(demo_recording())
+    if rate == r:
+        return x, r
+    n = int(round(x.shape[0] * rate / r))
+    t = np.arange(n) * (r / rate)
+    y = np.interp(t, np.arange(x.shape[0]), x.astype(np.float64))
+    return np.clip(np.round(y), -32768, 32767).astype(np.int16), rate
+
+
+def workload(rate: int = 16000, block_ms: float = 10.0, model: str = "kws-digits", runtime: bool = False) -> dict:
+    """Run the phases between marks (see the module docstring); return what was processed."""
+    from .events import Events
+    from .frontend import FrontEnd
+    from .model import load
+
+    m = load(model)
+    x, rate = _input(rate)
+    bs = max(1, int(round(rate * block_ms / 1000)))
+    blocks = [x[i:i + bs] for i in range(0, x.shape[0], bs)]
+    fe = FrontEnd(m.frontend, rate, kernel="c")
+    core = m.make_core()
+    dec = m.decider()
+    for b in blocks[:20]:  # warm-up: first-call paths (cffi lookups, numpy dispatch), then reset
+        dec.update(core.run(fe.process(b)).cadc)
+    fe.reset(); core.reset(); dec.reset()
+
+    _mark()
+    evs = [fe.process(b) for b in blocks] + [fe.flush()]
+    _mark()
+    outs = [core.run(e) for e in evs]
+    _mark()
+    kws = []
+    for o in outs:
+        kws += dec.update(o.cadc)
+    kws += dec.flush()
+    _mark()
+    fe.reset()
+    ev_all = Events.concat([fe.process(x), fe.flush()])
+    _mark()
+    core.reset()
+    out_all = core.run(ev_all)
+    _mark()
+    res = {"rate": rate, "block_ms": block_ms, "blocks": len(blocks), "audio_s": x.shape[0] / rate,
+           "steps": ev_all.n_steps, "input_events": ev_all.n_events, "hidden_spikes": int(out_all.n_spikes),
+           "keywords": len(kws), "model": m.name, "core_kernel": core.kernel}
+    if runtime:
+        res["runtime_keywords"] = _runtime_phase(model, x, rate, block_ms)
+    return res
+
+
+def _runtime_phase(model: str, x, rate: int, block_ms: float) -> int:
+    """The asyncio pipeline (stdin-like source from memory, stdout sink to /dev/null) between marks."""
+    import asyncio
+    import io
+
+    from .cli import RUN_DEFAULTS, build_pipeline
+    from .pipeline import run_pipeline
+
+    from .audio import write_wav
+    tmp = tempfile.mkdtemp(prefix="spikewire-bench-cpu-")
+    wav = os.path.join(tmp, "in.wav")
+    write_wav(wav, x, rate)
+    cfg = dict(RUN_DEFAULTS)
+    cfg.update(model=model, source=f"wav:{wav}", fast=True, block_ms=block_ms, sink=["stdout"],
+               metrics_interval=0.0)
+    out = io.StringIO()
+
+    async def go():
+        p = build_pipeline(cfg, stream=out)
+        return await run_pipeline(p)
+
+    _mark()
+    asyncio.run(go())
+    _mark()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sum(1 for line in out.getvalue().splitlines() if line.startswith("{\"word\""))
+
+
+# -- counting ---------------------------------------------------------------------------------
+def _checkout() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "aarch64" / "run.sh").is_file():
+        raise SystemExit("spikewire bench cpu --aarch64 needs a source checkout (tests/aarch64/)")
+    return root
+
+
+def _workload_cmd(python: list[str], args) -> list[str]:
+    cmd = python + ["-m", "spikewire.bench_cpu", "--workload", "--rate", str(args.rate),
+                    "--block-ms", str(args.block_ms), "--model", args.model]
+    return cmd + (["--runtime"] if args.runtime else [])
+
+
+def _phase_names(runtime: bool) -> list[str]:
+    return PHASES + ([RUNTIME_PHASE] if runtime else [])
+
+
+def count_x86(args) -> dict:
+    """callgrind: per-phase totals and the C entry points' inclusive counts."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("spikewire bench cpu: valgrind not found (apt-get install valgrind)")
+    tmp = tempfile.mkdtemp(prefix="spikewire-callgrind-")
+    base = os.path.join(tmp, "cg")
+    cmd = ["valgrind", "--tool=callgrind", "--dump-before=getpgid", f"--callgrind-out-file={base}"]
+    r = subprocess.run(cmd + _workload_cmd([sys.executable, "-P"], args), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"callgrind run failed:\n{r.stderr[-3000:]}")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    names = _phase_names(args.runtime)
+    parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    # part k (k >= 1) ends at mark k-1; the phase between marks i and i+1 is part i+2
+    expected = (len(PHASES) + 1) + (2 if args.runtime else 0)
+    if len(parts) != expected:
+        raise SystemExit(f"callgrind wrote {len(parts)} parts, expected {expected} (one per mark)")
+    phase_parts = [parts[i + 1] for i in range(len(PHASES))]
+    if args.runtime:
+        phase_parts.append(parts[len(PHASES) + 2])
+    out = {}
+    for name, part in zip(names, phase_parts):
+        total = _callgrind_total(part)
+        row = {"instructions": total}
+        if name in C_ENTRY:
+            inc = _callgrind_inclusive(part)
+            row["c_only"] = sum(inc.get(f, 0) for f in C_ENTRY[name])
+        out[name] = row
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"isa": "x86-64", "counter": "valgrind callgrind (Ir)", "workload": info, "phases": out}
+
+
+def _callgrind_total(path: str) -> int:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+    raise SystemExit(f"{path}: no summary line")
+
+
+def _callgrind_inclusive(path: str) -> dict[str, int]:
+    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                       capture_output=True, text=True, check=True)
+    out: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?\S*?:?(sw_\w+)\b", line)
+        if m:
+            out[m.group(2)] = max(out.get(m.group(2), 0), int(m.group(1).replace(",", "")))
+    return out
+
+
+def count_aarch64(args) -> dict:
+    """A64 instructions with the TCG plugin, in the arm64 CPython under qemu-user."""
+    root = _checkout()
+    work = Path(tempfile.mkdtemp(prefix="spikewire-a64-bench-"))
+    env = dict(os.environ, SPIKEWIRE_AARCH64_OUT=str(work / "a64"), PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(root / "tests" / "aarch64" / "run.sh"), "--prepare"], cwd=root, env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"tests/aarch64/run.sh --prepare failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    paths = dict(line.split("=", 1) for line in r.stdout.splitlines() if re.match(r"^[A-Z_]+=", line))
+    plugin = work / "insn_plugin.so"
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
+                    "-fvisibility=hidden", str(root / "tests" / "aarch64" / "insn_plugin.c"), "-o", str(plugin)],
+                   check=True)
+    counts = work / "counts.txt"
+    qenv = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    qenv.update(PYTHONPATH=f"{paths['PKG']}:{paths['SITE']}", PYTHONHASHSEED="0")
+    sysroot = paths["SYSROOT"]
+    cmd = ["qemu-aarch64", "-L", sysroot, "-plugin", f"{plugin},out={counts}",
+           os.path.join(sysroot, "usr", "bin", "python3.11"), "-P"]
+    r = subprocess.run(_workload_cmd(cmd, args), capture_output=True, text=True, env=qenv)
+    if r.returncode != 0:
+        raise SystemExit(f"the workload failed under qemu:\n{r.stderr[-3000:]}")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    marks = [int(line.split()[2]) for line in counts.read_text().splitlines() if line.startswith("mark ")]
+    names = _phase_names(args.runtime)
+    if len(marks) != len(PHASES) + 1 + (2 if args.runtime else 0):
+        raise SystemExit(f"the plugin saw {len(marks)} marks, expected {len(PHASES) + 1}")
+    out = {name: {"instructions": marks[i + 1] - marks[i]} for i, name in enumerate(PHASES)}
+    if args.runtime:
+        out[RUNTIME_PHASE] = {"instructions": marks[-1] - marks[-2]}
+    shutil.rmtree(work, ignore_errors=True)
+    return {"isa": "aarch64 (A64)", "counter": "qemu-aarch64 TCG plugin (tests/aarch64/insn_plugin.c)",
+            "python": paths.get("PYTHON_VERSION", "3.11"), "workload": info, "phases": out}
+
+
+def summarize(res: dict) -> dict:
+    """Per step / per second of audio, the Python overhead, and the load estimate."""
+    w, ph = res["workload"], res["phases"]
+    for row in ph.values():
+        row["per_step"] = round(row["instructions"] / w["steps"], 1)
+        row["per_audio_s"] = round(row["instructions"] / w["audio_s"])
+        if "c_only" in row:
+            row["c_only_per_audio_s"] = round(row["c_only"] / w["audio_s"])
+    inference = sum(ph[p]["instructions"] for p in ("frontend", "core", "decision"))
+    per_s = inference / w["audio_s"]
+    res["inference_per_audio_s"] = round(per_s)
+    res["inference_per_step"] = round(inference / w["steps"], 1)
+    res["python_overhead_per_audio_s"] = {
+        p: round((ph[p]["instructions"] - ph[p + "_one_call"]["instructions"]) / w["audio_s"])
+        for p in ("frontend", "core")}
+    if res["isa"].startswith("aarch64"):
+        est = []
+        for name, (f_lo, f_hi), (ipc_lo, ipc_hi) in CPUS:
+            worst = 100 * per_s / (ipc_lo * f_lo * 1e9)
+            best = 100 * per_s / (ipc_hi * f_hi * 1e9)
+            est.append({"cpu": name, "ghz": [f_lo, f_hi], "ipc": [ipc_lo, ipc_hi],
+                        "load_pct_of_one_core": [round(best, 2), round(worst, 2)]})
+            if RUNTIME_PHASE in ph:
+                rt = ph[RUNTIME_PHASE]["instructions"] / w["audio_s"]
+                est[-1]["runtime_pipeline_load_pct"] = [round(100 * rt / (ipc_hi * f_hi * 1e9), 2),
+                                                        round(100 * rt / (ipc_lo * f_lo * 1e9), 2)]
+        res["estimate"] = est
+        res["target_pct_pi4"] = TARGET_PCT
+    res["learning_on"] = ("not measured: only the numpy reference of the learning rules is on main "
+                          "(runtime/learning.py); there is no C learner in the core run to count yet")
+    return res
+
+
+def _print(res: dict) -> None:
+    w = res["workload"]
+    print(f"# {res['isa']}, {res['counter']}; {w['audio_s']:.2f} s of audio at {w['rate']} Hz in "
+          f"{w['block_ms']:g} ms blocks, {w['steps']} steps, {w['input_events']} input events, "
+          f"{w['hidden_spikes']} hidden spikes, {w['keywords']} keywords")
+    print(f"{'phase':20s} {'instr/step':>12s} {'instr/s audio':>15s} {'C only/s':>12s}")
+    for name, row in res["phases"].items():
+        c = f"{row['c_only_per_audio_s']:,}" if "c_only_per_audio_s" in row else "-"
+        print(f"{name:20s} {row['per_step']:12,.0f} {row['per_audio_s']:15,} {c:>12s}")
+    print(f"inference (frontend + core + decision): {res['inference_per_audio_s']:,} instr per s of audio; "
+          f"Python overhead per s: {res['python_overhead_per_audio_s']}")
+    for e in res.get("estimate", []):
+        lo, hi = e["load_pct_of_one_core"]
+        print(f"{e['cpu']}: {lo}-{hi} % of one core (IPC {e['ipc'][0]}-{e['ipc'][1]}, "
+              f"{e['ghz'][0]}-{e['ghz'][1]} GHz)" + (f"; whole runtime {e['runtime_pipeline_load_pct'][0]}-"
+                                                    f"{e['runtime_pipeline_load_pct'][1]} %"
+                                                    if "runtime_pipeline_load_pct" in e else ""))
+    print(f"learning on: {res['learning_on']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="spikewire bench cpu", description=__doc__.splitlines()[0])
+    ap.add_argument("--aarch64", action="store_true", help="A64 instructions under qemu (needs a checkout)")
+    ap.add_argument("--runtime", action="store_true", help="also count the asyncio pipeline (spikewire demo path)")
+    ap.add_argument("--rate", type=int, default=16000, help="input sample rate (default 16000)")
+    ap.add_argument("--block-ms", type=float, default=10.0, help="block size (default 10, as spikewire run)")
+    ap.add_argument("--model", default="kws-digits")
+    ap.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    ap.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)  # the counted child process
+    args = ap.parse_args(argv)
+    if args.rate <= 0 or args.block_ms <= 0:
+        ap.error("--rate and --block-ms must be > 0")
+    if args.workload:
+        print(json.dumps(workload(args.rate, args.block_ms, args.model, args.runtime)))
+        return 0
+    res = count_aarch64(args) if args.aarch64 else count_x86(args)
+    res["host"] = {"machine": platform.machine(), "python": platform.python_version()}
+    summarize(res)
+    _print(res)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
