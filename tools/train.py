@@ -64,6 +64,11 @@ log = logging.getLogger("spikewire.tools.train")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--in-the-loop" in argv:  # fine-tuning on a virtual chip: its own options (tools/inloop.py)
+        from spikewire.tools.inloop import main as inloop_main
+
+        return inloop_main([x for x in argv if x != "--in-the-loop"])
     p = argparse.ArgumentParser(prog="python -m spikewire.tools.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FSDD folder (with recordings/)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model, log")
@@ -95,6 +100,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--ema", type=float, default=TrainConfig.ema, help="weight-average decay per step (0: off)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--in-the-loop", action="store_true",
+                   help="fine-tune a model on a virtual chip instead (docs/in-the-loop.md; "
+                        "`spikewire train --in-the-loop --help` lists its options)")
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--model", default="", help="model file to write (default OUT/NAME.swm)")
     a = p.parse_args(argv)
