@@ -328,12 +328,19 @@ def finetune(model: Model, data, tcfg, fcfg: FinetuneConfig, chip: Optional[Virt
     (loss terms, training accuracy, wall time of the epoch and of its chip runs).
     ``on_epoch(epoch, model)`` is called after each epoch (e.g. to evaluate).
     """
-    from spikewire.tools.train import batches, dense_batch, loss_terms
-
     if fcfg.forward == "chip" and chip is None:
         raise ValueError("in-the-loop fine-tuning needs a VirtualChip")
     torch.set_num_threads(fcfg.threads)
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # decaying adjoints would crawl through denormals; reset on return
+    try:
+        return _finetune(model, data, tcfg, fcfg, chip, on_epoch)
+    finally:
+        torch.set_flush_denormal(False)  # a process-wide CPU flag (other code, e.g. hypothesis, needs it off)
+
+
+def _finetune(model, data, tcfg, fcfg, chip, on_epoch):
+    from spikewire.tools.train import batches, dense_batch, loss_terms
+
     torch.manual_seed(fcfg.seed)
     net = net_from_model(model, tcfg.surrogate, tcfg.beta)
     opt = torch.optim.Adam([{"params": [net.w_in, net.w_out], "scale": 1.0},
