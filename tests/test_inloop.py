@@ -29,8 +29,8 @@ torch.set_num_threads(2)
 SPREAD20 = dict(threshold=0.2, leak=0.2, decay=0.2, gain=0.2)
 
 
-def _cfg(n_in=8, n_hid=20, n_out=3, **kw):
-    return CoreConfig(n_in=n_in, n_hid=n_hid, n_out=n_out, t_ref_steps=2,
+def _cfg(n_in=8, n_hid=20, n_out=3, t_ref_steps=2, **kw):
+    return CoreConfig(n_in=n_in, n_hid=n_hid, n_out=n_out, t_ref_steps=t_ref_steps,
                       hidden=PopulationConfig(tau_syn_ms=5.0, tau_mem_ms=10.0),
                       readout=PopulationConfig(tau_syn_ms=5.0, tau_mem_ms=20.0), **kw)
 
@@ -289,3 +289,23 @@ def test_cli_refuses_bad_input_with_exit_2(tmp_path, capsys):
     assert main(["--in-the-loop", "--out", str(tmp_path / "o"), "--init", str(tmp_path / "nope.swm"),
                  "--data", str(tmp_path / "fsdd"), "--chip", "1"]) == 2
     assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("t_ref", [0, 1, 2, 5])
+def test_refractory_periods_follow_from_the_spikes(t_ref):
+    from spikewire.reference import ReferenceCore
+    from spikewire.tools.inloop import free_from_spikes
+
+    cfg = _cfg(t_ref_steps=t_ref)
+    net = _net(cfg, seed=4)
+    w = net.int_weights()
+    ref = ReferenceCore(cfg, *fixed_params(cfg))
+    ref.w_in[:], ref.w_rec[:], ref.w_out[:] = w["in"], w["rec"], w["out"]
+    ev = Events.from_raster(_x(5, B=1)[0].numpy().astype(np.int64))
+    spikes, free = [], []
+    for t in range(ev.n_steps):
+        free.append(ref.h_ref <= 0)  # the core's refractory counter before the step
+        spikes.append(ref.step(ev.channels[ev.indptr[t]:ev.indptr[t + 1]])[0])
+    spikes = np.array(spikes)[None]
+    assert spikes.sum() > 10
+    assert np.array_equal(free_from_spikes(spikes, t_ref)[0], np.array(free).astype(np.uint8))

@@ -121,20 +121,23 @@ class VirtualChip:
         c = self._config
         B, T = len(events), int(n_steps)
         spikes = np.zeros((B, T, c.n_hid), np.uint8)
-        hid_code = np.zeros((B, T, c.n_hid), np.uint8)
         out_code = np.zeros((B, T, c.n_out), np.uint8)
-        hb, hs = self.hid_range
-        th_nom = c.hidden.v_th
+        hid_v = np.zeros((B, T, c.n_hid), np.int16)
+        core = self._core
+        if core is not None:
+            for k in ("in", "rec", "out"):
+                core.set_weights(k, weights[k])
         for b, ev in enumerate(events):
             ip = np.asarray(ev.indptr, np.int64)
             if ip.shape[0] - 1 > T:
                 raise ValueError(f"sample {b} has {ip.shape[0] - 1} steps, more than n_steps={T}")
             if ip.shape[0] - 1 < T:
                 ip = np.concatenate([ip, np.full(T + 1 - ip.shape[0], ip[-1], np.int64)])
-            core = self._core_for_sample()
-            try:
+            if self._core is None:  # noise: a core with this sample's noise seed
+                core = self._core_for_sample()
                 for k in ("in", "rec", "out"):
                     core.set_weights(k, weights[k])
+            try:
                 core.reset()
                 r = core.run(Events(ip, ev.channels), record_hidden_v=True)
             finally:
@@ -142,10 +145,11 @@ class VirtualChip:
                     core.close()
             spikes[b] = r.spikes
             out_code[b] = r.cadc
-            # the membrane after the step; where the neuron spiked the core reports the reset value,
-            # so the membrane before reset is taken as the nominal threshold (at least that, it spiked)
-            v = np.where(r.spikes.astype(bool), th_nom, r.hid_v)
-            hid_code[b] = cadc_code(v, hb, hs)
+            hid_v[b] = r.hid_v
+        # hid_v is the membrane after the step; where a neuron spiked the core reports the reset value,
+        # so the membrane before reset is taken as the nominal threshold (at least that, it spiked)
+        hb, hs = self.hid_range
+        hid_code = cadc_code(np.where(spikes.astype(bool), np.int16(c.hidden.v_th), hid_v), hb, hs)
         self.samples_run += B
         return Observation(spikes, hid_code, out_code, self.hid_range, self.out_range)
 
@@ -157,18 +161,17 @@ class VirtualChip:
 # ---------------------------------------------------------------------------
 # the graph: chip values forward, surrogate model backward
 
-def _free_from_spikes(z: torch.Tensor, t_ref: int) -> torch.Tensor:
-    """1 where a neuron was not refractory at step t, from its spikes (``ref`` of docs/fixed-point.md:
-    set to t_ref by a spike, counted down by one per step, free when 0)."""
+def free_from_spikes(z: np.ndarray, t_ref: int) -> np.ndarray:
+    """1 where a neuron was not refractory at step t, from its spikes z [B, T, H] (``ref`` of
+    docs/fixed-point.md: a spike at step s makes the neuron refractory in steps s+1 .. s+t_ref)."""
     B, T, H = z.shape
-    free = torch.ones_like(z)
     if t_ref <= 0 or T == 0:
-        return free
-    ref = torch.zeros(B, H, dtype=z.dtype, device=z.device)
-    for t in range(T):
-        free[:, t] = (ref <= 0).to(z.dtype)
-        ref = torch.where(ref > 0, ref - 1.0, z[:, t] * float(t_ref))
-    return free
+        return np.ones(z.shape, np.uint8)
+    c = np.zeros((B, T + 1, H), np.int32)
+    np.cumsum(z, axis=1, out=c[:, 1:])
+    lo = np.maximum(np.arange(T) - t_ref, 0)
+    recent = c[:, np.arange(T)] - c[:, lo]  # spikes in steps t-t_ref .. t-1
+    return (recent == 0).astype(np.uint8)
 
 
 class _ChipLoopFn(torch.autograd.Function):
@@ -177,14 +180,14 @@ class _ChipLoopFn(torch.autograd.Function):
     at the chip's membranes (the tensors ``_LoopFn`` would have saved from its own forward)."""
 
     @staticmethod
-    def forward(ctx, tot_in, w_rec, w_out, c, hp, op, z_obs, v_obs, ov_obs, surrogate, beta):
+    def forward(ctx, tot_in, w_rec, w_out, c, hp, op, z_obs, v_obs, free, ov_obs, surrogate, beta):
         dt = tot_in.dtype
         hA, hG, hL, hth, hR, hg = (hp[k] for k in FixedPopulation.FIELDS)
         oA, oG, oL, _, _, og = (op[k] for k in FixedPopulation.FIELDS)
         d_nom = float(c.hidden.v_th - c.hidden.v_leak) or 1.0
         Zt = z_obs.transpose(0, 1)  # [T, B, H]
         T, B, H = Zt.shape
-        free = _free_from_spikes(z_obs, c.t_ref_steps).transpose(0, 1)
+        free = free.transpose(0, 1)
         u = (v_obs.transpose(0, 1) - hth) / d_nom
         DZ = _surrogate_grad(u, surrogate, beta) * free / d_nom
         KEEP = free - Zt  # 0 where refractory or spiking (a refractory neuron never spikes)
@@ -195,12 +198,12 @@ class _ChipLoopFn(torch.autograd.Function):
         ctx.save_for_backward(Z, DZ.contiguous(), KEEP.contiguous(), wr, wo)
         ctx.consts = (hA / 32768.0, hG / 32768.0, hg / 16384.0, oA / 32768.0, oG / 32768.0, og / 16384.0,
                       c.shift_rec, c.shift_out)
-        return ov_obs.clone(), z_obs.clone()
+        return ov_obs.view_as(ov_obs), z_obs.view_as(z_obs)
 
     @staticmethod
     def backward(ctx, g_ov, g_z):
         g_tin, g_wrec, g_wout = _LoopFn.backward(ctx, g_ov, g_z)[:3]
-        return (g_tin, g_wrec, g_wout) + (None,) * 8
+        return (g_tin, g_wrec, g_wout) + (None,) * 9
 
 
 def _dense_to_events(x: torch.Tensor) -> list[Events]:
@@ -225,10 +228,14 @@ def chip_forward(net: SNN, chip: VirtualChip, x: torch.Tensor) -> tuple[SNNOutpu
     tot_in = torch.matmul(x.to(dt), w_in) * float(1 << c.shift_in)
     hb, hs = obs.hid_range
     ob, os_ = obs.out_range
-    z = torch.as_tensor(obs.spikes, dtype=dt, device=dev)
-    v = torch.as_tensor(decode_cadc(obs.hid_code, hb, hs).astype(np.float64), dtype=dt, device=dev)
-    ov = torch.as_tensor(decode_cadc(obs.out_code, ob, os_).astype(np.float64), dtype=dt, device=dev)
-    out_v, spikes = _ChipLoopFn.apply(tot_in, w_rec, w_out, c, hp, op, z, v, ov, net.surrogate, net.beta)
+    codes = np.arange(256)
+    h_lut = torch.as_tensor(decode_cadc(codes, hb, hs).astype(np.float64), dtype=dt, device=dev)
+    o_lut = torch.as_tensor(decode_cadc(codes, ob, os_).astype(np.float64), dtype=dt, device=dev)
+    z = torch.as_tensor(obs.spikes, device=dev).to(dt)
+    v = h_lut[torch.as_tensor(obs.hid_code, device=dev).long()]
+    ov = o_lut[torch.as_tensor(obs.out_code, device=dev).long()]
+    free = torch.as_tensor(free_from_spikes(obs.spikes, c.t_ref_steps), device=dev).to(dt)
+    out_v, spikes = _ChipLoopFn.apply(tot_in, w_rec, w_out, c, hp, op, z, v, free, ov, net.surrogate, net.beta)
     return SNNOutput(out_v, spikes), obs
 
 
