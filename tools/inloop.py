@@ -443,7 +443,7 @@ def model_digest(model_path: Path) -> str:
 # command line: spikewire train --in-the-loop ...
 
 def _git_commit() -> str:
-    from spikewire.tools.train import _git_commit as g
+    from spikewire.tools.export import _git_commit as g
 
     return g()
 
