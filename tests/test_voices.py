@@ -1,0 +1,188 @@
+"""Tests for tools/voices.py: the many-voices recipe (sampling, augmentation, data).
+
+Audio and data roots are generated here (never ../shared); the front end is the
+real compiled one.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikewire.audio import write_wav
+from spikewire.tools.datasets import Utterance
+from spikewire.tools.train import frontend_config
+from spikewire.tools.voices import (
+    Recipe,
+    VoicesData,
+    active_rms,
+    augment,
+    balanced_pick,
+    fold_utterances,
+    room_ir,
+    tilt,
+    voices_config,
+)
+
+
+def utt(corpus: str, speaker: str, i: int, label: str = "one", known: bool = True) -> Utterance:
+    return Utterance(Path(f"/gen/{corpus}/{speaker}_{label}_{i}.wav"), label, speaker, i, None, known, 16000, corpus)
+
+
+def tone(rate: int, seconds: float, freq: float = 440.0, amp: float = 0.1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return amp * np.sin(2 * np.pi * freq * t)
+
+
+def db(x: float) -> float:
+    return 20 * np.log10(x)
+
+
+# ------------------------------------------------------------------ recipe
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(level_dbfs=(-8.0, -42.0)), "level_dbfs"),
+    (dict(level_dbfs=(-10.0, 3.0)), "level_dbfs must be <= 0"),
+    (dict(tilt=(-1.0, 0.5)), "tilt"),
+    (dict(speed=(0.0, 1.0)), "speed"),
+    (dict(room_prob=1.5), "room_prob"),
+    (dict(n_words=-1), "n_words"),
+    (dict(rt60_s=(0.0, 0.3)), "rt60_s"),
+])
+def test_bad_recipe(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Recipe(**kw)
+
+
+def test_active_rms_ignores_pauses():
+    x = np.concatenate([np.zeros(8000), tone(8000, 0.6, amp=0.2), np.zeros(4000)])
+    assert abs(db(active_rms(x, 8000)) - db(0.2 / np.sqrt(2))) < 0.1
+    plain = np.sqrt(np.mean(x ** 2))
+    assert db(active_rms(x, 8000)) - db(plain) > 4.0
+
+
+def test_tilt_brightens_or_darkens_and_keeps_rms():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(16000)
+
+    def high_share(y):
+        s = np.abs(np.fft.rfft(y)) ** 2
+        return s[s.shape[0] // 2:].sum() / s.sum()
+
+    up, down = tilt(x, 0.6), tilt(x, -0.6)
+    assert high_share(up) > high_share(x) + 0.2 and high_share(down) < high_share(x) - 0.2
+    for y in (up, down):
+        assert abs(np.sqrt(np.mean(y ** 2)) - np.sqrt(np.mean(x ** 2))) < 1e-9
+
+
+def test_room_ir_decays_at_its_rt60():
+    rng = np.random.default_rng(1)
+    h = room_ir(16000, 0.4, rng)
+    assert h[0] == 1.0 and h.shape[0] == 6400
+    e = h[1:] ** 2
+    first, last = e[:800].sum(), e[-800:].sum()
+    assert 0 < last < first * 1e-3      # -60 dB over 0.4 s: the last 50 ms are ~50 dB below the first
+
+
+def test_augment_is_seeded_sets_the_level_and_adds_noise():
+    x = np.concatenate([tone(16000, 0.4), np.zeros(1600)])
+    quiet = Recipe(level_dbfs=(-30.0, -30.0), noise_prob=0.0, room_prob=0.0, speed=(1.0, 1.0), tilt=(0.0, 0.0))
+    y = augment(x, 16000, np.random.default_rng(5), quiet)
+    assert y.dtype == np.float32 and np.all(np.abs(y) <= 1.0)
+    assert abs(db(active_rms(y, 16000)) + 30.0) < 1.0
+    a = augment(x, 16000, np.random.default_rng(7), Recipe())
+    b = augment(x, 16000, np.random.default_rng(7), Recipe())
+    c = augment(x, 16000, np.random.default_rng(8), Recipe())
+    assert np.array_equal(a, b) and not (a.shape == c.shape and np.array_equal(a, c))
+    noisy = Recipe(level_dbfs=(-20.0, -20.0), noise_prob=1.0, snr_db=(0.0, 0.0), room_prob=0.0, babble_prob=0.0,
+                   pre_ms=(200.0, 200.0))
+    z = augment(x, 16000, np.random.default_rng(2), noisy)
+    lead = z[:3000].astype(np.float64)      # before the word: only noise, at the speech level (0 dB SNR)
+    assert abs(db(np.sqrt(np.mean(lead ** 2))) + 20.0) < 2.0
+    babble = [tone(16000, 0.3, f) for f in (200.0, 300.0, 500.0)]
+    w = augment(x, 16000, np.random.default_rng(3), Recipe(noise_prob=1.0, babble_prob=1.0), babble)
+    assert w.shape[0] > x.shape[0] * 0.8
+
+
+def test_speed_changes_duration():
+    x = tone(8000, 1.0)
+    r = Recipe(speed=(1.1, 1.1), noise_prob=0.0, room_prob=0.0, pre_ms=(0.0, 0.0), post_ms=(0.0, 0.0))
+    y = augment(x, 8000, np.random.default_rng(0), r)
+    assert abs(y.shape[0] - 8000 / 1.1) < 2
+
+
+# ------------------------------------------------------------------ sampling
+
+def test_balanced_pick_caps_fsdd_repeats_rare_and_spreads_words():
+    fsdd = [utt("fsdd", s, i) for s in ("george", "lucas") for i in range(300)]
+    gsc = [utt("gsc-digits", f"gsc{k}", i) for k in range(20) for i in range(2)]
+    # one chatty word speaker (200 clips) and 100 speakers with one clip each
+    words = [utt("gsc-words", "gscchatty", i, "yes", False) for i in range(200)]
+    words += [utt("gsc-words", f"gscw{k}", 0, "no", False) for k in range(100)]
+    hard = [utt("more-voices-words", "astallison", i, "sixty", False) for i in range(5)]
+    r = Recipe(fsdd_per_speaker=50, rare_repeats=3, n_words=100)
+    a = balanced_pick(fsdd + gsc + words + hard, r, np.random.default_rng(0))
+    b = balanced_pick(fsdd + gsc + words + hard, r, np.random.default_rng(0))
+    c = balanced_pick(fsdd + gsc + words + hard, r, np.random.default_rng(1))
+    assert a == b and a != c
+    n = Counter((u.corpus, u.speaker) for u in a)
+    assert n[("fsdd", "george")] == 50 and n[("fsdd", "lucas")] == 50
+    assert len({u.index for u in a if u.speaker == "george"}) == 50       # no repeats within FSDD
+    assert all(n[("gsc-digits", f"gsc{k}")] == 6 for k in range(20))
+    assert n[("more-voices-words", "astallison")] == 5
+    picked_words = [u for u in a if u.corpus == "gsc-words"]
+    assert len(picked_words) == 100
+    # weight 1/clips per speaker: the chatty speaker gets about half, not two thirds
+    assert n[("gsc-words", "gscchatty")] < 70
+
+
+# ------------------------------------------------------------------ data
+
+def wav(path: Path, rate: int, freq: float, seconds: float = 0.3) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(rate * seconds)) / rate
+    write_wav(path, (0.3 * np.sin(2 * np.pi * freq * t) * np.hanning(t.shape[0])).astype(np.float32), rate)
+
+
+def test_fold_and_voices_data_on_a_generated_root(tmp_path):
+    root = tmp_path / "data"
+    for s in ("george", "lucas"):
+        for d in range(3):
+            for i in (0, 7):       # index 0: FSDD test split, 7: train
+                wav(root / "fsdd" / "recordings" / f"{d}_{s}_{i}.wav", 8000, 300 + 200 * d)
+    for k in range(6):
+        wav(root / "gsc-v2" / "digits" / f"{k % 3}_gsc{k:04x}_0.wav", 16000, 300 + 200 * (k % 3))
+        wav(root / "gsc-v2" / "words" / "go" / f"{k:04x}_nohash_0.wav", 16000, 1500)
+    wav(root / "more-voices" / "digits" / "1_inspx_0.wav", 48000, 500)
+    wav(root / "more-voices" / "words" / "sixty" / "astallison_0.wav", 8000, 900)
+    for k in range(3):
+        wav(root / "dspspeech20" / "open" / f"d{k}_1.wav", 16000, 1200)
+    tr, te = fold_utterances(str(root), "validation", 0, fsdd_test_out=True)
+    assert not {u.path for u in tr} & {u.path for u in te}
+    assert all(u.index != 0 for u in tr if u.corpus == "fsdd")
+    assert sum(u.corpus == "fsdd" for u in te) == 6
+    tr2, te2 = fold_utterances(str(root), "loso-lucas", 0, fsdd_test_out=False)
+    assert {u.speaker for u in te2} == {"lucas"} and all(u.speaker != "lucas" for u in tr2)
+    with pytest.raises(ValueError, match="unknown fold"):
+        fold_utterances(str(root), "loso-nobody")
+
+    cfg = voices_config(str(tmp_path / "run"), cache=str(tmp_path / "cache"), espeak_per_word=0, n_noise=2,
+                        step_ms=4.0)
+    fe = frontend_config(cfg)
+    assert fe.normalize == "pcen"
+    recipe = Recipe(fsdd_per_speaker=2, rare_repeats=2, n_words=3)
+    data = VoicesData(cfg, fe, recipe, tr, te)
+    assert all(u.known for u in data.test) and len(data.test) < len(te)
+    v0 = data.train_variant(0)
+    again = VoicesData(cfg, fe, recipe, tr, te).train_variant(0)       # from the cache
+    assert len(v0) == len(again)
+    assert all(np.array_equal(a.channels, b.channels) and a.label == b.label for a, b in zip(v0, again))
+    picked = balanced_pick(tr, recipe, np.random.default_rng([cfg.seed, 2000]))
+    assert len(v0) == len(picked) + 2
+    labels = Counter(s.label for s in v0)
+    assert labels[data.none] == sum(not u.known for u in picked) + 2
+    assert sum(s.n_steps > 0 and s.channels.size > 0 for s in v0) >= len(picked)
+    v1 = data.train_variant(1)
+    assert any(not np.array_equal(a.channels, b.channels) for a, b in zip(v0, v1))

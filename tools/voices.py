@@ -1,0 +1,367 @@
+"""The many-voices training recipe (issue 11): every corpus, balanced by speaker, augmented.
+
+    python -m spikewire.tools.voices --root ../shared/data --fold validation --out runs/voices
+
+What it adds to :mod:`spikewire.tools.train` (which it reuses for the network, the
+optimiser, checkpoints and export):
+
+* **Data from the speaker-disjoint protocol** (:mod:`spikewire.tools.protocol`):
+  the training side of one fold over every corpus of
+  :data:`~spikewire.tools.datasets.CORPORA` (digits of FSDD, Speech Commands and
+  more-voices; the word corpora as the "no keyword" class).  ``--fsdd-test-out``
+  also keeps the FSDD standard test split (recording index 0-4) out of training,
+  so one run measures both the held-out speakers and the standard split.
+* **Balanced sampling by speaker** (:func:`balanced_pick`): each augmented copy of the
+  training set (a *variant*) takes at most ``fsdd_per_speaker`` clips of each FSDD
+  speaker (a different subset per variant), every clip of the many-speaker digit
+  corpora ``rare_repeats`` times (differently augmented), and ``n_words`` word clips
+  drawn with weight 1 / (clips of that speaker), i.e. about evenly over speakers, plus
+  every hard negative (more-voices words: "seventeen", "sixty", "ninety", ...).
+* **Augmentation** (:func:`augment`, seeded per variant): speed 0.9-1.1, a random
+  spectral tilt (first-order filter), a simple synthetic room impulse response
+  (exponentially decaying noise tail, RT60 0.1-0.6 s) with probability ``room_prob``,
+  the speech level set to -42..-8 dBFS (RMS over the loudest quarter of 10 ms frames), and
+  background noise at 0-35 dB SNR: coloured noise or *babble* made of other training
+  words (real speech of other speakers).
+* The front end: ``normalize="pcen"`` (docs/frontend.md) with ``floor_db=-95``.
+
+Everything is deterministic for a seed; variants are cached like train.py's
+(``cache/voices-v2/<hash>.npz``).  The per-corpus evaluation on the C core is
+:mod:`spikewire.tools.voices_eval`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from spikewire.audio import read_wav
+from spikewire.frontend import FrontEndConfig
+from spikewire.tools.datasets import CORPORA, DIGIT_WORDS, Utterance, load_corpus
+from spikewire.tools.protocol import folds
+from spikewire.tools.train import (
+    Data,
+    Sample,
+    TrainConfig,
+    _cached_bundle,
+    _encode_audio,
+    _noise,
+    export_model,
+    noise_segment,
+    train,
+)
+from spikewire.tools.words import BACKGROUND_WORDS, espeak_clips
+
+log = logging.getLogger("spikewire.tools.voices")
+
+#: front-end settings of the many-voices models (train.py's defaults + PCEN)
+VOICES_FRONTEND = {"max_rate_hz": 400.0, "max_spikes_per_step": 8, "normalize": "pcen", "floor_db": -95.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sampling and augmentation of one variant (all ranges inclusive, uniform)."""
+
+    fsdd_per_speaker: int = 150
+    rare_repeats: int = 3
+    n_words: int = 700
+    hard_negative_repeats: int = 1
+    level_dbfs: tuple = (-42.0, -8.0)
+    tilt: tuple = (-0.6, 0.6)          # first-order coefficient: y = x - a x[n-1] (a > 0: brighter)
+    room_prob: float = 0.3
+    rt60_s: tuple = (0.1, 0.6)
+    noise_prob: float = 0.8
+    snr_db: tuple = (0.0, 35.0)
+    babble_prob: float = 0.3           # share of the noisy contexts whose noise is babble
+    speed: tuple = (0.9, 1.1)
+    pre_ms: tuple = (0.0, 300.0)
+    post_ms: tuple = (100.0, 300.0)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"Recipe: {msg}")
+
+        for name in ("level_dbfs", "tilt", "rt60_s", "snr_db", "speed", "pre_ms", "post_ms"):
+            r = getattr(self, name)
+            need(len(r) == 2 and r[0] <= r[1], f"{name} must be (lo, hi) with lo <= hi, got {r!r}")
+        need(self.level_dbfs[1] <= 0.0, f"level_dbfs must be <= 0 dBFS, got {self.level_dbfs!r}")
+        need(-1.0 < self.tilt[0] and self.tilt[1] < 1.0, f"tilt must lie in (-1, 1), got {self.tilt!r}")
+        need(self.speed[0] > 0.0, f"speed must be positive, got {self.speed!r}")
+        need(self.rt60_s[0] > 0.0, f"rt60_s must be positive, got {self.rt60_s!r}")
+        need(self.pre_ms[0] >= 0.0 and self.post_ms[0] >= 0.0, "pre_ms/post_ms must be >= 0")
+        for name in ("room_prob", "noise_prob", "babble_prob"):
+            need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in 0..1, got {getattr(self, name)!r}")
+        for name in ("fsdd_per_speaker", "rare_repeats", "n_words", "hard_negative_repeats"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+
+
+# ---------------------------------------------------------------------------
+# audio augmentation
+
+def active_rms(x: np.ndarray, rate: int) -> float:
+    """RMS over the loudest quarter of the 10 ms frames (the speech, not the pauses)."""
+    n = max(1, rate // 100)
+    k = x.shape[0] // n
+    if k == 0:
+        return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.size else 0.0
+    fr = np.mean(x[:k * n].astype(np.float64).reshape(k, n) ** 2, axis=1)
+    top = np.sort(fr)[k - max(1, k // 4):]
+    return float(np.sqrt(np.mean(top)))
+
+
+def tilt(x: np.ndarray, a: float) -> np.ndarray:
+    """First-order spectral tilt y[n] = x[n] - a x[n-1], rescaled to the input RMS."""
+    if x.size < 2 or a == 0.0:
+        return x.astype(np.float64)
+    y = x.astype(np.float64).copy()
+    y[1:] -= a * x[:-1]
+    r0, r1 = np.sqrt(np.mean(x.astype(np.float64) ** 2)), np.sqrt(np.mean(y ** 2))
+    return y * (r0 / r1) if r1 > 0 else y
+
+
+def room_ir(rate: int, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
+    """A simple synthetic room: direct path, then exponentially decaying noise (-60 dB at rt60_s)
+    starting 2-10 ms later, with a direct-to-reverberant ratio of 0..10 dB."""
+    n = max(2, int(rt60_s * rate))
+    t = np.arange(n) / rate
+    tail = rng.standard_normal(n) * 10 ** (-3.0 * t / rt60_s)
+    gap = int(rng.uniform(0.002, 0.010) * rate)
+    tail[:gap] = 0.0
+    e = np.sqrt(np.sum(tail ** 2))
+    drr_db = rng.uniform(0.0, 10.0)
+    h = tail / (e if e > 0 else 1.0) * 10 ** (-drr_db / 20)
+    h[0] = 1.0
+    return h
+
+
+def _convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    n = x.shape[0] + h.shape[0] - 1
+    m = 1 << int(np.ceil(np.log2(max(n, 2))))
+    y = np.fft.irfft(np.fft.rfft(x, m) * np.fft.rfft(h, m), m)[:n]
+    return y[:x.shape[0] + h.shape[0] // 4]   # keep the start of the tail
+
+
+def _speed(x: np.ndarray, f: float) -> np.ndarray:
+    if f == 1.0 or x.size < 2:
+        return x.astype(np.float64)
+    return np.interp(np.arange(0.0, x.size - 1, f), np.arange(x.size), x.astype(np.float64))
+
+
+def augment(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
+            babble: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """One augmented copy of an utterance (float32 in [-1, 1], same rate).
+
+    ``babble``: other utterances at ``rate`` (float) for babble noise."""
+    y = _speed(x, rng.uniform(*recipe.speed))
+    y = tilt(y, rng.uniform(*recipe.tilt))
+    if rng.random() < recipe.room_prob:
+        y = _convolve(y, room_ir(rate, rng.uniform(*recipe.rt60_s), rng))
+    level = 10 ** (rng.uniform(*recipe.level_dbfs) / 20)
+    a = active_rms(y, rate)
+    y = y * (level / a) if a > 0 else y
+    pre = int(rng.uniform(*recipe.pre_ms) * rate / 1000)
+    post = int(rng.uniform(*recipe.post_ms) * rate / 1000)
+    y = np.concatenate([np.zeros(pre), y, np.zeros(post)])
+    if rng.random() < recipe.noise_prob:
+        snr = rng.uniform(*recipe.snr_db)
+        if babble and rng.random() < recipe.babble_prob:
+            nz = np.zeros(y.shape[0])
+            for _ in range(int(rng.integers(3, 7))):
+                b = babble[int(rng.integers(len(babble)))].astype(np.float64)
+                b = b / (np.sqrt(np.mean(b ** 2)) + 1e-12)
+                off = int(rng.integers(-b.shape[0] // 2, y.shape[0]))
+                lo, hi = max(0, off), min(y.shape[0], off + b.shape[0])
+                if hi > lo:
+                    nz[lo:hi] += b[lo - off:hi - off]
+            r = np.sqrt(np.mean(nz ** 2))
+            nz = nz / r if r > 0 else _noise(rng, y.shape[0], "pink")
+        else:
+            nz = _noise(rng, y.shape[0], ("white", "pink", "brown")[int(rng.integers(3))])
+        y = y + nz * (level / 10 ** (snr / 20))
+    return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# sampling
+
+def balanced_pick(utts: Sequence[Utterance], recipe: Recipe, rng: np.random.Generator) -> list[Utterance]:
+    """The utterances of one variant (with repeats), see the module docstring."""
+    digits = [u for u in utts if u.known]
+    words = [u for u in utts if not u.known]
+    out: list[Utterance] = []
+    by_spk = defaultdict(list)
+    for u in digits:
+        by_spk[(u.corpus, u.speaker)].append(u)
+    for key in sorted(by_spk, key=lambda k: (str(k[0]), str(k[1]))):
+        us = by_spk[key]
+        if key[0] == "fsdd":
+            idx = rng.permutation(len(us))[:recipe.fsdd_per_speaker]
+            out += [us[i] for i in sorted(idx)]
+        else:
+            out += us * recipe.rare_repeats
+    hard = [u for u in words if u.corpus == "more-voices-words"]
+    out += hard * recipe.hard_negative_repeats
+    rest = [u for u in words if u.corpus != "more-voices-words"]
+    if rest and recipe.n_words:
+        count = defaultdict(int)
+        for u in rest:
+            count[(u.corpus, u.speaker)] += 1
+        w = np.array([1.0 / count[(u.corpus, u.speaker)] for u in rest])
+        idx = rng.choice(len(rest), size=min(recipe.n_words, len(rest)), replace=False, p=w / w.sum())
+        out += [rest[i] for i in sorted(idx)]
+    return out
+
+
+def fold_utterances(root: str, fold: str, seed: int = 0, fsdd_test_out: bool = True):
+    """(train, test) utterances of protocol fold ``fold`` over every corpus under ``root``;
+    with ``fsdd_test_out`` the FSDD test split is moved from train to test."""
+    us = [u for c in CORPORA for u in load_corpus(c, root)]
+    by_name = {f.name: f for f in folds(us, seed)}
+    if fold not in by_name:
+        raise ValueError(f"unknown fold {fold!r}; folds: {sorted(by_name)}")
+    f = by_name[fold]
+    train_u, test_u = list(f.train), list(f.test)
+    if fsdd_test_out:
+        test_u += [u for u in train_u if u.corpus == "fsdd" and u.split == "test"]
+        train_u = [u for u in train_u if not (u.corpus == "fsdd" and u.split == "test")]
+    return train_u, test_u
+
+
+class VoicesData(Data):
+    """train.Data with the many-voices training set; ``test`` = the fold's held-out digits."""
+
+    def __init__(self, cfg: TrainConfig, fe: FrontEndConfig, recipe: Recipe, train_utts: Sequence[Utterance],
+                 test_utts: Sequence[Utterance], vocabulary: Sequence[str] = DIGIT_WORDS):
+        # train.Data.__init__ reads FSDD itself; set what it sets, from the fold instead
+        from spikewire.tools.datasets import SpikeCache, default_cache_root
+
+        self.cfg, self.fe, self.recipe = cfg, fe, recipe
+        if abs(fe.step_ms - cfg.step_ms) > 1e-9:
+            raise ValueError(f"front end step_ms={fe.step_ms} differs from the training step_ms={cfg.step_ms}")
+        self.max_steps = int(round(cfg.max_ms / cfg.step_ms))
+        self.vocab = list(vocabulary)
+        self.none = len(self.vocab)
+        self.cache_root = Path(cfg.cache) if cfg.cache else default_cache_root()
+        self.spikes = SpikeCache(self.cache_root)
+        self.fe_hash = fe.config_hash()[:32]
+        self.train_utts = list(train_utts)
+        self.all_test = list(test_utts)
+        self.test = [u for u in test_utts if u.known]          # digits: what train() reports per epoch
+        self.espeak = (espeak_clips(self.cache_root / "espeak-v1", BACKGROUND_WORDS, cfg.espeak_per_word, 0)
+                       if cfg.espeak_per_word > 0 else [])
+
+    def _key(self, what: str, variant: int, files: Sequence[Path]) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([what, variant, self.fe.to_json(), dataclasses.asdict(self.recipe), self.cfg.seed,
+                             self.cfg.max_ms, self.cfg.n_noise, self.vocab], sort_keys=True).encode())
+        for p in files:
+            h.update(self.spikes.digest(p).encode())
+        return h.hexdigest()[:24]
+
+    def train_variant(self, variant: int) -> list[Sample]:
+        files = [u.path for u in self.train_utts] + [p for _, p in self.espeak]
+        path = self.cache_root / "voices-v2" / f"{self._key('voices', variant, files)}.npz"
+
+        def build():
+            t0 = time.time()
+            rng = np.random.default_rng([self.cfg.seed, 2000 + variant])
+            picked = balanced_pick(self.train_utts, self.recipe, rng)
+            audio: dict = {}
+
+            def load(p: Path):
+                if p not in audio:
+                    x, r = read_wav(p)
+                    audio[p] = (x, r)
+                return audio[p]
+
+            # babble: 60 training words at 8 kHz-or-native rate, grouped by rate
+            word_pool = [u for u in self.train_utts if not u.known]
+            bab = defaultdict(list)
+            for i in rng.choice(len(word_pool), size=min(60, len(word_pool)), replace=False) if word_pool else []:
+                x, r = load(word_pool[int(i)].path)
+                bab[r].append(x)
+            out = []
+            for u in picked:
+                x, r = load(u.path)
+                y = augment(x, r, rng, self.recipe, bab.get(r, ()))
+                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.label_of(u)))
+            for _, p in self.espeak:
+                x, r = load(p)
+                y = augment(x, r, rng, self.recipe, bab.get(r, ()))
+                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.none))
+            for _ in range(self.cfg.n_noise):
+                y = noise_segment(rng)
+                out.append(Sample(*_encode_audio(y, 8000, self.fe, self.max_steps), self.none))
+            log.info("encoded voices variant %d: %d samples (%d digits) in %.1f s", variant, len(out),
+                     sum(s.label != self.none for s in out), time.time() - t0)
+            return out
+
+        return _cached_bundle(path, build)
+
+
+def voices_config(out: str, **kw) -> TrainConfig:
+    """train.TrainConfig with the many-voices front end (``kw`` overrides)."""
+    fe = dict(VOICES_FRONTEND)
+    fe.update(kw.pop("frontend", {}))
+    return TrainConfig(out=out, frontend=fe, **kw)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spikewire.tools.voices", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="folder holding the corpora (../shared/data)")
+    p.add_argument("--fold", default="validation", help="protocol fold: validation or loso-SPEAKER")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fsdd-test-out", action="store_true",
+                   help="also keep the FSDD test split (index 0-4) out of training")
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--float-epochs", type=int, default=13)
+    p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
+    p.add_argument("--variants", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-words", type=int, default=Recipe.n_words)
+    p.add_argument("--name", default="kws-digits")
+    p.add_argument("--cache", default="")
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    try:
+        cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
+                            threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
+                            n_noise=100)
+        recipe = Recipe(n_words=a.n_words)
+        from spikewire.tools.train import frontend_config
+        fe = frontend_config(cfg)
+        tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out)
+        data = VoicesData(cfg, fe, recipe, tr, te)
+    except ValueError as e:
+        print(f"python -m spikewire.tools.voices: error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
+    log.info("fold %s: %d train / %d test utterances; %d held-out digits", a.fold, len(tr), len(te), len(data.test))
+    t0 = time.time()
+    res = train(cfg, resume=a.resume, data=data, fe=fe)
+    path = out / f"{a.name}.swm"
+    model = export_model(res, cfg, path, a.name, extra_metrics={"fold": a.fold, "recipe": dataclasses.asdict(recipe),
+                                                               "fsdd_test_out": a.fsdd_test_out})
+    log.info("wrote %s in %.1f s total", path, time.time() - t0)
+    log.info("metrics: %s", json.dumps(model.metrics, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
