@@ -13,7 +13,7 @@ import pytest
 
 from spikewire.audio import write_wav
 from spikewire.tools.datasets import Utterance
-from spikewire.tools.train import frontend_config
+from spikewire.tools.recipe import frontend_config
 from spikewire.tools.voices import (
     Recipe,
     VoicesData,
@@ -186,3 +186,37 @@ def test_fold_and_voices_data_on_a_generated_root(tmp_path):
     assert sum(s.n_steps > 0 and s.channels.size > 0 for s in v0) >= len(picked)
     v1 = data.train_variant(1)
     assert any(not np.array_equal(a.channels, b.channels) for a, b in zip(v0, v1))
+
+
+def test_voices_eval_reports_every_corpus_on_a_generated_root(tmp_path):
+    """tools/voices_eval.py with the shipped model on a generated root: numbers per corpus and the
+    stream / noise-only parts exist and are consistent (tones are not digits: accuracy is low)."""
+    from spikewire.model import Model
+    from spikewire.tools.voices_eval import calibration_set, evaluate_fold, main
+
+    root = tmp_path / "data"
+    for s in ("george", "lucas"):
+        for d in range(2):
+            for i in (0, 7):
+                wav(root / "fsdd" / "recordings" / f"{d}_{s}_{i}.wav", 8000, 300 + 200 * d)
+    for k in range(6):
+        wav(root / "gsc-v2" / "digits" / f"{k % 3}_gsc{k:04x}_0.wav", 16000, 300 + 200 * (k % 3))
+        wav(root / "gsc-v2" / "words" / "go" / f"{k:04x}_nohash_0.wav", 16000, 1500)
+    wav(root / "more-voices" / "digits" / "1_inspx_0.wav", 48000, 500)
+    wav(root / "more-voices" / "words" / "sixty" / "astallison_0.wav", 8000, 900)
+    for k in range(3):
+        wav(root / "dspspeech20" / "open" / f"d{k}_1.wav", 16000, 1200)
+    model = Model.load(Path(__file__).resolve().parents[1] / "models" / "kws-digits" / "kws-digits.swm")
+    rep = evaluate_fold(model, str(root), "validation", True, noise_minutes=0.05, n_stream_words=5)
+    off = rep["offline"]
+    assert off["fsdd"]["n"] == 4 and off["gsc-digits"]["n"] == 2
+    assert off["gsc-words"]["n_unknown"] == 2 and off["gsc-words"]["n"] == 0
+    assert 0.0 <= off["gsc-words"]["false_accept_rate"] <= 1.0
+    st = rep["streaming"]
+    assert set(st) == {"heldout_speakers_pink-50", "heldout_speakers_pink-30", "fsdd_test_pink-50",
+                       "fsdd_test_pink-30"}
+    assert st["fsdd_test_pink-50"]["n_utterances"] == 4 and st["heldout_speakers_pink-50"]["n_unknown"] > 0
+    assert rep["noise_only"]["minutes"] == 0.05 and rep["noise_only"]["n_false_alarms"] >= 0
+    cal = calibration_set(str(root), "validation", True)
+    assert cal and all(u.split != "test" for u in cal)
+    assert main([str(tmp_path / "missing.swm"), "--root", str(root), "--out", str(tmp_path / "r.json")]) == 2

@@ -2,8 +2,8 @@
 
     python -m spikewire.tools.voices --root ../shared/data --fold validation --out runs/voices
 
-What it adds to :mod:`spikewire.tools.train` (which it reuses for the network, the
-optimiser, checkpoints and export):
+What it adds to ``spikewire train`` (whose modules it reuses for the network, the
+optimiser, checkpoints and export: recipe, trainset, trainer, export):
 
 * **Data from the speaker-disjoint protocol** (:mod:`spikewire.tools.protocol`):
   the training side of one fold over every corpus of
@@ -49,17 +49,11 @@ from spikewire.audio import read_wav
 from spikewire.frontend import FrontEndConfig
 from spikewire.tools.datasets import CORPORA, DIGIT_WORDS, Utterance, load_corpus
 from spikewire.tools.protocol import folds
-from spikewire.tools.train import (
-    Data,
-    Sample,
-    TrainConfig,
-    _cached_bundle,
-    _encode_audio,
-    _noise,
-    export_model,
-    noise_segment,
-    train,
-)
+from spikewire.tools.augment import _noise, noise_segment
+from spikewire.tools.export import export_model
+from spikewire.tools.recipe import TrainConfig, frontend_config
+from spikewire.tools.trainer import train
+from spikewire.tools.trainset import Data, Sample, _cached_bundle, _encode_audio
 from spikewire.tools.words import BACKGROUND_WORDS, espeak_clips
 
 log = logging.getLogger("spikewire.tools.voices")
@@ -332,6 +326,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-words", type=int, default=Recipe.n_words)
+    p.add_argument("--fsdd-per-speaker", type=int, default=Recipe.fsdd_per_speaker)
+    p.add_argument("--rare-repeats", type=int, default=Recipe.rare_repeats)
+    p.add_argument("--max-ms", type=float, default=TrainConfig.max_ms, help="crop longer samples")
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--cache", default="")
     p.add_argument("--resume", action="store_true")
@@ -340,9 +337,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
                             threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
-                            n_noise=100)
-        recipe = Recipe(n_words=a.n_words)
-        from spikewire.tools.train import frontend_config
+                            n_noise=100, max_ms=a.max_ms)
+        recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats)
         fe = frontend_config(cfg)
         tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out)
         data = VoicesData(cfg, fe, recipe, tr, te)
