@@ -279,4 +279,88 @@ int sw_fe_flush(sw_fe *fe, int64_t *indptr, int64_t max_steps,
 /* Counters since reset (any pointer may be NULL).                          */
 int sw_fe_counters(const sw_fe *fe, int64_t *n_in, int64_t *n_internal, int64_t *n_steps);
 
+/* ---- learning (csrc/learn.c) ---- */
+/*
+ * On-line learning on the core's integer state: e-prop, SuperSpike and the
+ * readout delta rule, exactly as docs/learning.md (the numpy reference is
+ * runtime/learning.py: ReferenceLearner).  A learner is separate from the
+ * core: it is driven with what the core computed per step (input events,
+ * hidden spikes, pre-reset membranes, refractory flags, readout membranes)
+ * and never changes the core's weights while it steps; sw_learn_commit
+ * turns its accumulators (Q16 shadow weights or Q16 gradients) into int8
+ * weights that the caller copies into the core.
+ */
+#define SW_LEARN_EPROP 0
+#define SW_LEARN_SUPERSPIKE 1
+#define SW_LEARN_READOUT 2
+#define SW_LEARN_SHADOW 0          /* accumulators are Q16 shadow weights    */
+#define SW_LEARN_STOCHASTIC 1      /* Q16 gradients, seeded stochastic rounding */
+#define SW_LEARN_MASK_IN 1         /* bits of learn_mask                      */
+#define SW_LEARN_MASK_REC 2
+#define SW_LEARN_MASK_OUT 4
+#define SW_TARGET_NONE 0
+#define SW_TARGET_HI 1
+#define SW_TARGET_LO -1
+#define SW_TRACE_I 0               /* sw_learn_get_trace kinds: eI / zI        */
+#define SW_TRACE_V 1               /* eV / zV                                  */
+#define SW_TRACE_FI 2
+#define SW_TRACE_FV 3
+
+typedef struct sw_learn_config {
+    int32_t n_in, n_hid, n_out;
+    int32_t rule;             /* SW_LEARN_EPROP / _SUPERSPIKE / _READOUT  */
+    int32_t learn_mask;       /* SW_LEARN_MASK_* (readout rule: OUT only) */
+    int32_t rate_in, rate_rec, rate_out;  /* right shifts 0..30          */
+    int32_t signal_shift;     /* 0..30                                    */
+    int32_t trace_shift;      /* 0..14                                    */
+    int32_t surrogate_log2;   /* 8..15                                    */
+    int32_t target_hi, target_lo;          /* int16, lo < hi              */
+    int32_t weights;          /* SW_LEARN_SHADOW / SW_LEARN_STOCHASTIC    */
+    uint64_t sr_seed;
+    const int32_t *pre_A;     /* [n_hid] Q15 0..32768 presynaptic filters */
+    const int32_t *pre_G;     /* [n_hid] Q15 0..32768                     */
+    int32_t post_A, post_G;   /* eligibility filter, Q15 0..32768         */
+    int32_t out_A, out_G;     /* readout-rule spike filter, Q15           */
+    const int32_t *g_hid;     /* [n_hid] Q14 0..32767                     */
+    const int32_t *v_th;      /* [n_hid] int16                            */
+    const int32_t *g_out;     /* [n_out] Q14 0..32767                     */
+    const int8_t *feedback;   /* [n_hid x n_out] -63..63, NULL = symmetric (W_out) */
+} sw_learn_config;
+
+typedef struct sw_learn sw_learn;
+
+int sw_learn_create(const sw_learn_config *cfg, sw_learn **out_learn);
+int sw_learn_destroy(sw_learn *learn);
+const char *sw_learn_last_error(const sw_learn *learn);
+/* Weights of one matrix (SW_W_*), validated -63..63; setting re-initialises
+ * that matrix's accumulator (shadow: w * 2^16, stochastic: 0).             */
+int sw_learn_set_weights(sw_learn *learn, int32_t which, const int8_t *w, int64_t n);
+int sw_learn_get_weights(const sw_learn *learn, int32_t which, int8_t *w, int64_t n);
+/* Accumulators (Q16), e.g. for checkpoints; set validates the clamp range. */
+int sw_learn_get_acc(const sw_learn *learn, int32_t which, int32_t *acc, int64_t n);
+int sw_learn_set_acc(sw_learn *learn, int32_t which, const int32_t *acc, int64_t n);
+/* A trace (SW_TRACE_*) of matrix SW_W_IN / SW_W_REC, or zI/zV of SW_W_OUT ([n_hid]). */
+int sw_learn_get_trace(const sw_learn *learn, int32_t which, int32_t kind, int16_t *v, int64_t n);
+/* All traces to 0 and no previous spikes (call with sw_core_reset).       */
+int sw_learn_reset_traces(sw_learn *learn);
+/* Target mode per readout unit: SW_TARGET_NONE / _HI / _LO.               */
+int sw_learn_set_target(sw_learn *learn, const int8_t *modes, int32_t n_out);
+/*
+ * T learning steps over what the core computed: input events in CSR
+ * (as sw_core_run), hidden spikes z [T x n_hid] (0/1), pre-reset membranes
+ * v_pre [T x n_hid], refractory-at-start flags refr [T x n_hid] (0/1) and
+ * readout membranes y [T x n_out].  The spikes before step 0 are those of
+ * the previous call's last step (none after create / reset_traces).
+ * Everything is validated before any state changes.
+ */
+int sw_learn_run(sw_learn *learn, int32_t T, const int64_t *indptr,
+                 const int32_t *channels, int64_t n_events,
+                 const uint8_t *z, const int16_t *v_pre, const uint8_t *refr,
+                 const int16_t *y);
+/* Accumulators -> int8 weights of every learning matrix (docs/learning.md). */
+int sw_learn_commit(sw_learn *learn);
+/* 0 = optimised (default), 1 = plain reference loop.                       */
+int sw_learn_set_kernel(sw_learn *learn, int32_t kernel);
+int sw_learn_counters(const sw_learn *learn, int64_t *steps, int64_t *commits);
+
 #endif

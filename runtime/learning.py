@@ -275,6 +275,8 @@ class ReferenceLearner:
                 raise ValueError(f"weights {m!r} must have shape {self.shape[m]}, got {w.shape}")
             self.w[m] = w.astype(np.int8).copy()
         self.modes = np.zeros(n_out, np.int8)
+        # traces are kept only for the hidden matrices that learn (the others would not be used)
+        self.trace_matrices = tuple(m for m in ("in", "rec") if m in lc.learn)
         self.commits = 0
         self.updates = 0
         self.reset_traces()
@@ -321,7 +323,7 @@ class ReferenceLearner:
         lo, hi = -ACC_MAX[lc.weights], ACC_MAX[lc.weights]
         # hidden synapses: presynaptic trace -> eligibility -> filtered eligibility -> update
         pre = {"in": counts.astype(_I64), "rec": z_prev.astype(_I64)}
-        for m in ("in", "rec"):
+        for m in self.trace_matrices:
             x = pre[m][:, None]
             eI = sat16(trunc_shr(self.eI[m] * t.pre_A, 15) + (x << lc.trace_shift))
             eV = sat16(self.eV[m] + away_shr((eI - self.eV[m]) * t.pre_G, 15))
@@ -329,9 +331,8 @@ class ReferenceLearner:
             FI = sat16(trunc_shr(self.FI[m] * t.post_A, 15) + e)
             FV = sat16(self.FV[m] + away_shr((FI - self.FV[m]) * t.post_G, 15))
             self.eI[m], self.eV[m], self.FI[m], self.FV[m] = eI, eV, FI, FV
-            if m in lc.learn and lc.rule != "readout":
-                rate = lc.rate_in if m == "in" else lc.rate_rec
-                self.acc[m] = np.clip(self.acc[m] - rhu_shr(Lq * FV, rate), lo, hi)
+            rate = lc.rate_in if m == "in" else lc.rate_rec
+            self.acc[m] = np.clip(self.acc[m] - rhu_shr(Lq * FV, rate), lo, hi)
         # readout: filtered hidden spikes, delta rule
         self.zI = sat16(trunc_shr(self.zI * t.out_A, 15) + (z.astype(_I64) << lc.trace_shift))
         self.zV = sat16(self.zV + away_shr((self.zI - self.zV) * t.out_G, 15))

@@ -139,6 +139,8 @@ def test_without_target_nothing_learns_but_traces_run():
     for m in ("in", "rec", "out"):
         assert np.array_equal(L.acc[m], w[m].astype(np.int64) << 16)
     assert np.abs(L.FV["in"]).max() > 0 and np.abs(L.eV["rec"]).max() > 0 and np.abs(L.zV).max() > 0
+    L2, _, _ = _learner(2, LearningConfig(learn=("out",)), label=False)
+    assert np.abs(L2.eV["in"]).max() == 0 and np.abs(L2.FV["rec"]).max() == 0   # not kept
     L.commit()
     for m in ("in", "rec", "out"):
         assert np.array_equal(L.w[m], w[m])

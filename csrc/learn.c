@@ -1,0 +1,738 @@
+/*
+ * learn.c -- on-line learning on the core's integer state (e-prop,
+ * SuperSpike, readout delta rule).
+ *
+ * The rules are specified once, in docs/learning.md; runtime/learning.py
+ * (ReferenceLearner) is the numpy form that tests compare with bit for bit.
+ * Formats and ranges of the traces: docs/fixed-point.md "Learning traces".
+ *
+ * Two kernels compute the same integers:
+ *  - plain: the page line by line, int64 everywhere, every synapse every step;
+ *  - fast (default): int32 branch-free element updates (the bounds in
+ *    docs/fixed-point.md keep every product inside int32), vectorised with
+ *    AVX2 clones on x86-64, and a row whose traces are all zero and whose
+ *    presynaptic neuron is silent this step is skipped: every update of such
+ *    a row leaves it exactly zero (rhu(0) = 0, trunc/away of 0 are 0).
+ *
+ * Rules: C99, explicit-width integers, no floating point, no allocation
+ * outside sw_learn_create, no prints, no aborts.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spikewire.h"
+
+#define SW_LEARN_MAGIC 0x53574c31u   /* "SWL1" */
+#define SW_LEARN_MAX_EVENTS_PER_STEP (1 << 20)
+#define SHADOW_BITS 16
+#define PSI_BITS 8
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SW_NO_CLONES)
+#define SW_LCLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SW_LCLONES
+#endif
+
+struct sw_learn {
+    uint32_t magic;
+    sw_learn_config cfg;
+    int32_t kernel;
+    int32_t keep[2];          /* traces kept for in / rec                 */
+    int32_t acc_max;
+    int64_t steps, commits;
+    const char *last_error;
+    int32_t *pre_A, *pre_G, *g_hid, *v_th, *g_out;
+    int8_t *fb;               /* NULL = symmetric (w[2])                  */
+    int8_t *w[3];
+    int32_t *acc[3];
+    int16_t *tr[2][4];        /* [in/rec][eI, eV, FI, FV]                 */
+    uint8_t *live[2];         /* per row: some trace is non-zero          */
+    int16_t *zI, *zV;
+    uint8_t *z_last;
+    int8_t *modes;
+    /* scratch */
+    int32_t *psi, *Lq, *eq, *errg, *counts, *zpre;
+};
+
+/* ---- integer helpers (docs/fixed-point.md "Rounding helpers") ----------- */
+static int64_t floor_shr64(int64_t x, int s)
+{
+    /* floor(x / 2^s) without relying on >> of negative values */
+    if (x >= 0)
+        return x >> s;
+    return -(((-x) + (((int64_t)1 << s) - 1)) >> s);
+}
+
+static int64_t trunc_shr64(int64_t x, int s)
+{
+    return x >= 0 ? (x >> s) : -((-x) >> s);
+}
+
+static int64_t away_shr64(int64_t x, int s)
+{
+    int64_t m = ((int64_t)1 << s) - 1;
+    return x >= 0 ? ((x + m) >> s) : -(((-x) + m) >> s);
+}
+
+static int64_t rhu64(int64_t x, int s)
+{
+    if (s == 0)
+        return x;
+    return floor_shr64(x + ((int64_t)1 << (s - 1)), s);
+}
+
+static int64_t sat16_64(int64_t x)
+{
+    return x < -32768 ? -32768 : (x > 32767 ? 32767 : x);
+}
+
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+static uint64_t splitmix64_at(uint64_t seed, uint64_t ctr)
+{
+    uint64_t z = seed + (ctr + 1u) * UINT64_C(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
+/* int32 forms for the fast kernel (GCC/Clang: >> of negatives is arithmetic) */
+#if defined(__GNUC__) || defined(__clang__)
+#define ASR(x, s) ((x) >> (s))
+#else
+#define ASR(x, s) ((x) >= 0 ? (x) >> (s) : ~((~(x)) >> (s)))
+#endif
+
+/* ---- create / destroy -------------------------------------------------------- */
+static const char *create_err = "";
+
+static int bad(const char *msg)
+{
+    create_err = msg;
+    return SW_E_PARAM;
+}
+
+static int validate(const sw_learn_config *c)
+{
+    int32_t j;
+    if (c->n_in < 1 || c->n_in > SW_MAX_INPUTS || c->n_hid < 1 || c->n_hid > SW_MAX_NEURONS ||
+        c->n_out < 0 || c->n_out > SW_MAX_NEURONS) {
+        create_err = "sizes out of range";
+        return SW_E_SIZE;
+    }
+    if (c->rule < SW_LEARN_EPROP || c->rule > SW_LEARN_READOUT)
+        return bad("unknown learning rule");
+    if (c->learn_mask < 0 || c->learn_mask > 7)
+        return bad("learn_mask has unknown bits");
+    if (c->rule == SW_LEARN_READOUT && (c->learn_mask & ~SW_LEARN_MASK_OUT))
+        return bad("the readout rule learns only the readout weights");
+    if (c->rate_in < 0 || c->rate_in > 30 || c->rate_rec < 0 || c->rate_rec > 30 ||
+        c->rate_out < 0 || c->rate_out > 30 || c->signal_shift < 0 || c->signal_shift > 30)
+        return bad("a rate or signal shift is outside 0..30");
+    if (c->trace_shift < 0 || c->trace_shift > 14)
+        return bad("trace_shift outside 0..14");
+    if (c->surrogate_log2 < PSI_BITS || c->surrogate_log2 > 15)
+        return bad("surrogate_log2 outside 8..15");
+    if (c->target_hi < -32768 || c->target_hi > 32767 || c->target_lo < -32768 ||
+        c->target_lo > 32767 || c->target_lo >= c->target_hi)
+        return bad("targets must be int16 with target_lo < target_hi");
+    if (c->weights != SW_LEARN_SHADOW && c->weights != SW_LEARN_STOCHASTIC)
+        return bad("unknown weights mode");
+    if (c->post_A < 0 || c->post_A > SW_Q15_ONE || c->post_G < 0 || c->post_G > SW_Q15_ONE ||
+        c->out_A < 0 || c->out_A > SW_Q15_ONE || c->out_G < 0 || c->out_G > SW_Q15_ONE)
+        return bad("a filter constant is outside 0..32768");
+    if (!c->pre_A || !c->pre_G || !c->g_hid || !c->v_th || (c->n_out > 0 && !c->g_out)) {
+        create_err = "a parameter array is NULL";
+        return SW_E_NULL;
+    }
+    for (j = 0; j < c->n_hid; j++) {
+        if (c->pre_A[j] < 0 || c->pre_A[j] > SW_Q15_ONE || c->pre_G[j] < 0 || c->pre_G[j] > SW_Q15_ONE)
+            return bad("a presynaptic filter constant is outside 0..32768");
+        if (c->g_hid[j] < 0 || c->g_hid[j] > 32767)
+            return bad("a hidden gain is outside 0..32767");
+        if (c->v_th[j] < -32768 || c->v_th[j] > 32767)
+            return bad("a threshold is outside int16");
+    }
+    for (j = 0; j < c->n_out; j++)
+        if (c->g_out[j] < 0 || c->g_out[j] > 32767)
+            return bad("a readout gain is outside 0..32767");
+    if (c->feedback) {
+        int64_t k, n = (int64_t)c->n_hid * c->n_out;
+        for (k = 0; k < n; k++)
+            if (c->feedback[k] < -SW_WEIGHT_MAX || c->feedback[k] > SW_WEIGHT_MAX)
+                return bad("a feedback weight is outside -63..63");
+    }
+    return SW_OK;
+}
+
+int sw_learn_destroy(sw_learn *L)
+{
+    if (!L)
+        return SW_OK;
+    if (L->magic != SW_LEARN_MAGIC)
+        return SW_E_BADCTX;
+    L->magic = 0;
+    free(L);
+    return SW_OK;
+}
+
+/* One allocation: every array is carved out of the block after the struct. */
+static void *carve(uint8_t **p, size_t bytes)
+{
+    void *r = *p;
+    *p += (bytes + 15u) & ~(size_t)15u;
+    return r;
+}
+
+int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
+{
+    int st, m, k;
+    size_t n_in, n_hid, n_out, rows[2], total;
+    int32_t keep[2];
+    uint8_t *p;
+    sw_learn *L;
+    if (!cfg || !out) {
+        create_err = "cfg or out is NULL";
+        return SW_E_NULL;
+    }
+    *out = NULL;
+    st = validate(cfg);
+    if (st != SW_OK)
+        return st;
+    n_in = (size_t)cfg->n_in;
+    n_hid = (size_t)cfg->n_hid;
+    n_out = (size_t)cfg->n_out;
+    rows[0] = n_in;
+    rows[1] = n_hid;
+    keep[0] = cfg->rule != SW_LEARN_READOUT && (cfg->learn_mask & SW_LEARN_MASK_IN);
+    keep[1] = cfg->rule != SW_LEARN_READOUT && (cfg->learn_mask & SW_LEARN_MASK_REC);
+#define PAD(b) ((((size_t)(b)) + 15u) & ~(size_t)15u)
+    total = PAD(sizeof(sw_learn));
+    total += 5 * PAD(n_hid * 4) + PAD(n_out * 4);                      /* params */
+    total += cfg->feedback ? PAD(n_hid * n_out) : 0;
+    total += PAD(n_in * n_hid) + PAD(n_hid * n_hid) + PAD(n_hid * n_out);   /* weights */
+    total += PAD(n_in * n_hid * 4) + PAD(n_hid * n_hid * 4) + PAD(n_hid * n_out * 4);
+    for (m = 0; m < 2; m++)
+        if (keep[m])
+            total += 4 * PAD(rows[m] * n_hid * 2) + PAD(rows[m]);
+    total += 2 * PAD(n_hid * 2) + PAD(n_hid) + PAD(n_out);
+    total += 3 * PAD(n_hid * 4) + 2 * PAD(n_out * 4) + PAD(n_in * 4);
+    p = (uint8_t *)calloc(1, total);
+    if (!p) {
+        create_err = "out of memory";
+        return SW_E_NOMEM;
+    }
+    L = (sw_learn *)carve(&p, sizeof(sw_learn));
+    L->cfg = *cfg;
+    L->keep[0] = keep[0];
+    L->keep[1] = keep[1];
+    L->acc_max = cfg->weights == SW_LEARN_SHADOW ? (63 << SHADOW_BITS) : (126 << SHADOW_BITS);
+    L->pre_A = (int32_t *)carve(&p, n_hid * 4);
+    L->pre_G = (int32_t *)carve(&p, n_hid * 4);
+    L->g_hid = (int32_t *)carve(&p, n_hid * 4);
+    L->v_th = (int32_t *)carve(&p, n_hid * 4);
+    L->psi = (int32_t *)carve(&p, n_hid * 4);
+    L->g_out = (int32_t *)carve(&p, n_out * 4);
+    memcpy(L->pre_A, cfg->pre_A, n_hid * 4);
+    memcpy(L->pre_G, cfg->pre_G, n_hid * 4);
+    memcpy(L->g_hid, cfg->g_hid, n_hid * 4);
+    memcpy(L->v_th, cfg->v_th, n_hid * 4);
+    if (n_out)
+        memcpy(L->g_out, cfg->g_out, n_out * 4);
+    L->fb = NULL;
+    if (cfg->feedback) {
+        L->fb = (int8_t *)carve(&p, n_hid * n_out);
+        memcpy(L->fb, cfg->feedback, n_hid * n_out);
+    }
+    L->cfg.pre_A = L->pre_A;
+    L->cfg.pre_G = L->pre_G;
+    L->cfg.g_hid = L->g_hid;
+    L->cfg.v_th = L->v_th;
+    L->cfg.g_out = L->g_out;
+    L->cfg.feedback = L->fb;
+    L->w[0] = (int8_t *)carve(&p, n_in * n_hid);
+    L->w[1] = (int8_t *)carve(&p, n_hid * n_hid);
+    L->w[2] = (int8_t *)carve(&p, n_hid * n_out);
+    L->acc[0] = (int32_t *)carve(&p, n_in * n_hid * 4);
+    L->acc[1] = (int32_t *)carve(&p, n_hid * n_hid * 4);
+    L->acc[2] = (int32_t *)carve(&p, n_hid * n_out * 4);
+    for (m = 0; m < 2; m++) {
+        if (!keep[m])
+            continue;
+        for (k = 0; k < 4; k++)
+            L->tr[m][k] = (int16_t *)carve(&p, rows[m] * n_hid * 2);
+        L->live[m] = (uint8_t *)carve(&p, rows[m]);
+    }
+    L->zI = (int16_t *)carve(&p, n_hid * 2);
+    L->zV = (int16_t *)carve(&p, n_hid * 2);
+    L->z_last = (uint8_t *)carve(&p, n_hid);
+    L->modes = (int8_t *)carve(&p, n_out);
+    L->Lq = (int32_t *)carve(&p, n_hid * 4);
+    L->eq = (int32_t *)carve(&p, n_out * 4);
+    L->errg = (int32_t *)carve(&p, n_out * 4);
+    L->counts = (int32_t *)carve(&p, n_in * 4);
+    L->zpre = (int32_t *)carve(&p, n_hid * 4);
+    L->last_error = "";
+    L->magic = SW_LEARN_MAGIC;
+    *out = L;
+    return SW_OK;
+#undef PAD
+}
+
+static int live_ctx(const sw_learn *L)
+{
+    return L && L->magic == SW_LEARN_MAGIC;
+}
+
+const char *sw_learn_last_error(const sw_learn *L)
+{
+    if (!L)
+        return create_err;
+    if (!live_ctx(L))
+        return "not a live sw_learn";
+    return L->last_error;
+}
+
+static int64_t mat_size(const sw_learn *L, int32_t which)
+{
+    const sw_learn_config *c = &L->cfg;
+    if (which == SW_W_IN)
+        return (int64_t)c->n_in * c->n_hid;
+    if (which == SW_W_REC)
+        return (int64_t)c->n_hid * c->n_hid;
+    if (which == SW_W_OUT)
+        return (int64_t)c->n_hid * c->n_out;
+    return -1;
+}
+
+static int check_mat(sw_learn *L, int32_t which, const void *p, int64_t n)
+{
+    int64_t size;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    size = mat_size(L, which);
+    if (size < 0) {
+        L->last_error = "unknown weight matrix";
+        return SW_E_PARAM;
+    }
+    if (n != size || n < 0) {
+        L->last_error = "count does not match the matrix size";
+        return SW_E_SIZE;
+    }
+    if (!p && n > 0) {
+        L->last_error = "array is NULL";
+        return SW_E_NULL;
+    }
+    return SW_OK;
+}
+
+int sw_learn_set_weights(sw_learn *L, int32_t which, const int8_t *w, int64_t n)
+{
+    int64_t i;
+    int st = check_mat(L, which, w, n);
+    if (st != SW_OK)
+        return st;
+    for (i = 0; i < n; i++)
+        if (w[i] < -SW_WEIGHT_MAX || w[i] > SW_WEIGHT_MAX) {
+            L->last_error = "weight outside -63..63";
+            return SW_E_WEIGHT;
+        }
+    if (n > 0)
+        memcpy(L->w[which], w, (size_t)n);
+    for (i = 0; i < n; i++)
+        L->acc[which][i] = L->cfg.weights == SW_LEARN_SHADOW ? (int32_t)w[i] * (1 << SHADOW_BITS) : 0;
+    return SW_OK;
+}
+
+int sw_learn_get_weights(const sw_learn *L, int32_t which, int8_t *w, int64_t n)
+{
+    int st = check_mat((sw_learn *)L, which, w, n);
+    if (st != SW_OK)
+        return st;
+    if (n)
+        memcpy(w, L->w[which], (size_t)n);
+    return SW_OK;
+}
+
+int sw_learn_get_acc(const sw_learn *L, int32_t which, int32_t *acc, int64_t n)
+{
+    int st = check_mat((sw_learn *)L, which, acc, n);
+    if (st != SW_OK)
+        return st;
+    if (n)
+        memcpy(acc, L->acc[which], (size_t)n * 4);
+    return SW_OK;
+}
+
+int sw_learn_set_acc(sw_learn *L, int32_t which, const int32_t *acc, int64_t n)
+{
+    int64_t i;
+    int st = check_mat(L, which, acc, n);
+    if (st != SW_OK)
+        return st;
+    for (i = 0; i < n; i++)
+        if (acc[i] < -L->acc_max || acc[i] > L->acc_max) {
+            L->last_error = "accumulator outside its clamp range";
+            return SW_E_PARAM;
+        }
+    if (n)
+        memcpy(L->acc[which], acc, (size_t)n * 4);
+    return SW_OK;
+}
+
+int sw_learn_get_trace(const sw_learn *L, int32_t which, int32_t kind, int16_t *v, int64_t n)
+{
+    int64_t size;
+    const int16_t *src;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (kind < SW_TRACE_I || kind > SW_TRACE_FV || which < SW_W_IN || which > SW_W_OUT ||
+        (which == SW_W_OUT && kind > SW_TRACE_V)) {
+        ((sw_learn *)L)->last_error = "unknown trace";
+        return SW_E_PARAM;
+    }
+    size = which == SW_W_OUT ? L->cfg.n_hid : mat_size(L, which);
+    if (n != size) {
+        ((sw_learn *)L)->last_error = "count does not match the trace size";
+        return SW_E_SIZE;
+    }
+    if (!v) {
+        ((sw_learn *)L)->last_error = "array is NULL";
+        return SW_E_NULL;
+    }
+    if (which == SW_W_OUT)
+        src = kind == SW_TRACE_I ? L->zI : L->zV;
+    else
+        src = L->keep[which] ? L->tr[which][kind] : NULL;
+    if (src)
+        memcpy(v, src, (size_t)n * 2);
+    else
+        memset(v, 0, (size_t)n * 2);
+    return SW_OK;
+}
+
+int sw_learn_reset_traces(sw_learn *L)
+{
+    int m, k;
+    size_t n_hid;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    n_hid = (size_t)L->cfg.n_hid;
+    for (m = 0; m < 2; m++) {
+        size_t rows = m == 0 ? (size_t)L->cfg.n_in : n_hid;
+        if (!L->keep[m])
+            continue;
+        for (k = 0; k < 4; k++)
+            memset(L->tr[m][k], 0, rows * n_hid * 2);
+        memset(L->live[m], 0, rows);
+    }
+    memset(L->zI, 0, n_hid * 2);
+    memset(L->zV, 0, n_hid * 2);
+    memset(L->z_last, 0, n_hid);
+    return SW_OK;
+}
+
+int sw_learn_set_target(sw_learn *L, const int8_t *modes, int32_t n_out)
+{
+    int32_t k;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (n_out != L->cfg.n_out) {
+        L->last_error = "target has the wrong number of readout units";
+        return SW_E_SIZE;
+    }
+    if (!modes && n_out > 0) {
+        L->last_error = "modes is NULL";
+        return SW_E_NULL;
+    }
+    for (k = 0; k < n_out; k++)
+        if (modes[k] < SW_TARGET_LO || modes[k] > SW_TARGET_HI) {
+            L->last_error = "target mode must be -1, 0 or 1";
+            return SW_E_PARAM;
+        }
+    if (n_out)
+        memcpy(L->modes, modes, (size_t)n_out);
+    return SW_OK;
+}
+
+int sw_learn_set_kernel(sw_learn *L, int32_t kernel)
+{
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (kernel != 0 && kernel != 1) {
+        L->last_error = "kernel must be 0 (fast) or 1 (plain)";
+        return SW_E_PARAM;
+    }
+    L->kernel = kernel;
+    return SW_OK;
+}
+
+int sw_learn_counters(const sw_learn *L, int64_t *steps, int64_t *commits)
+{
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (steps)
+        *steps = L->steps;
+    if (commits)
+        *commits = L->commits;
+    return SW_OK;
+}
+
+/* ---- the per-neuron part of a step (shared by both kernels) --------------- */
+/* psi, readout errors and learning signals; returns whether any Lq / eq is non-zero. */
+static void signals(sw_learn *L, const int16_t *v_pre, const uint8_t *refr, const int16_t *y,
+                    int *any_L, int *any_e)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t j, k, n_hid = c->n_hid, n_out = c->n_out;
+    int32_t W = 1 << c->surrogate_log2, sh = c->surrogate_log2 - PSI_BITS;
+    const int8_t *B = L->fb ? L->fb : L->w[SW_W_OUT];
+    int al = 0, ae = 0;
+    for (j = 0; j < n_hid; j++) {
+        int32_t d = (int32_t)v_pre[j] - L->v_th[j];
+        int32_t a = W - (d < 0 ? -d : d);
+        L->psi[j] = (refr[j] || a <= 0) ? 0 : (a >> sh);
+    }
+    for (k = 0; k < n_out; k++) {
+        int64_t err = 0, yk = y[k];
+        if (L->modes[k] == SW_TARGET_HI)
+            err = yk - c->target_hi < 0 ? yk - c->target_hi : 0;
+        else if (L->modes[k] == SW_TARGET_LO)
+            err = yk - c->target_lo > 0 ? yk - c->target_lo : 0;
+        L->errg[k] = (int32_t)rhu64(err * L->g_out[k], 14);
+        L->eq[k] = (int32_t)sat16_64(rhu64(L->errg[k], c->signal_shift));
+        ae |= L->eq[k] != 0;
+    }
+    for (j = 0; j < n_hid; j++) {
+        int64_t s = 0;
+        const int8_t *b = B + (int64_t)j * n_out;
+        for (k = 0; k < n_out; k++)
+            s += (int64_t)b[k] * L->errg[k];
+        L->Lq[j] = (int32_t)sat16_64(rhu64(s * L->g_hid[j], 14 + c->signal_shift));
+        al |= L->Lq[j] != 0;
+    }
+    *any_L = al;
+    *any_e = ae;
+}
+
+static void readout_part(sw_learn *L, const uint8_t *z, int any_e)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t j, k, n_hid = c->n_hid, n_out = c->n_out;
+    int64_t lo = -L->acc_max, hi = L->acc_max;
+    for (j = 0; j < n_hid; j++) {
+        int64_t zi = sat16_64(trunc_shr64((int64_t)L->zI[j] * c->out_A, 15) + ((int64_t)z[j] << c->trace_shift));
+        int64_t zv = sat16_64(L->zV[j] + away_shr64((zi - L->zV[j]) * c->out_G, 15));
+        L->zI[j] = (int16_t)zi;
+        L->zV[j] = (int16_t)zv;
+    }
+    if (!(c->learn_mask & SW_LEARN_MASK_OUT) || !any_e)
+        return;
+    for (j = 0; j < n_hid; j++) {
+        int32_t *a = L->acc[SW_W_OUT] + (int64_t)j * n_out;
+        for (k = 0; k < n_out; k++)
+            a[k] = (int32_t)clamp64(a[k] - rhu64((int64_t)L->zV[j] * L->eq[k], c->rate_out), lo, hi);
+    }
+}
+
+/* ---- plain kernel: docs/learning.md line by line ------------------------------ */
+static void rows_plain(sw_learn *L, int m, const int32_t *pre, int64_t rows)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t n_hid = c->n_hid, rate = m == 0 ? c->rate_in : c->rate_rec;
+    int64_t i, j, lo = -L->acc_max, hi = L->acc_max;
+    int16_t *eI = L->tr[m][0], *eV = L->tr[m][1], *FI = L->tr[m][2], *FV = L->tr[m][3];
+    int32_t *acc = L->acc[m];
+    for (i = 0; i < rows; i++) {
+        int64_t x = pre[i];
+        for (j = 0; j < n_hid; j++) {
+            int64_t q = i * n_hid + j;
+            int64_t ei = sat16_64(trunc_shr64((int64_t)eI[q] * L->pre_A[j], 15) + (x << c->trace_shift));
+            int64_t ev = sat16_64(eV[q] + away_shr64((ei - eV[q]) * L->pre_G[j], 15));
+            int64_t e = rhu64(ev * L->psi[j], PSI_BITS);
+            int64_t fi = sat16_64(trunc_shr64((int64_t)FI[q] * c->post_A, 15) + e);
+            int64_t fv = sat16_64(FV[q] + away_shr64((fi - FV[q]) * c->post_G, 15));
+            eI[q] = (int16_t)ei;
+            eV[q] = (int16_t)ev;
+            FI[q] = (int16_t)fi;
+            FV[q] = (int16_t)fv;
+            acc[q] = (int32_t)clamp64(acc[q] - rhu64((int64_t)L->Lq[j] * fv, rate), lo, hi);
+        }
+    }
+}
+
+/* ---- fast kernel ------------------------------------------------------------------ */
+/* One row, int32 and branch-free; returns non-zero if any trace of the row is non-zero.
+ * Bounds (docs/fixed-point.md): |eI*A|, |FI*A| <= 2^30; |(eI-eV)*G| <= 65535*32768 < 2^31
+ * and + 32767 still fits; |eV*psi| <= 2^23; |Lq*FV| + 2^29 < 2^31. */
+SW_LCLONES
+static int row_fast(int16_t *restrict eI, int16_t *restrict eV, int16_t *restrict FI,
+                    int16_t *restrict FV, int32_t *restrict acc, const int32_t *restrict A,
+                    const int32_t *restrict G, const int32_t *restrict psi, const int32_t *restrict Lq,
+                    int32_t n, int32_t p, int32_t Ao, int32_t Go, int32_t rate, int32_t half,
+                    int32_t lo, int32_t hi, int learn)
+{
+    int32_t j, any = 0;
+    for (j = 0; j < n; j++) {
+        int32_t t, s, a, ei, ev, e, fi, fv;
+        t = (int32_t)eI[j] * A[j];
+        t = ASR(t + (ASR(t, 31) & 32767), 15) + p;
+        ei = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        t = (ei - eV[j]) * G[j];
+        s = ASR(t, 31);
+        a = ASR(((t ^ s) - s) + 32767, 15);
+        t = eV[j] + ((a ^ s) - s);
+        ev = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        e = ASR(ev * psi[j] + 128, PSI_BITS);
+        t = (int32_t)FI[j] * Ao;
+        t = ASR(t + (ASR(t, 31) & 32767), 15) + e;
+        fi = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        t = (fi - FV[j]) * Go;
+        s = ASR(t, 31);
+        a = ASR(((t ^ s) - s) + 32767, 15);
+        t = FV[j] + ((a ^ s) - s);
+        fv = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        eI[j] = (int16_t)ei;
+        eV[j] = (int16_t)ev;
+        FI[j] = (int16_t)fi;
+        FV[j] = (int16_t)fv;
+        any |= ei | ev | fi | fv;
+        if (learn) {
+            t = acc[j] - ASR(Lq[j] * fv + half, rate);
+            acc[j] = t < lo ? lo : (t > hi ? hi : t);
+        }
+    }
+    return any != 0;
+}
+
+static void rows_fast(sw_learn *L, int m, const int32_t *pre, int64_t rows, int any_L)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t n_hid = c->n_hid, rate = m == 0 ? c->rate_in : c->rate_rec;
+    int32_t half = rate ? 1 << (rate - 1) : 0;
+    int64_t i;
+    uint8_t *live = L->live[m];
+    for (i = 0; i < rows; i++) {
+        int32_t x = pre[i];
+        int64_t off;
+        if (!x && !live[i])
+            continue;   /* all traces 0 and no input: the update leaves them 0 */
+        off = i * n_hid;
+        if (x > 65536)
+            x = 65536;  /* eI saturates either way (docs/fixed-point.md) */
+        live[i] = (uint8_t)row_fast(L->tr[m][0] + off, L->tr[m][1] + off, L->tr[m][2] + off,
+                                    L->tr[m][3] + off, L->acc[m] + off, L->pre_A, L->pre_G, L->psi,
+                                    L->Lq, n_hid, x << c->trace_shift, c->post_A, c->post_G, rate,
+                                    half, -L->acc_max, L->acc_max, any_L);
+    }
+}
+
+/* ---- run ----------------------------------------------------------------------------- */
+int sw_learn_run(sw_learn *L, int32_t T, const int64_t *indptr, const int32_t *channels,
+                 int64_t n_events, const uint8_t *z, const int16_t *v_pre, const uint8_t *refr,
+                 const int16_t *y)
+{
+    const sw_learn_config *c;
+    int32_t t, j;
+    int64_t q, nh;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    c = &L->cfg;
+    if (T < 0) {
+        L->last_error = "negative number of steps";
+        return SW_E_SIZE;
+    }
+    if (T == 0)
+        return SW_OK;
+    if (!indptr || !z || !v_pre || !refr || (c->n_out > 0 && !y) || (n_events > 0 && !channels)) {
+        L->last_error = "an input array is NULL";
+        return SW_E_NULL;
+    }
+    if (n_events < 0 || indptr[0] != 0 || indptr[T] != n_events) {
+        L->last_error = "indptr must start at 0 and end at the number of events";
+        return SW_E_EVENTS;
+    }
+    for (t = 0; t < T; t++) {
+        if (indptr[t + 1] < indptr[t]) {
+            L->last_error = "indptr must be non-decreasing";
+            return SW_E_EVENTS;
+        }
+        if (indptr[t + 1] - indptr[t] > SW_LEARN_MAX_EVENTS_PER_STEP) {
+            L->last_error = "more than 2^20 input events in one step";
+            return SW_E_EVENTS;
+        }
+    }
+    for (q = 0; q < n_events; q++)
+        if (channels[q] < 0 || channels[q] >= c->n_in) {
+            L->last_error = "input channel id out of range";
+            return SW_E_CHANNEL;
+        }
+    nh = (int64_t)T * c->n_hid;
+    for (q = 0; q < nh; q++)
+        if (z[q] > 1 || refr[q] > 1) {
+            L->last_error = "spike and refractory flags must be 0 or 1";
+            return SW_E_PARAM;
+        }
+    for (t = 0; t < T; t++) {
+        const uint8_t *zt = z + (int64_t)t * c->n_hid;
+        const uint8_t *zp = t == 0 ? L->z_last : zt - c->n_hid;
+        int any_L, any_e;
+        int64_t e;
+        signals(L, v_pre + (int64_t)t * c->n_hid, refr + (int64_t)t * c->n_hid,
+                y + (int64_t)t * c->n_out, &any_L, &any_e);
+        if (L->keep[0]) {
+            memset(L->counts, 0, (size_t)c->n_in * 4);
+            for (e = indptr[t]; e < indptr[t + 1]; e++)
+                L->counts[channels[e]]++;
+            if (L->kernel == 1)
+                rows_plain(L, 0, L->counts, c->n_in);
+            else
+                rows_fast(L, 0, L->counts, c->n_in, any_L);
+        }
+        if (L->keep[1]) {
+            for (j = 0; j < c->n_hid; j++)
+                L->zpre[j] = zp[j];
+            if (L->kernel == 1)
+                rows_plain(L, 1, L->zpre, c->n_hid);
+            else
+                rows_fast(L, 1, L->zpre, c->n_hid, any_L);
+        }
+        readout_part(L, zt, any_e);
+        L->steps++;
+    }
+    memcpy(L->z_last, z + (int64_t)(T - 1) * c->n_hid, (size_t)c->n_hid);
+    return SW_OK;
+}
+
+/* ---- commit ---------------------------------------------------------------------------- */
+int sw_learn_commit(sw_learn *L)
+{
+    int32_t m;
+    int64_t i, n;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    for (m = 0; m < 3; m++) {
+        int32_t bit = m == 0 ? SW_LEARN_MASK_IN : (m == 1 ? SW_LEARN_MASK_REC : SW_LEARN_MASK_OUT);
+        if (!(L->cfg.learn_mask & bit))
+            continue;
+        n = mat_size(L, m);
+        for (i = 0; i < n; i++) {
+            int64_t a = L->acc[m][i], w;
+            if (L->cfg.weights == SW_LEARN_SHADOW) {
+                w = rhu64(a, SHADOW_BITS);
+            } else {
+                uint64_t ctr = ((uint64_t)L->commits << 40) + ((uint64_t)m << 36) + (uint64_t)i;
+                int64_t r = (int64_t)(splitmix64_at(L->cfg.sr_seed, ctr) >> 48);
+                w = L->w[m][i] + floor_shr64(a, SHADOW_BITS) + ((a & 0xFFFF) > r);
+                L->acc[m][i] = 0;
+            }
+            L->w[m][i] = (int8_t)clamp64(w, -SW_WEIGHT_MAX, SW_WEIGHT_MAX);
+        }
+    }
+    L->commits++;
+    return SW_OK;
+}

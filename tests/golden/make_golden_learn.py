@@ -1,0 +1,143 @@
+"""Generate tests/golden/learn_v1.txt: golden vectors that pin the learning rules' arithmetic.
+
+Run from the repository root:  python tests/golden/make_golden_learn.py
+Regenerate ONLY when the rules are changed on purpose (docs/learning.md), and say so in the
+commit message.  Read by tests/test_learn_c.py (numpy reference and C) and by tests/c/test_learn.c
+(natively, under the sanitizers, with clang, and on aarch64 under qemu).
+
+Each case stores a learner config, its integer tables, weights, one target, and a recorded core
+trajectory (events, spikes, pre-reset membranes, refractory flags, readout membranes), so the
+C test needs no core.  Format ('#' lines are comments, otherwise whitespace-separated tokens):
+  case NAME
+  lconfig n_in n_hid n_out rule learn_mask rate_in rate_rec rate_out signal_shift trace_shift
+          surrogate_log2 target_hi target_lo weights sr_seed post_A post_G out_A out_G has_feedback
+  pre_A <n_hid>  pre_G <n_hid>  g_hid <n_hid>  v_th <n_hid>  g_out <n_out>
+  feedback <n_hid*n_out>                       (only when has_feedback)
+  w_in <n_in*n_hid>  w_rec <n_hid*n_hid>  w_out <n_hid*n_out>  modes <n_out>
+  events T <T+1 indptr> <indptr[T] channels>
+  z <T*n_hid>  v_pre <T*n_hid>  refr <T*n_hid>  y <T*n_out>
+  expect FNV1A64_ACC FNV1A64_WEIGHTS
+  end
+FNV1A64_ACC is FNV-1a 64 over the accumulators in, rec, out (int32 little-endian) after the run;
+FNV1A64_WEIGHTS over the weights in, rec, out (int8) after one commit.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from spikewire.config import Chip, CoreConfig, fixed_params
+from spikewire.events import Events
+from spikewire.learning import (LearningConfig, ReferenceLearner, feedback_matrix, reference_step_pre,
+                                tables, target_modes)
+from spikewire.reference import ReferenceCore
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "learn_v1.txt")
+RULES = {"eprop": 0, "superspike": 1, "readout": 2}
+MASK = {"in": 1, "rec": 2, "out": 4}
+
+
+def fnv1a64(*chunks: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for chunk in chunks:
+        for b in chunk:
+            h ^= b
+            h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def acc_hash(acc: dict) -> int:
+    return fnv1a64(*(np.ascontiguousarray(acc[m], "<i4").tobytes() for m in ("in", "rec", "out")))
+
+
+def weight_hash(w: dict) -> int:
+    return fnv1a64(*(np.ascontiguousarray(w[m], np.int8).tobytes() for m in ("in", "rec", "out")))
+
+
+CASES = [
+    ("eprop_shadow_symmetric", 11, LearningConfig(learn=("in", "rec", "out"), rate_in=10, rate_rec=10, rate_out=8,
+                                                  signal_shift=6, trace_shift=11), "label"),
+    ("superspike_stochastic_random", 12, LearningConfig(rule="superspike", learn=("in", "rec"), rate_in=6, rate_rec=6,
+                                                        signal_shift=4, feedback="random", feedback_seed=99,
+                                                        weights="stochastic", sr_seed=1234, trace_shift=12,
+                                                        surrogate_log2=13), "reward-"),
+    ("readout_stochastic", 13, LearningConfig(rule="readout", learn=("out",), rate_out=4, signal_shift=2,
+                                              weights="stochastic", sr_seed=7), "reward+"),
+    ("eprop_uniform_saturating", 14, LearningConfig(learn=("in", "out"), rate_in=0, rate_out=0, signal_shift=0,
+                                                    trace_shift=14, surrogate_log2=15, feedback="uniform"), "label"),
+]
+
+
+def build(seed: int, lc: LearningConfig, target: str):
+    rng = np.random.default_rng([seed, 5])
+    config = CoreConfig(n_in=9, n_hid=7, n_out=3, shift_in=7, shift_rec=5, t_ref_steps=1, noise_amp=200,
+                        noise_seed=seed)
+    hid, out = fixed_params(config, Chip(seed=seed, threshold=0.1, decay=0.1, gain=0.1))
+    w = {"in": rng.integers(-20, 64, (9, 7)).astype(np.int8), "rec": rng.integers(-25, 26, (7, 7)).astype(np.int8),
+         "out": rng.integers(-63, 64, (7, 3)).astype(np.int8)}
+    T = 60
+    counts = rng.poisson(0.4 if lc.trace_shift < 14 else 3.0, (T, 9))
+    ev = Events.from_raster(counts)
+    ip, ch = np.asarray(ev.indptr), np.asarray(ev.channels)
+    core = ReferenceCore(config, hid, out)
+    core.w_in, core.w_rec, core.w_out = w["in"], w["rec"], w["out"]
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    modes = {"label": target_modes(3, label=1), "reward-": target_modes(3, reward=-1, decided=2),
+             "reward+": target_modes(3, reward=1, decided=0)}[target]
+    ref.set_target(modes)
+    rec = {k: [] for k in ("z", "v_pre", "refr", "y")}
+    for t in range(T):
+        z_prev, v_pre, refr, z, y = reference_step_pre(core, ch[ip[t]:ip[t + 1]])
+        ref.step(counts[t], z_prev, v_pre, refr, z, y)
+        for k, v in zip(rec, (z, v_pre, refr, y)):
+            rec[k].append(v)
+    h_acc = acc_hash(ref.acc)
+    ref.commit()
+    h_w = weight_hash(ref.w)
+    return config, hid, out, w, modes, ev, {k: np.array(v) for k, v in rec.items()}, h_acc, h_w
+
+
+def ints(a) -> str:
+    return " ".join(str(int(x)) for x in np.ravel(a))
+
+
+def main() -> int:
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = "unknown"
+    lines = ["# spikewire learning golden vectors v1 -- pins the learning rules (docs/learning.md)",
+             f"# generated by tests/golden/make_golden_learn.py at commit {rev} from the numpy reference",
+             "# format: see the docstring of tests/golden/make_golden_learn.py"]
+    for name, seed, lc, target in CASES:
+        config, hid, out, w, modes, ev, rec, h_acc, h_w = build(seed, lc, target)
+        t = tables(config, hid, out, lc)
+        has_fb = lc.feedback != "symmetric"
+        lines += [f"case {name}",
+                  "lconfig " + ints([config.n_in, config.n_hid, config.n_out, RULES[lc.rule],
+                                     sum(MASK[m] for m in lc.learn), lc.rate_in, lc.rate_rec, lc.rate_out,
+                                     lc.signal_shift, lc.trace_shift, lc.surrogate_log2, lc.target_hi,
+                                     lc.target_lo, 0 if lc.weights == "shadow" else 1, lc.sr_seed, t.post_A,
+                                     t.post_G, t.out_A, t.out_G, int(has_fb)]),
+                  "pre_A " + ints(t.pre_A), "pre_G " + ints(t.pre_G), "g_hid " + ints(t.g_hid),
+                  "v_th " + ints(t.v_th), "g_out " + ints(t.g_out)]
+        if has_fb:
+            lines.append("feedback " + ints(feedback_matrix(lc, w["out"])))
+        lines += ["w_in " + ints(w["in"]), "w_rec " + ints(w["rec"]), "w_out " + ints(w["out"]),
+                  "modes " + ints(modes),
+                  f"events {ev.n_steps} " + ints(ev.indptr) + (" " + ints(ev.channels) if ev.n_events else ""),
+                  "z " + ints(rec["z"]), "v_pre " + ints(rec["v_pre"]), "refr " + ints(rec["refr"]),
+                  "y " + ints(rec["y"]), f"expect {h_acc:016x} {h_w:016x}", "end"]
+    with open(OUT, "w", encoding="ascii") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {OUT} ({len(CASES)} cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

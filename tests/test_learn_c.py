@@ -1,0 +1,229 @@
+"""csrc/learn.c == runtime/learning.py (ReferenceLearner) bit for bit, both C kernels, on random
+networks, rules and settings; bad input is rejected with a clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikewire.config import Chip, CoreConfig, PopulationConfig, fixed_params
+from spikewire.core import CoreInputError
+from spikewire.events import Events
+from spikewire.learner import Learner
+from spikewire.learning import (MATRICES, LearningConfig, ReferenceLearner, reference_step_pre,
+                                target_modes)
+from spikewire.reference import ReferenceCore
+
+
+def _case(seed: int):
+    rng = np.random.default_rng([seed, 77])
+    config = CoreConfig(
+        n_in=int(rng.integers(3, 30)), n_hid=int(rng.integers(2, 40)), n_out=int(rng.integers(1, 6)),
+        shift_in=int(rng.integers(5, 9)), shift_rec=int(rng.integers(3, 7)), shift_out=int(rng.integers(4, 9)),
+        t_ref_steps=int(rng.integers(0, 4)), noise_amp=int(rng.choice([0, 300])), noise_seed=seed,
+        hidden=PopulationConfig(tau_syn_ms=float(rng.uniform(2, 10)), tau_mem_ms=float(rng.uniform(4, 20))),
+        readout=PopulationConfig(tau_syn_ms=float(rng.uniform(2, 10)), tau_mem_ms=float(rng.uniform(4, 20))))
+    hid, out = fixed_params(config, Chip(seed=seed, threshold=0.1, leak=0.05, decay=0.1, gain=0.1))
+    w = {"in": rng.integers(-30, 64, (config.n_in, config.n_hid)).astype(np.int8),
+         "rec": rng.integers(-20, 21, (config.n_hid, config.n_hid)).astype(np.int8),
+         "out": rng.integers(-63, 64, (config.n_hid, config.n_out)).astype(np.int8)}
+    rule = str(rng.choice(["eprop", "superspike", "readout"]))
+    if rule == "readout":
+        learn = ("out",)
+    else:
+        learn = tuple(m for m in MATRICES if rng.random() < 0.7) or ("in",)
+    lc = LearningConfig(
+        rule=rule, learn=learn, rate_in=int(rng.integers(0, 24)), rate_rec=int(rng.integers(0, 24)),
+        rate_out=int(rng.integers(0, 12)), signal_shift=int(rng.integers(0, 12)),
+        trace_shift=int(rng.integers(6, 15)), surrogate_log2=int(rng.integers(8, 16)),
+        feedback=str(rng.choice(["symmetric", "random", "uniform"])), feedback_seed=seed,
+        target_hi=int(rng.integers(0, 8000)), target_lo=int(rng.integers(-8000, -1)),
+        weights=str(rng.choice(["shadow", "stochastic"])), sr_seed=seed + 1,
+        ss_tau_rise_ms=float(rng.uniform(1, 8)), ss_tau_decay_ms=float(rng.uniform(4, 30)))
+    T = int(rng.integers(20, 160))
+    counts = rng.poisson(float(rng.uniform(0.05, 1.5)), (T, config.n_in))
+    if rng.random() < 0.3:
+        counts[T // 2, 0] = 70000 // max(1, T)  # many repeats in one step: saturating traces
+    return config, hid, out, w, lc, counts, rng
+
+
+def _trajectory(config, hid, out, w, counts):
+    core = ReferenceCore(config, hid, out)
+    core.w_in, core.w_rec, core.w_out = w["in"], w["rec"], w["out"]
+    ev = Events.from_raster(counts)
+    ip, ch = np.asarray(ev.indptr), np.asarray(ev.channels)
+    rec = {k: [] for k in ("z_prev", "v_pre", "refr", "z", "y")}
+    for t in range(len(ip) - 1):
+        for k, v in zip(rec, reference_step_pre(core, ch[ip[t]:ip[t + 1]])):
+            rec[k].append(v)
+    return ev, {k: np.array(v) for k, v in rec.items()}
+
+
+def _split(ev: Events, a: int, b: int) -> Events:
+    ip = np.asarray(ev.indptr)
+    return Events((ip[a:b + 1] - ip[a]).astype(np.int64), np.asarray(ev.channels)[ip[a]:ip[b]])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_c_equals_reference(seed):
+    config, hid, out, w, lc, counts, rng = _case(seed)
+    ev, tr = _trajectory(config, hid, out, w, counts)
+    T = counts.shape[0]
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    learners = {k: Learner(config, hid, out, lc, w) for k in ("fast", "reference")}
+    for k, L in learners.items():
+        L.kernel = k
+    mid = int(rng.integers(1, T))
+    label = int(rng.integers(0, config.n_out))
+    modes2 = target_modes(config.n_out, reward=int(rng.choice([1, -1])), decided=label)
+    for a, b, modes in ((0, mid, target_modes(config.n_out, label=label)), (mid, T, modes2)):
+        ref.set_target(modes)
+        for t in range(a, b):
+            ref.step(counts[t], tr["z_prev"][t], tr["v_pre"][t], tr["refr"][t], tr["z"][t], tr["y"][t])
+        for L in learners.values():
+            L.set_target(modes)
+            L.run(_split(ev, a, b), tr["z"][a:b], tr["v_pre"][a:b], tr["refr"][a:b], tr["y"][a:b])
+    for name, L in learners.items():
+        for m in MATRICES:
+            assert np.array_equal(L.acc(m), ref.acc[m]), (name, m)
+        for m in ref.trace_matrices:
+            for kind in ("eI", "eV", "FI", "FV"):
+                assert np.array_equal(L.trace(m, kind), getattr(ref, kind)[m]), (name, m, kind)
+        assert np.array_equal(L.trace("out", "zV"), ref.zV) and np.array_equal(L.trace("out", "zI"), ref.zI)
+    fresh = ReferenceLearner(config, hid, out, lc, w)
+    moved = [m for m in lc.learn if not np.array_equal(ref.acc[m], fresh.acc[m])]
+    new = ref.commit()
+    for name, L in learners.items():
+        got = L.commit()
+        assert set(got) == set(new)
+        for m in new:
+            assert np.array_equal(got[m], new[m]), (name, m)
+        assert L.counters == (T, 1)
+    assert moved, "no accumulator changed: the case exercised nothing"
+
+
+def test_saturation_is_reached_and_matches():
+    """trace_shift 14 and repeated events drive eI/eV/FI/FV to the int16 rails; C == numpy there."""
+    config = CoreConfig(n_in=4, n_hid=6, n_out=2, shift_in=8, t_ref_steps=0, hidden=PopulationConfig(tau_mem_ms=1.5),
+                        readout=PopulationConfig(tau_syn_ms=20.0, tau_mem_ms=1.5))
+    hid, out = fixed_params(config, Chip(seed=5, decay=0.1))
+    rng = np.random.default_rng(3)
+    w = {"in": rng.integers(20, 64, (4, 6)).astype(np.int8), "rec": np.zeros((6, 6), np.int8),
+         "out": rng.integers(-63, 64, (6, 2)).astype(np.int8)}
+    lc = LearningConfig(learn=("in", "out"), trace_shift=14, surrogate_log2=15, rate_in=0, rate_out=0,
+                        signal_shift=0)
+    counts = rng.poisson(12.0, (80, 4))
+    ev, tr = _trajectory(config, hid, out, w, counts)
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    ref.set_target(target_modes(2, label=1))
+    hit = {k: False for k in ("eI", "eV", "FI", "FV")}
+    for t in range(80):
+        ref.step(counts[t], tr["z_prev"][t], tr["v_pre"][t], tr["refr"][t], tr["z"][t], tr["y"][t])
+        for k in hit:
+            hit[k] |= bool((np.abs(getattr(ref, k)["in"]) >= 32767).any())
+    assert all(hit.values()), hit
+    assert (np.abs(ref.acc["in"]) == 63 << 16).any()        # the accumulator clamp too
+    for kernel in ("fast", "reference"):
+        L = Learner(config, hid, out, lc, w)
+        L.kernel = kernel
+        L.set_target(target_modes(2, label=1))
+        L.run(ev, tr["z"], tr["v_pre"], tr["refr"], tr["y"])
+        for m in MATRICES:
+            assert np.array_equal(L.acc(m), ref.acc[m])
+        for k in hit:
+            assert np.array_equal(L.trace("in", k), getattr(ref, k)["in"])
+
+
+def _small():
+    config = CoreConfig(n_in=3, n_hid=4, n_out=2)
+    hid, out = fixed_params(config)
+    w = {"in": np.zeros((3, 4), np.int8), "rec": np.zeros((4, 4), np.int8), "out": np.zeros((4, 2), np.int8)}
+    return config, hid, out, w
+
+
+def test_bad_input_is_rejected_and_changes_nothing():
+    config, hid, out, w = _small()
+    L = Learner(config, hid, out, LearningConfig(learn=("in", "out")), w)
+    T = 3
+    ev = Events(np.array([0, 1, 1, 2], np.int64), np.array([0, 2], np.int32))
+    z = np.zeros((T, 4), np.uint8)
+    v = np.zeros((T, 4), np.int16)
+    y = np.zeros((T, 2), np.int16)
+    with pytest.raises(CoreInputError, match="channel id out of range"):
+        L.run(Events(ev.indptr, np.array([0, 3], np.int32)), z, v, z, y)
+    bad_z = z.copy()
+    bad_z[1, 2] = 2
+    with pytest.raises(CoreInputError, match="0 or 1"):
+        L.run(ev, bad_z, v, z, y)
+    with pytest.raises(CoreInputError, match="indptr"):
+        L.run(Events(np.array([0, 2, 1, 2], np.int64), ev.channels), z, v, z, y)
+    with pytest.raises(ValueError, match="shape"):
+        L.run(ev, z[:2], v, z, y)
+    assert L.counters == (0, 0)
+    with pytest.raises(CoreInputError, match="-1, 0 or 1"):
+        L.set_target(np.array([2, 0], np.int8))
+    with pytest.raises(ValueError, match="-63..63"):
+        L.set_weights("in", np.full((3, 4), 64))
+    with pytest.raises(CoreInputError, match="clamp range"):
+        L.set_acc("in", np.full((3, 4), 64 << 16, np.int32))
+    with pytest.raises(ValueError, match="unknown trace"):
+        L.trace("out", "FV")
+
+
+def test_c_validates_config():
+    """Direct C callers get a status for a bad config (the Python config would refuse it first)."""
+    from spikewire._spikewire_c import ffi, lib
+    config, hid, out, w = _small()
+    c = ffi.new("sw_learn_config *")
+    c.n_in, c.n_hid, c.n_out = 3, 4, 2
+    A = np.full(4, 40000, np.int32)
+    ok = np.full(4, 1000, np.int32)
+    g = np.full(2, 16384, np.int32)
+    c.pre_A, c.pre_G = ffi.from_buffer("int32_t[]", A), ffi.from_buffer("int32_t[]", ok)
+    c.g_hid, c.v_th, c.g_out = ffi.from_buffer("int32_t[]", ok), ffi.from_buffer("int32_t[]", ok), ffi.from_buffer("int32_t[]", g)
+    c.surrogate_log2, c.target_hi, c.target_lo = 12, 100, -100
+    pp = ffi.new("sw_learn **")
+    assert lib.sw_learn_create(c, pp) == lib.SW_E_PARAM
+    assert b"presynaptic filter" in ffi.string(lib.sw_learn_last_error(ffi.NULL))
+    A[:] = 1000
+    c.rule, c.learn_mask = lib.SW_LEARN_READOUT, lib.SW_LEARN_MASK_IN
+    assert lib.sw_learn_create(c, pp) == lib.SW_E_PARAM
+    c.learn_mask = lib.SW_LEARN_MASK_OUT
+    assert lib.sw_learn_create(c, pp) == lib.SW_OK
+    assert lib.sw_learn_destroy(pp[0]) == lib.SW_OK
+    assert lib.sw_learn_create(ffi.NULL, pp) == lib.SW_E_NULL
+
+
+# -- golden vectors (tests/golden/learn_v1.txt; the C test under qemu reads the same file) ---------
+import os  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
+import make_golden_learn as golden  # noqa: E402
+
+
+def _golden_expect() -> dict[str, tuple[int, int]]:
+    out, name = {}, None
+    with open(golden.OUT, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("case "):
+                name = line.split()[1]
+            elif line.startswith("expect "):
+                a, b = line.split()[1:3]
+                out[name] = (int(a, 16), int(b, 16))
+    return out
+
+
+@pytest.mark.parametrize("name,seed,lc,target", golden.CASES, ids=[c[0] for c in golden.CASES])
+def test_golden_numpy_and_c(name, seed, lc, target):
+    expect = _golden_expect()
+    assert name in expect and len(expect) == len(golden.CASES)
+    config, hid, out, w, modes, ev, rec, h_acc, h_w = golden.build(seed, lc, target)
+    assert (h_acc, h_w) == expect[name]                       # the numpy reference
+    for kernel in ("fast", "reference"):
+        L = Learner(config, hid, out, lc, w)
+        L.kernel = kernel
+        L.set_target(modes)
+        L.run(ev, rec["z"], rec["v_pre"], rec["refr"], rec["y"])
+        assert golden.acc_hash({m: L.acc(m) for m in MATRICES}) == h_acc
+        L.commit()
+        assert golden.weight_hash({m: L.weights(m) for m in MATRICES}) == h_w
