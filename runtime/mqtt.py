@@ -53,10 +53,14 @@ from .wire import (  # noqa: F401
     SPIKE_HEADER,
     SPIKE_MAGIC,
     SPIKE_VERSION,
+    BatchLimits,
     MqttUrl,
     PayloadError,
+    Placement,
     SpikeBatch,
+    SpikeTimeline,
     Topics,
+    batch_events,
     decode_json_object,
     decode_keyword,
     decode_spike_batch,
@@ -758,10 +762,14 @@ class MqttSink:
 class MqttSpikeSource(Source):
     """Spike batches (docs/mqtt.md binary layout) from an MQTT topic, straight to the core.
 
-    Each valid batch becomes ``n_steps`` core steps.  Malformed payloads
-    (``PayloadError``), unit ids ``>= n_in`` and batches older than the last
-    one are counted and logged, never raised.  A forward jump in ``t0`` of at
-    most ``max_gap_steps`` is filled with empty steps; a larger one resyncs.
+    Each valid batch becomes ``n_steps`` core steps.  Every payload is bounded by ``limits``
+    (:class:`~spikewire.wire.BatchLimits`) before anything is allocated; malformed or
+    oversized payloads (``PayloadError``), unit ids ``>= n_in`` and late batches are
+    counted and logged (at most one warning a second), never raised.  Where a batch goes
+    in time is the receiving rule of :class:`~spikewire.wire.SpikeTimeline`
+    (docs/mqtt.md, "Receiving spike batches"): a forward jump of at most
+    ``max_gap_steps`` is filled with empty steps, a larger jump, a batch far behind or
+    ``resync_after`` late batches in a row resync (counted in ``resyncs``).
     Live: drop-oldest when the pipeline is behind.
     """
 
@@ -769,7 +777,8 @@ class MqttSpikeSource(Source):
     live = True
 
     def __init__(self, topic: str, url: str | MqttUrl | None, *, n_in: int | None = None,
-                 max_gap_steps: int = 1000, spec: str | None = None, backoff: Backoff | None = None):
+                 max_gap_steps: int = 1000, resync_after: int = 8, limits: BatchLimits | None = None,
+                 spec: str | None = None, backoff: Backoff | None = None):
         super().__init__(spec or f"mqtt:{topic}")
         if not topic or any(c in topic for c in "+#\0"):
             raise SourceError(f"mqtt source: topic must be a non-empty topic without wildcards, got {topic!r}")
@@ -790,27 +799,31 @@ class MqttSpikeSource(Source):
         self.backoff = backoff
         self.topic = topic
         self.n_in = n_in
-        self.max_gap_steps = max_gap_steps
+        self.limits = limits or BatchLimits()
+        self.timeline = SpikeTimeline(max_gap_steps, resync_after)
         self.subscribed: asyncio.Event | None = None
-        self._next_t0: int | None = None
         self.counters = {"batches": 0, "steps": 0, "events": 0, "malformed": 0, "bad_units": 0,
                          "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0, "connect_failures": 0}
         self._last_warn = 0.0
+
+    @property
+    def max_gap_steps(self) -> int:
+        return self.timeline.max_gap_steps
 
     async def __aenter__(self) -> "MqttSpikeSource":
         self.subscribed = asyncio.Event()
         return self
 
-    def _warn(self, msg: str, *args) -> None:
+    def _warn(self, msg: str, *args, level: int = logging.WARNING) -> None:
         now = time.monotonic()
-        if now - self._last_warn > 1.0:  # at most one warning per second; the counters have the rest
+        if now - self._last_warn > 1.0:  # at most one message per second; the counters have the rest
             self._last_warn = now
-            log.warning("mqtt source %s: " + msg, self.topic, *args)
+            log.log(level, "mqtt source %s: " + msg, self.topic, *args)
 
     def handle_payload(self, payload: bytes) -> SpikeBlock | None:
-        """Validate one payload; returns the block to feed or None (counted)."""
+        """Validate and place one payload; returns the block to feed or None (counted)."""
         try:
-            b = decode_spike_batch(payload)
+            b = decode_spike_batch(payload, limits=self.limits)
         except PayloadError as e:
             self.counters["malformed"] += 1
             self._warn("malformed spike batch dropped (%s)", e)
@@ -819,28 +832,24 @@ class MqttSpikeSource(Source):
             self.counters["bad_units"] += 1
             self._warn("spike batch dropped: unit %d >= the core's n_in=%d", int(b.units.max()), self.n_in)
             return None
-        gap = 0
-        if self._next_t0 is not None:
-            if b.t0 < self._next_t0:
-                self.counters["late"] += 1
-                self._warn("spike batch at t0=%d dropped: older than the next expected step %d", b.t0,
-                           self._next_t0)
-                return None
-            gap = b.t0 - self._next_t0
-            if gap > self.max_gap_steps:
-                self.counters["resyncs"] += 1
-                log.info("mqtt source %s: jump of %d steps; resynchronised", self.topic, gap)
-                gap = 0
-        self._next_t0 = b.t0 + b.n_steps
-        T = gap + b.n_steps
-        counts = np.bincount(b.steps.astype(np.int64) + gap, minlength=T)
-        indptr = np.zeros(T + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        expected = self.timeline.next_t0
+        p: Placement = self.timeline.place(b.t0, b.n_steps)
+        if not p.accept:
+            self.counters["late"] += 1
+            self._warn("spike batch at t0=%d dropped: older than the next expected step %d", b.t0, expected)
+            return None
+        if p.resync is not None:
+            self.counters["resyncs"] += 1
+            self._warn("resynchronised to t0=%d (%s; the next expected step was %d)", b.t0,
+                       {"jump": "jump ahead", "back": "far behind", "late": "late batches in a row"}[p.resync],
+                       expected, level=logging.INFO)
+        indptr, units = batch_events(b, p.gap)
+        T = p.gap + b.n_steps
         self.counters["batches"] += 1
         self.counters["steps"] += T
-        self.counters["gap_steps"] += gap
-        self.counters["events"] += int(b.units.size)
-        return SpikeBlock(Events(indptr, b.units.astype(np.int32)), b.t0 - gap, time.monotonic())
+        self.counters["gap_steps"] += p.gap
+        self.counters["events"] += int(units.size)
+        return SpikeBlock(Events(indptr, units), b.t0 - p.gap, time.monotonic())
 
     def _make_client(self) -> Any:
         return aiomqtt.Client(self.url.host, self.url.port, username=self.url.username,

@@ -14,7 +14,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 import numpy as np
@@ -28,10 +28,14 @@ __all__ = [
     "SPIKE_MAGIC",
     "SPIKE_VERSION",
     "METRICS_RESERVED",
+    "BatchLimits",
     "MqttUrl",
     "PayloadError",
+    "Placement",
     "SpikeBatch",
+    "SpikeTimeline",
     "Topics",
+    "batch_events",
     "decode_json_object",
     "decode_keyword",
     "decode_spike_batch",
@@ -500,15 +504,18 @@ def encode_spike_raster(t0: int, raster: Any, *, population: int = 0) -> bytes:
     return encode_spike_batch(t0, r.shape[0], steps, units, n_units=r.shape[1], population=population)
 
 
-def decode_spike_batch(data: bytes | bytearray | memoryview) -> SpikeBatch:
+def decode_spike_batch(data: bytes | bytearray | memoryview, *, limits: "BatchLimits | None" = None) -> SpikeBatch:
     """Decode and fully validate a binary spike batch.
+
+    ``limits`` (a receiver's :class:`BatchLimits`) is checked on the header, before any
+    record is looked at; without it only the format's own limits apply.
 
     Raises
     ------
     PayloadError
         For anything malformed: not bytes, too short, wrong magic, unknown
-        version or flags, zero width/steps, u64 overflow, length not matching the
-        record count, step or unit out of range, records not sorted.
+        version or flags, zero width/steps, u64 overflow, beyond ``limits``, length
+        not matching the record count, step or unit out of range, records not sorted.
         No other exception escapes for any byte string.
     """
     if isinstance(data, memoryview):
@@ -531,6 +538,8 @@ def decode_spike_batch(data: bytes | bytearray | memoryview) -> SpikeBatch:
         raise PayloadError("spike batch header: n_steps is 0")
     if t0 + n_steps > 1 << 64:
         raise PayloadError(f"spike batch header: t0 + n_steps = {t0 + n_steps} overflows u64")
+    if limits is not None:
+        limits.check(n_units, n_steps, t0, n_records)
     dtype = _WIDE if flags & SPIKE_FLAG_WIDE else _NARROW
     expected = SPIKE_HEADER.size + n_records * dtype.itemsize
     if size != expected:
@@ -557,6 +566,99 @@ def decode_spike_batch(data: bytes | bytearray | memoryview) -> SpikeBatch:
             raise PayloadError(f"spike record {i}: before record {i - 1} in (step, unit) order (unsorted)")
     return SpikeBatch(t0=t0, n_steps=n_steps, n_units=n_units, steps=steps, units=units,
                       population=population, version=version)
+
+
+# ---------------------------------------------------------------------------
+# Receiving spike batches: bounds and the timeline rule (docs/mqtt.md, "Receiving spike batches")
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLimits:
+    """What a receiver accepts in one spike batch; a batch beyond any bound is a :class:`PayloadError`
+    (the ``mqtt:`` source counts it as malformed), checked from the header before any array exists."""
+
+    max_steps: int = 10_000      #: steps per batch (10 s at 1 ms steps)
+    max_records: int = 1 << 20   #: spikes per batch (also the core's limit per step)
+    max_units: int = 65536       #: header n_units (the core's SW_MAX_INPUTS)
+    max_t_end: int = 1 << 53     #: t0 + n_steps (285,000 years at 1 ms; exact in a float64)
+
+    def check(self, n_units: int, n_steps: int, t0: int, n_records: int) -> None:
+        if n_steps > self.max_steps:
+            raise PayloadError(f"spike batch header: n_steps {n_steps} exceeds this receiver's {self.max_steps}")
+        if n_records > self.max_records:
+            raise PayloadError(f"spike batch header: {n_records} records exceed this receiver's {self.max_records}")
+        if n_units > self.max_units:
+            raise PayloadError(f"spike batch header: n_units {n_units} exceeds this receiver's {self.max_units}")
+        if t0 + n_steps > self.max_t_end:
+            raise PayloadError(f"spike batch header: t0 + n_steps = {t0 + n_steps} beyond this receiver's "
+                               f"{self.max_t_end}")
+
+
+class Placement(NamedTuple):
+    """Where a batch goes: ``accept`` it after ``gap`` empty steps, or drop it (late);
+    ``resync`` names why the timeline was reset (None: it was not)."""
+
+    accept: bool
+    gap: int
+    resync: str | None
+
+
+class SpikeTimeline:
+    """The receiving rule for one stream of spike batches, by their ``t0`` (no I/O).
+
+    Let ``next`` be the step after the last accepted batch.
+
+    * the first batch is accepted and sets the timeline;
+    * ``t0 == next``: accepted; ``next < t0 <= next + max_gap_steps``: accepted after
+      ``t0 - next`` empty steps (a short loss on the way is filled, stream time stays true);
+    * ``t0 > next + max_gap_steps``: accepted, and the timeline **resyncs** to it
+      (``"jump"``, no empty steps are made up);
+    * ``t0 < next`` (late: a duplicate, reordered or overlapping batch): dropped, unless it is
+      more than ``max_gap_steps`` behind (``"back"``: the producer restarted, or the batch
+      before was a bogus jump ahead) or it is the ``resync_after``-th late batch in a row
+      (``"late"``: a producer restarted recently): then it is accepted and the timeline resyncs.
+
+    So one bad ``t0`` costs at most two resyncs and never stalls the stream; a restarted
+    producer is followed at once, or after ``resync_after`` batches if it restarted less
+    than ``max_gap_steps`` ago.
+    """
+
+    def __init__(self, max_gap_steps: int = 1000, resync_after: int = 8):
+        if max_gap_steps < 0 or resync_after < 1:
+            raise ValueError("max_gap_steps must be >= 0 and resync_after >= 1")
+        self.max_gap_steps = int(max_gap_steps)
+        self.resync_after = int(resync_after)
+        self.next_t0: int | None = None
+        self.late_run = 0
+
+    def place(self, t0: int, n_steps: int) -> Placement:
+        nxt = self.next_t0
+        if nxt is None:
+            p = Placement(True, 0, None)
+        elif t0 >= nxt:
+            gap = t0 - nxt
+            p = Placement(True, gap, None) if gap <= self.max_gap_steps else Placement(True, 0, "jump")
+        elif nxt - t0 > self.max_gap_steps:
+            p = Placement(True, 0, "back")
+        elif self.late_run + 1 >= self.resync_after:
+            p = Placement(True, 0, "late")
+        else:
+            self.late_run += 1
+            return Placement(False, 0, None)
+        self.late_run = 0
+        self.next_t0 = t0 + n_steps
+        return p
+
+
+def batch_events(batch: SpikeBatch, gap: int = 0) -> "tuple[np.ndarray, np.ndarray]":
+    """CSR ``(indptr, channels)`` of ``gap`` empty steps followed by the batch's steps
+    (allocates ``gap + n_steps + 1`` indices: bound both first)."""
+    T = gap + batch.n_steps
+    counts = np.bincount(batch.steps.astype(np.int64) + gap, minlength=T)
+    indptr = np.zeros(T + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, batch.units.astype(np.int32)
 
 
 # ---------------------------------------------------------------------------

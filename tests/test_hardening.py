@@ -89,3 +89,149 @@ def test_deep_or_huge_control_json_is_answered_and_counted(mqtt_broker):
     assert all(len(json.dumps(r)) < 300 for r in replies)  # no payload echoed back
     assert counters["control_received"] == 5 and counters["control_errors"] == 4
     assert counters["reconnects"] == 0  # the session was never dropped
+
+
+# --- spike batches on the mqtt: source (items 1 and 4) -------------------------------
+
+import struct  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spikewire.mqtt import MqttSpikeSource  # noqa: E402
+from spikewire.wire import SPIKE_HEADER, SPIKE_MAGIC, BatchLimits, SpikeTimeline, encode_spike_batch  # noqa: E402
+
+
+def header(n_units=64, n_steps=10, t0=0, n_records=0, flags=0):
+    return SPIKE_HEADER.pack(SPIKE_MAGIC, 1, flags, 0, n_units, n_steps, t0, n_records)
+
+
+def source(**kw):
+    return MqttSpikeSource("t/in", "mqtt://127.0.0.1:1/x", n_in=16, **kw)  # never connects here
+
+
+def fed(src, payload):
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        blk = src.handle_payload(payload)
+        return blk, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("payload, why", [
+    (header(n_steps=2**32 - 1), "n_steps 4294967295 exceeds"),  # 28 bytes that ended the process (#12)
+    (header(n_steps=1_000_000), "n_steps 1000000 exceeds"),    # accepted before: stream time jumped an hour
+    (header(n_units=2**32 - 1), "n_units 4294967295 exceeds"),
+    (header(t0=2**60), "beyond this receiver's 9007199254740992"),
+    (header(n_records=2**21, flags=1) + bytes(8 * 2**21), "2097152 records exceed"),
+])
+def test_batches_beyond_the_bounds_are_malformed_before_allocating(payload, why, caplog):
+    src = source()
+    blk, peak = fed(src, payload)
+    assert blk is None and src.counters["malformed"] == 1 and src.counters["steps"] == 0
+    assert peak < 2 * len(payload) + 65536, f"{peak} bytes for a {len(payload)}-byte batch"
+    assert why in caplog.text
+
+
+def test_timeline_rule():
+    tl = SpikeTimeline(max_gap_steps=100, resync_after=3)
+    seq = [(0, 10), (10, 10), (25, 10), (500, 10), (510, 10), (505, 10), (0, 10), (10, 10),
+           (15, 5), (15, 5), (15, 5), (20, 5)]
+    got = [tuple(tl.place(t0, n)) for t0, n in seq]
+    assert got == [
+        (True, 0, None),      # first
+        (True, 0, None),      # next
+        (True, 5, None),      # a gap of 5 is filled
+        (True, 0, "jump"),    # 465 > 100 ahead: resync
+        (True, 0, None),
+        (False, 0, None),     # late (duplicate/overlap): dropped
+        (True, 0, "back"),    # 520 behind: the producer restarted
+        (True, 0, None),
+        (False, 0, None), (False, 0, None),  # two late in a row: dropped
+        (True, 0, "late"),    # the third in a row: resync (a restart less than max_gap_steps ago)
+        (True, 0, None),
+    ]
+    with pytest.raises(ValueError):
+        SpikeTimeline(resync_after=0)
+
+
+def test_a_producer_restart_or_a_bogus_t0_never_stalls_the_source():
+    src = source(max_gap_steps=1000)
+    ok = lambda t0: encode_spike_batch(t0, 10, [0, 9], [1, 2], n_units=16)  # noqa: E731
+    for t0 in range(0, 100, 10):
+        assert src.handle_payload(ok(t0)) is not None
+    # one batch with a huge t0 (within the bounds), then the producer goes on as before
+    assert src.handle_payload(ok(2**50)) is not None
+    assert all(src.handle_payload(ok(t0)) is not None for t0 in range(100, 200, 10))
+    assert src.counters["resyncs"] == 2 and src.counters["late"] == 0
+    # the producer restarts at t0 = 0 (it had sent 200 steps: less than max_gap_steps behind)
+    blocks = [src.handle_payload(ok(t0)) for t0 in range(0, 200, 10)]
+    assert [b is None for b in blocks[:7]] == [True] * 7 and all(b is not None for b in blocks[7:])
+    assert src.counters["late"] == 7 and src.counters["resyncs"] == 3  # resync_after = 8
+    assert src.counters["batches"] == 10 + 1 + 10 + 13 and src.counters["steps"] == 34 * 10
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["ok", "late", "jump", "back", "bad", "huge"]),
+                          st.integers(1, 50)), max_size=60))
+def test_any_sequence_keeps_the_source_bounded_and_following(events):
+    """Whatever arrives, every block is bounded (at most max_gap_steps + max_steps steps), every payload
+    is counted exactly once, and a producer that then sends in order is always followed again."""
+    src = source(max_gap_steps=200, limits=BatchLimits(max_steps=64))
+    t = 0
+    n = 0
+    for kind, k in events:
+        t0 = {"ok": t, "late": max(t - k, 0), "jump": t + 1000 * k, "back": max(t - 5000, 0),
+              "bad": t, "huge": 2**52 + k}[kind]
+        payload = encode_spike_batch(t0, k, [0], [k % 16], n_units=16) if kind != "bad" else \
+            header(n_steps=2**31) + b""
+        blk = src.handle_payload(payload)
+        n += 1
+        if blk is not None:
+            assert blk.events.n_steps <= 200 + 64
+        if kind == "ok":
+            t += k
+    c = src.counters
+    assert c["batches"] + c["late"] + c["malformed"] + c["bad_units"] == n
+    # a producer sending in order from a fresh t0 is followed within resync_after batches
+    start = 10**9
+    got = [src.handle_payload(encode_spike_batch(start + 10 * i, 10, [], [], n_units=16)) for i in range(20)]
+    assert all(b is not None for b in got[8:])
+
+
+def test_hostile_batches_through_a_real_broker_leave_the_pipeline_running(tiny_model_path, mqtt_broker):
+    from spikewire.pipeline import Pipeline
+    from spikewire.sinks import StdoutSink
+    import io
+
+    topic = f"swtest/{uuid.uuid4().hex[:8]}/in"
+    good = [encode_spike_batch(100 * i, 100, np.arange(100), np.arange(100) % 16, n_units=16) for i in range(5)]
+
+    async def go():
+        src = MqttSpikeSource(topic, mqtt_broker.url("x"))
+        pipe = Pipeline(str(tiny_model_path), src, [StdoutSink(io.StringIO())], metrics_interval=0)
+        task = asyncio.create_task(pipe.run())
+        async with asyncio.timeout(10):
+            while src.subscribed is None or not src.subscribed.is_set():
+                await asyncio.sleep(0.01)
+        async with aiomqtt.Client(**mqtt_broker.client_kwargs()) as c:
+            await c.publish(topic, good[0], qos=1)
+            await c.publish(topic, header(n_units=64, n_steps=2**32 - 1), qos=1)   # the 28-byte killer
+            await c.publish(topic, good[1], qos=1)
+            await c.publish(topic, encode_spike_batch(2**40, 5, [0], [1], n_units=16), qos=1)  # bogus t0
+            for g in good[2:]:
+                await c.publish(topic, g, qos=1)
+        async with asyncio.timeout(10):
+            while src.counters["batches"] + src.counters["malformed"] < 6:
+                await asyncio.sleep(0.01)
+        pipe.request_stop()
+        return await task, src.counters
+
+    final, counters = run(go())
+    assert counters["malformed"] == 1 and counters["batches"] == 6 and counters["resyncs"] == 2
+    assert counters["late"] == 0 and counters["steps"] == 5 * 100 + 5
+    assert final["steps"] == 505  # every good batch reached the core; stream time did not jump
