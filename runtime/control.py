@@ -1,11 +1,13 @@
-"""The control protocol: requests ``{"cmd": NAME, "id": ID, **args}``, replies ``{id, ok, error?, result?}``
-and the registry of command handlers. Not MQTT: any channel that carries JSON payloads (the MQTT sink's
-``control`` topic today) hands them to :meth:`CommandRegistry.handle`. The payloads are specified in
-``docs/mqtt.md`` ("Control"), the pipeline's commands in ``docs/runtime.md``.
+"""The control protocol: requests ``{"cmd": NAME, "id": ID, **args}``, replies ``{id, ok, error?, result?}``,
+the registry of command handlers, and :class:`ControlChannel`, one door into the registry per place
+requests come from. Not MQTT: whatever carries the JSON payloads (the MQTT sink's ``control`` topic
+today) hands them to a :class:`ControlChannel` (or, one at a time, to :meth:`CommandRegistry.handle`).
+The payloads are specified in ``docs/mqtt.md`` ("Control"), the pipeline's commands in ``docs/runtime.md``.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import json
@@ -19,6 +21,7 @@ __all__ = [
     "CommandError",
     "CommandRegistry",
     "CommandSpec",
+    "ControlChannel",
     "ControlCommand",
     "ControlPayloadError",
     "encode_reply",
@@ -196,3 +199,74 @@ class CommandRegistry:
         except ControlPayloadError as exc:
             return encode_reply(exc.request_id, False, error=str(exc))
         return await self.execute(command, timeout=timeout)
+
+
+class ControlChannel:
+    """One door into a :class:`CommandRegistry`: raw payloads from one place (the MQTT ``control`` topic,
+    a line on a pipe, ...) in, encoded replies out through ``reply``.
+
+    :meth:`submit` (event-loop thread only; never blocks, never raises) parses and validates at
+    once: a malformed or invalid request is answered right away and counted in ``control_errors``.
+    A valid one waits in a queue of ``queue`` commands; when it is full the request is answered
+    ``busy`` and counted in ``dropped_commands``. :meth:`run` executes them one at a time, in arrival
+    order ("pause" then "resume" must not overtake each other), each bounded by ``timeout`` seconds.
+
+    ``counts`` gets ``control_received``, ``control_errors`` and ``dropped_commands``; pass the
+    owner's counter dict to have them there.
+    """
+
+    def __init__(self, registry: CommandRegistry, reply: Callable[[bytes], None], *, name: str = "control",
+                 queue: int = 16, timeout: float | None = 10.0, counts: dict[str, int] | None = None) -> None:
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
+            raise ValueError(f"control queue must be a positive integer, got {queue!r}")
+        self.registry = registry
+        self.name = name
+        self._reply = reply
+        self._cap = queue
+        self._timeout = timeout
+        self._pending: collections.deque[ControlCommand] = collections.deque()
+        self._ready: asyncio.Event | None = None
+        self.counts = counts if counts is not None else {}
+        for key in ("control_received", "control_errors", "dropped_commands"):
+            self.counts.setdefault(key, 0)
+
+    def submit(self, payload: bytes | str) -> None:
+        """Take one raw request; malformed, invalid or over-capacity ones are answered at once."""
+        self.counts["control_received"] += 1
+        try:
+            command = parse_control(payload)
+        except ControlPayloadError as exc:
+            self.counts["control_errors"] += 1
+            log.warning("%s: malformed control payload: %s", self.name, exc)
+            self._reply(encode_reply(exc.request_id, False, error=str(exc)))
+            return
+        try:
+            self.registry.validate(command)
+        except CommandError as exc:
+            self.counts["control_errors"] += 1
+            log.warning("%s: rejected control command: %s", self.name, exc)
+            self._reply(encode_reply(command.id, False, error=str(exc)))
+            return
+        if len(self._pending) >= self._cap:
+            self.counts["dropped_commands"] += 1
+            self._reply(encode_reply(command.id, False, error=f"busy: {self._cap} commands pending"))
+            return
+        self._pending.append(command)
+        if self._ready is not None:
+            self._ready.set()
+
+    @property
+    def pending(self) -> int:
+        """Commands accepted and not yet started."""
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Execute queued commands one at a time until cancelled (start it once per channel)."""
+        self._ready = asyncio.Event()
+        while True:
+            while not self._pending:
+                self._ready.clear()
+                await self._ready.wait()
+            command = self._pending.popleft()
+            log.info("%s: control command %r (id=%r)", self.name, command.cmd, command.id)
+            self._reply(await self.registry.execute(command, timeout=self._timeout))

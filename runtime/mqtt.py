@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .control import (
+from .control import (  # noqa: F401  (re-exported for old imports)
     ArgType,
     CommandError,
     CommandRegistry,
     CommandSpec,
+    ControlChannel,
     ControlCommand,
     ControlPayloadError,
     encode_reply,
@@ -421,13 +422,11 @@ class MqttSink:
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._close_timeout = close_timeout
-        self._command_timeout = command_timeout
         self._keepalive = keepalive
         self._client_id = client_id or f"spikewire-{device_id}-{self.session[:6]}"
         self._kw_cap = keyword_buffer
         self._spike_cap = spike_queue
         self._reply_cap = reply_queue
-        self._command_cap = command_queue
 
         self._seq = 0
         self._kw: deque[_Keyword] = deque()
@@ -440,6 +439,8 @@ class MqttSink:
             "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
             "dropped_commands", "control_received", "control_errors", "reconnects", "connect_failures",
         ), 0)
+        self._control = ControlChannel(self.commands, self._queue_reply, name=f"mqtt {self.topics.control}",
+                                       queue=command_queue, timeout=command_timeout, counts=self._counts)
         self._reconnector = Reconnector(self.url, self._make_client, what=f"sink {device_id}",
                                         backoff=backoff, rng=rng, connect_timeout=connect_timeout,
                                         release_timeout=publish_timeout, counts=self._counts)
@@ -447,7 +448,6 @@ class MqttSink:
         self._connected: asyncio.Event | None = None
         self._close_requested: asyncio.Event | None = None
         self._first_attempt: asyncio.Future[Exception | None] | None = None
-        self._command_q: asyncio.Queue[ControlCommand] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -533,9 +533,8 @@ class MqttSink:
         self._connected = asyncio.Event()
         self._close_requested = asyncio.Event()
         self._first_attempt = asyncio.get_running_loop().create_future()
-        self._command_q = asyncio.Queue(self._command_cap)
         self._runner = asyncio.create_task(self._run(), name=f"mqtt-sink-{self.device_id}")
-        self._worker = asyncio.create_task(self._command_worker(), name=f"mqtt-commands-{self.device_id}")
+        self._worker = asyncio.create_task(self._control.run(), name=f"mqtt-commands-{self.device_id}")
         for task in (self._runner, self._worker):
             task.add_done_callback(_log_task_failure)
         try:
@@ -679,33 +678,7 @@ class MqttSink:
             log.warning("ignoring retained message on %s (control commands must not be retained)",
                         message.topic)
             return
-        self._counts["control_received"] += 1
-        payload = message.payload
-        try:
-            command = parse_control(payload)
-            self.commands.validate(command)
-        except ControlPayloadError as exc:
-            self._counts["control_errors"] += 1
-            log.warning("malformed control payload: %s", exc)
-            self._queue_reply(encode_reply(exc.request_id, False, error=str(exc)))
-            return
-        except CommandError as exc:
-            self._counts["control_errors"] += 1
-            log.warning("rejected control command: %s", exc)
-            self._queue_reply(encode_reply(command.id, False, error=str(exc)))
-            return
-        try:
-            self._command_q.put_nowait(command)
-        except asyncio.QueueFull:
-            self._counts["dropped_commands"] += 1
-            self._queue_reply(encode_reply(command.id, False, error=f"busy: {self._command_cap} commands pending"))
-
-    async def _command_worker(self) -> None:
-        # One at a time, in arrival order: "pause" then "resume" must not overtake each other.
-        while True:
-            command = await self._command_q.get()
-            log.info("control command %r (id=%r)", command.cmd, command.id)
-            self._queue_reply(await self.commands.execute(command, timeout=self._command_timeout))
+        self._control.submit(message.payload)
 
     async def _writer(self, client: Any) -> None:
         t = self._publish_timeout

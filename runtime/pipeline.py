@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .control import CommandError, CommandRegistry
+from .control import CommandError, CommandRegistry, ControlChannel
 from .decision import Decider
 from .events import Events
 from .frontend import FrontEnd
@@ -274,6 +274,13 @@ class Pipeline:
         r.register("reload", self.reload, optional={"path": str}, help="load a model (default: the current one)")
         r.register("snapshot", self.snapshot, optional={"path": str}, help="write core state + counters")
         r.register("status", self.status, help="the current metrics")
+
+    def control_channel(self, reply, *, name: str = "control", queue: int = 16,
+                        timeout: float | None = 10.0) -> ControlChannel:
+        """A new door into this pipeline's commands (one per place requests come from; the MQTT sink
+        opens its own over :attr:`commands`). ``reply(bytes)`` receives every encoded reply; run the
+        channel's :meth:`ControlChannel.run` in a task while it is in use."""
+        return ControlChannel(self.commands, reply, name=name, queue=queue, timeout=timeout)
 
     def pause(self) -> dict:
         if not self._paused:

@@ -114,3 +114,110 @@ def test_decode_json_object_is_the_one_network_parse_point():
         decode_json_object(b"{", "x payload")
     with pytest.raises(ControlPayloadError, match="must be a JSON object, got list"):
         decode_json_object(b"[1]", "x payload", ControlPayloadError)
+
+
+def _channel(queue: int = 2, timeout: float | None = 5.0):
+    from spikewire.control import ControlChannel
+
+    reg = CommandRegistry()
+    order: list = []
+    gate = asyncio.Event()
+
+    @reg.register("slow", required={"n": int})
+    async def slow(n):
+        order.append(("start", n))
+        await gate.wait()
+        return n
+
+    @reg.register("hang")
+    async def hang():
+        await asyncio.Event().wait()
+
+    replies: list = []
+    chan = ControlChannel(reg, lambda b: replies.append(json.loads(b)), name="test", queue=queue, timeout=timeout)
+    return chan, replies, order, gate
+
+
+def test_control_channel_answers_bad_requests_at_once_and_counts():
+    chan, replies, _, _ = _channel()
+    chan.submit(b"{")  # no loop needed: bad requests never reach the queue
+    chan.submit(b'{"id": 7, "cmd": "nope"}')
+    chan.submit(b'{"id": 8, "cmd": "slow", "n": "x"}')
+    chan.submit(b'{"id": 9, "cmd": "slow"}')
+    assert [r["id"] for r in replies] == [None, 7, 8, 9] and not any(r["ok"] for r in replies)
+    assert "not JSON" in replies[0]["error"] and "unknown cmd 'nope'" in replies[1]["error"]
+    assert "must be int" in replies[2]["error"] and "missing argument(s) n" in replies[3]["error"]
+    assert chan.counts == {"control_received": 4, "control_errors": 4, "dropped_commands": 0}
+    assert chan.pending == 0
+
+
+def test_control_channel_runs_in_order_one_at_a_time_and_refuses_when_full():
+    chan, replies, order, gate = _channel(queue=2)
+
+    async def go():
+        worker = asyncio.create_task(chan.run())
+        for n in range(2):
+            chan.submit(json.dumps({"id": n, "cmd": "slow", "n": n}))
+        while not order:  # the worker took command 0 and is inside it
+            await asyncio.sleep(0)
+        chan.submit(json.dumps({"id": 2, "cmd": "slow", "n": 2}))  # queued behind 1 (0 is running)
+        chan.submit(json.dumps({"id": 3, "cmd": "slow", "n": 3}))  # queue of 2 is full: busy
+        assert order == [("start", 0)]  # one at a time: 1 has not started while 0 runs
+        gate.set()
+        while len(replies) < 4:
+            await asyncio.sleep(0)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+    run(go())
+    assert replies[0] == {"id": 3, "ok": False, "error": "busy: 2 commands pending"}
+    assert [(r["id"], r["ok"], r.get("result")) for r in replies[1:]] == [(0, True, 0), (1, True, 1), (2, True, 2)]
+    assert order == [("start", 0), ("start", 1), ("start", 2)]
+    assert chan.counts == {"control_received": 4, "control_errors": 0, "dropped_commands": 1}
+
+
+def test_control_channel_times_out_a_hanging_command():
+    chan, replies, _, _ = _channel(timeout=0.05)
+
+    async def go():
+        worker = asyncio.create_task(chan.run())
+        chan.submit(b'{"id": "h", "cmd": "hang"}')
+        while not replies:
+            await asyncio.sleep(0.01)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+    run(go())
+    assert replies == [{"id": "h", "ok": False, "error": "hang: timed out after 0.05 s"}]
+
+
+def test_pipeline_control_channel_is_a_door_into_its_commands(tiny_model_path):
+    """A second door (not MQTT) on a running pipeline: pause/status/resume go through the same registry."""
+    from conftest import DIGITS_WAV
+
+    from spikewire.pipeline import Pipeline
+    from spikewire.sources import WavSource
+
+    pipe = Pipeline(str(tiny_model_path), WavSource(DIGITS_WAV, fast=False, speed=4.0), [], metrics_interval=0)
+    replies: list = []
+    chan = pipe.control_channel(lambda b: replies.append(json.loads(b)), name="pipe-test")
+    assert chan.registry is pipe.commands
+
+    async def go():
+        task = asyncio.create_task(pipe.run())
+        worker = asyncio.create_task(chan.run())
+        while not pipe._running:
+            await asyncio.sleep(0.01)
+        for i, cmd in enumerate(("pause", "status", "resume")):
+            chan.submit(json.dumps({"id": i, "cmd": cmd}))
+        while len(replies) < 3:
+            await asyncio.sleep(0.01)
+        pipe.request_stop()
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        return await task
+
+    run(go(), timeout=60)
+    assert [r["id"] for r in replies] == [0, 1, 2] and all(r["ok"] for r in replies), replies
+    assert replies[0]["result"]["paused"] is True and replies[2]["result"]["paused"] is False
+    assert replies[1]["result"]["paused"] is True  # status ran after pause, in order
