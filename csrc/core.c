@@ -34,8 +34,8 @@
 #endif
 
 #define SW_MAGIC 0x53574331u        /* "SWC1" */
-#define SW_STATE_MAGIC 0x53575354u  /* "SWST" */
-#define SW_STATE_VERSION 1u
+#define SW_STATE_MAGIC 0x54535753u  /* the bytes "SWST" as a little-endian u32 */
+#define SW_STATE_VERSION 2u
 #define SW_MAX_EVENTS_PER_STEP (1 << 20)
 
 /* One population as the LIF update sees it (views into struct sw_core). */
@@ -906,8 +906,50 @@ int sw_core_step(sw_core *c, const int32_t *channels, int32_t n_events,
 }
 
 /* ------------------------------------------------------------------ */
-/* state blobs: explicit little-endian, so a checkpoint written on one  */
-/* CPU loads on another.                                                */
+/* state blobs, version 2 (docs/model-format.md, "Core state blob"):    */
+/* explicit little-endian, so a checkpoint written on one CPU loads on  */
+/* another.                                                             */
+/*   header   magic "SWST" (u32), version 2 (u32), total length (u64)   */
+/*   sections tag (4 ASCII bytes), flags (u32, bit 0 = required),       */
+/*            payload length (u64), payload                             */
+/*   trailer  CRC-32 (IEEE 802.3, = zlib.crc32) of every byte before it */
+/* The core writes CORE and WGHT; a loader skips sections it does not   */
+/* know unless they are marked required.                                */
+
+#define SW_STATE_HDR 16
+#define SW_SEC_HDR 16
+#define SW_SEC_REQUIRED 1u
+#define SW_TAG(a, b, c, d) \
+    ((uint32_t)(a) | ((uint32_t)(b) << 8) | ((uint32_t)(c) << 16) | ((uint32_t)(d) << 24))
+#define SW_TAG_CORE SW_TAG('C', 'O', 'R', 'E')
+#define SW_TAG_WGHT SW_TAG('W', 'G', 'H', 'T')
+
+/* CRC-32, reflected polynomial 0xEDB88320, four bits at a time. */
+static const uint32_t crc_nibble[16] = {
+    0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
+    0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+    0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu};
+
+static uint32_t crc32_of(const uint8_t *p, int64_t n)
+{
+    uint32_t crc = 0xFFFFFFFFu;
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        crc = (crc >> 4) ^ crc_nibble[(crc ^ p[i]) & 0xFu];
+        crc = (crc >> 4) ^ crc_nibble[(crc ^ ((uint32_t)p[i] >> 4)) & 0xFu];
+    }
+    return crc ^ 0xFFFFFFFFu;
+}
+
+int sw_crc32(const uint8_t *buf, int64_t n, uint32_t *crc)
+{
+    if (!crc || (n > 0 && !buf))
+        return SW_E_NULL;
+    if (n < 0)
+        return SW_E_SIZE;
+    *crc = crc32_of(buf, n);
+    return SW_OK;
+}
 
 static uint8_t *put_u32(uint8_t *p, uint32_t v)
 {
@@ -943,11 +985,23 @@ static int16_t get_i16(const uint8_t *p)
     return (int16_t)(uint16_t)((uint16_t)p[0] | ((uint16_t)p[1] << 8));
 }
 
+/* CORE payload: n_in, n_hid, n_out (u32), steps (u64), hidden I, V (i16),
+ * refractory counters (u8), last step's spikes (u8 0/1), readout I, V (i16). */
+static int64_t core_len(const sw_core *c)
+{
+    return 12 + 8 + (int64_t)c->cfg.n_hid * (2 + 2 + 1 + 1) + (int64_t)c->cfg.n_out * (2 + 2);
+}
+
+/* WGHT payload: W_in, W_rec, W_out as int8, row-major. */
+static int64_t wght_len(const sw_core *c)
+{
+    int64_t nh = c->cfg.n_hid;
+    return (int64_t)c->cfg.n_in * nh + nh * nh + nh * (int64_t)c->cfg.n_out;
+}
+
 static int64_t state_size(const sw_core *c)
 {
-    int64_t nh = c->cfg.n_hid, no = c->cfg.n_out, ni = c->cfg.n_in;
-    /* header: magic, version, n_in, n_hid, n_out, steps(8) */
-    return 20 + 8 + nh * (2 + 2 + 1 + 1) + no * (2 + 2) + ni * nh + nh * nh + nh * no;
+    return SW_STATE_HDR + SW_SEC_HDR + core_len(c) + SW_SEC_HDR + wght_len(c) + 4;
 }
 
 int sw_core_state_size(const sw_core *c, int64_t *size)
@@ -975,6 +1029,10 @@ int sw_core_save_state(const sw_core *c, uint8_t *buf, int64_t size)
         return SW_E_BUFFER;
     p = put_u32(p, SW_STATE_MAGIC);
     p = put_u32(p, SW_STATE_VERSION);
+    p = put_u64(p, (uint64_t)size);
+    p = put_u32(p, SW_TAG_CORE);
+    p = put_u32(p, SW_SEC_REQUIRED);
+    p = put_u64(p, (uint64_t)core_len(c));
     p = put_u32(p, (uint32_t)c->cfg.n_in);
     p = put_u32(p, (uint32_t)c->cfg.n_hid);
     p = put_u32(p, (uint32_t)c->cfg.n_out);
@@ -988,64 +1046,101 @@ int sw_core_save_state(const sw_core *c, uint8_t *buf, int64_t size)
     p += c->cfg.n_hid;
     for (j = 0; j < c->cfg.n_out; j++) p = put_i16(p, c->o_I[j]);
     for (j = 0; j < c->cfg.n_out; j++) p = put_i16(p, c->o_V[j]);
+    p = put_u32(p, SW_TAG_WGHT);
+    p = put_u32(p, SW_SEC_REQUIRED);
+    p = put_u64(p, (uint64_t)wght_len(c));
     nw = (int64_t)c->cfg.n_in * c->cfg.n_hid;
     for (i = 0; i < nw; i++) *p++ = (uint8_t)c->w_in[i];
     nw = (int64_t)c->cfg.n_hid * c->cfg.n_hid;
     for (i = 0; i < nw; i++) *p++ = (uint8_t)c->w_rec[i];
     nw = (int64_t)c->cfg.n_hid * c->cfg.n_out;
     for (i = 0; i < nw; i++) *p++ = (uint8_t)c->w_out[i];
+    put_u32(p, crc32_of(buf, size - 4));
     return SW_OK;
+}
+
+static int state_error(sw_core *c, const char *msg)
+{
+    c->last_error = msg;
+    return SW_E_STATE;
 }
 
 int sw_core_load_state(sw_core *c, const uint8_t *buf, int64_t size)
 {
     int32_t j, nz;
     int64_t i, nw, steps;
-    const uint8_t *p, *ref, *zmap, *w;
+    uint64_t off, end;
+    const uint8_t *p, *core = NULL, *wght = NULL, *ref, *zmap;
     int s = live(c);
     const int32_t nh = c ? c->cfg.n_hid : 0;
     if (s != SW_OK)
         return s;
     if (!buf)
         return SW_E_NULL;
-    if (size != state_size(c)) {
-        c->last_error = "state blob has the wrong size for this core";
-        return SW_E_STATE;
+    /* framing: header, length, checksum, sections */
+    if (size < SW_STATE_HDR + 4)
+        return state_error(c, "state blob is too short for its header");
+    if (get_u32(buf) != SW_STATE_MAGIC)
+        return state_error(c, "not a spikewire state blob (bad magic)");
+    if (get_u32(buf + 4) == 1u)
+        return state_error(c, "state blob version 1 (no checksum, before ABI 2) is not read by this "
+                              "library; save the state again with this version");
+    if (get_u32(buf + 4) != SW_STATE_VERSION)
+        return state_error(c, "state blob has an unknown version (this library reads version 2)");
+    if (get_u64(buf + 8) != (uint64_t)size)
+        return state_error(c, "state blob length field does not match its size (truncated or padded)");
+    if (crc32_of(buf, size - 4) != get_u32(buf + size - 4))
+        return state_error(c, "state blob checksum (CRC-32) does not match: the blob is corrupt");
+    off = SW_STATE_HDR;
+    end = (uint64_t)size - 4;
+    while (off < end) {
+        uint32_t tag, flags;
+        uint64_t len;
+        if (end - off < SW_SEC_HDR)
+            return state_error(c, "state blob ends inside a section header");
+        tag = get_u32(buf + off);
+        flags = get_u32(buf + off + 4);
+        len = get_u64(buf + off + 8);
+        if (flags & ~SW_SEC_REQUIRED)
+            return state_error(c, "state blob section has unknown flags");
+        if (len > end - off - SW_SEC_HDR)
+            return state_error(c, "state blob section runs past the end of the blob");
+        if (tag == SW_TAG_CORE || tag == SW_TAG_WGHT) {
+            const uint8_t **slot = tag == SW_TAG_CORE ? &core : &wght;
+            int64_t want = tag == SW_TAG_CORE ? core_len(c) : wght_len(c);
+            if (*slot)
+                return state_error(c, "state blob has a CORE or WGHT section twice");
+            if (len != (uint64_t)want)
+                return state_error(c, "state blob was saved from a core of other sizes "
+                                      "(CORE or WGHT section length)");
+            *slot = buf + off + SW_SEC_HDR;
+        } else if (flags & SW_SEC_REQUIRED) {
+            return state_error(c, "state blob has a required section this library does not know");
+        }
+        off += SW_SEC_HDR + len;
     }
-    if (get_u32(buf) != SW_STATE_MAGIC || get_u32(buf + 4) != SW_STATE_VERSION) {
-        c->last_error = "state blob has a bad magic or version";
-        return SW_E_STATE;
-    }
-    if (get_u32(buf + 8) != (uint32_t)c->cfg.n_in || get_u32(buf + 12) != (uint32_t)nh ||
-        get_u32(buf + 16) != (uint32_t)c->cfg.n_out) {
-        c->last_error = "state blob was saved from a core of other sizes";
-        return SW_E_STATE;
-    }
-    steps = (int64_t)get_u64(buf + 20);
-    if (steps < 0 || steps > max_steps(c)) {
-        c->last_error = "state blob has a step count outside 0..the step limit";
-        return SW_E_STATE;
-    }
-    /* validate everything before writing anything */
-    ref = buf + 28 + 4 * (int64_t)nh;
+    if (!core || !wght)
+        return state_error(c, "state blob lacks its CORE or WGHT section");
+    /* contents: validate everything before writing anything */
+    if (get_u32(core) != (uint32_t)c->cfg.n_in || get_u32(core + 4) != (uint32_t)nh ||
+        get_u32(core + 8) != (uint32_t)c->cfg.n_out)
+        return state_error(c, "state blob was saved from a core of other sizes");
+    steps = (int64_t)get_u64(core + 12);
+    if (steps < 0 || steps > max_steps(c))
+        return state_error(c, "state blob has a step count outside 0..the step limit");
+    ref = core + 20 + 4 * (int64_t)nh;
     zmap = ref + nh;
-    w = zmap + nh + 4 * (int64_t)c->cfg.n_out;
-    for (j = 0; j < nh; j++) {
-        if (ref[j] > c->cfg.t_ref || zmap[j] > 1) {
-            c->last_error = "state blob has a refractory counter or spike flag out of range";
-            return SW_E_STATE;
-        }
-    }
-    nw = (int64_t)c->cfg.n_in * nh + (int64_t)nh * nh + (int64_t)nh * c->cfg.n_out;
+    for (j = 0; j < nh; j++)
+        if (ref[j] > c->cfg.t_ref || zmap[j] > 1)
+            return state_error(c, "state blob has a refractory counter or spike flag out of range");
+    nw = wght_len(c);
     for (i = 0; i < nw; i++) {
-        int8_t v = (int8_t)w[i];
-        if (v < -SW_WEIGHT_MAX || v > SW_WEIGHT_MAX) {
-            c->last_error = "state blob has a weight outside -63..63";
-            return SW_E_STATE;
-        }
+        int8_t v = (int8_t)wght[i];
+        if (v < -SW_WEIGHT_MAX || v > SW_WEIGHT_MAX)
+            return state_error(c, "state blob has a weight outside -63..63");
     }
     c->steps = steps;
-    p = buf + 28;
+    p = core + 20;
     for (j = 0; j < nh; j++, p += 2) c->h_I[j] = get_i16(p);
     for (j = 0; j < nh; j++, p += 2) c->h_V[j] = get_i16(p);
     for (j = 0; j < nh; j++) c->h_ref[j] = *p++;
@@ -1056,6 +1151,7 @@ int sw_core_load_state(sw_core *c, const uint8_t *buf, int64_t size)
     p += nh;
     for (j = 0; j < c->cfg.n_out; j++, p += 2) c->o_I[j] = get_i16(p);
     for (j = 0; j < c->cfg.n_out; j++, p += 2) c->o_V[j] = get_i16(p);
+    p = wght;
     nw = (int64_t)c->cfg.n_in * nh;
     for (i = 0; i < nw; i++) c->w_in[i] = (int8_t)*p++;
     nw = (int64_t)nh * nh;

@@ -188,9 +188,20 @@ int sw_core_run_ex(sw_core *core, int32_t T, const int64_t *indptr,
 int sw_core_set_kernel(sw_core *core, int32_t kernel);
 
 /* ---- state (checkpoints) ---------------------------------------------- */
+/*
+ * The state blob, version 2 (docs/model-format.md, "Core state blob"):
+ * header "SWST", version, length; tagged sections (tag, flags with bit 0 =
+ * required, length, payload): the core writes CORE and WGHT; CRC-32 of all
+ * bytes before the 4-byte trailer.  Load checks everything before writing
+ * anything (SW_E_STATE, sw_core_last_error says what): version 1 blobs,
+ * any corruption, other sizes and unknown required sections are refused;
+ * unknown optional sections are skipped (room for later state).
+ */
 int sw_core_state_size(const sw_core *core, int64_t *size);
 int sw_core_save_state(const sw_core *core, uint8_t *buf, int64_t size);
 int sw_core_load_state(sw_core *core, const uint8_t *buf, int64_t size);
+/* CRC-32 of n bytes (IEEE 802.3, the same as zlib.crc32). */
+int sw_crc32(const uint8_t *buf, int64_t n, uint32_t *crc);
 
 /* Raw views for debugging and tests (copies). */
 int sw_core_get_membrane(const sw_core *core, int32_t pop, int16_t *v, int32_t n);

@@ -370,7 +370,8 @@ class Core:
     # -- state ----------------------------------------------------------------
     def save_state(self) -> bytes:
         """The full state (currents, membranes, refractory counters, last spikes,
-        step counter, weights) as a portable little-endian blob."""
+        step counter, weights) as a portable little-endian blob, version 2 with a
+        CRC-32 (docs/model-format.md; :mod:`spikewire.stateblob` reads and extends it)."""
         with self._guard():
             ptr = self._live()
             size = _ffi.new("int64_t *")
@@ -381,7 +382,11 @@ class Core:
         return buf.tobytes()
 
     def load_state(self, blob: bytes) -> None:
-        """Restore a blob from :meth:`save_state` of a core with the same config."""
+        """Restore a blob from :meth:`save_state` of a core with the same sizes.
+
+        Everything is checked before anything is written: a corrupt blob (CRC), a
+        version-1 blob, other sizes or an unknown required section raise
+        :class:`CoreInputError` naming the problem; unknown optional sections are skipped."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise TypeError(f"state must be bytes, got {type(blob).__name__}")
         buf = np.frombuffer(bytes(blob), np.uint8)

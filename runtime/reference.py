@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import stateblob
 from .config import CoreConfig, FixedPopulation, splitmix64_at
 
 _I64 = np.int64
@@ -151,3 +152,43 @@ class ReferenceCore:
             sizes = (c.n_hid,) * 5 + (c.n_out,) * 2
             return StepEx(*(np.zeros((0, n), dt) for n, dt in zip(sizes, _EX_DTYPES)))
         return StepEx(*(np.stack(x) for x in zip(*outs)))
+
+    # -- state: the same version-2 blob as sw_core_save_state (runtime/stateblob.py) --
+    def save_state(self) -> bytes:
+        c = self.config
+        core = stateblob.CoreSection(c.n_in, c.n_hid, c.n_out, self.steps, self.h_I, self.h_V,
+                                     self.h_ref, self.z, self.o_I, self.o_V)
+        w = self.w_in.tobytes() + self.w_rec.tobytes() + self.w_out.tobytes()
+        return stateblob.build([stateblob.Section(stateblob.CORE, True, stateblob.encode_core(core)),
+                                stateblob.Section(stateblob.WGHT, True, w)])
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore a blob of this core's sizes; the checks of sw_core_load_state, in Python."""
+        c = self.config
+        secs = {}
+        for s in stateblob.parse(blob):
+            if s.tag in (stateblob.CORE, stateblob.WGHT):
+                secs[s.tag] = s.payload
+            elif s.required:
+                raise stateblob.StateBlobError(f"state blob has a required section {s.tag!r} this version does not know")
+        if set(secs) != {stateblob.CORE, stateblob.WGHT}:
+            raise stateblob.StateBlobError("state blob lacks its CORE or WGHT section")
+        core = stateblob.decode_core(secs[stateblob.CORE])
+        nw = c.n_in * c.n_hid + c.n_hid * c.n_hid + c.n_hid * c.n_out
+        if (core.n_in, core.n_hid, core.n_out) != (c.n_in, c.n_hid, c.n_out) or len(secs[stateblob.WGHT]) != nw:
+            raise stateblob.StateBlobError("state blob was saved from a core of other sizes")
+        if not 0 <= core.steps <= self.max_steps:
+            raise stateblob.StateBlobError("state blob has a step count outside 0..the step limit")
+        if (core.h_ref > c.t_ref_steps).any() or (core.z > 1).any():
+            raise stateblob.StateBlobError("state blob has a refractory counter or spike flag out of range")
+        w = np.frombuffer(secs[stateblob.WGHT], np.int8)
+        if w.size and np.abs(w.astype(_I64)).max() > 63:
+            raise stateblob.StateBlobError("state blob has a weight outside -63..63")
+        a, b = c.n_in * c.n_hid, c.n_in * c.n_hid + c.n_hid * c.n_hid
+        self.w_in = w[:a].reshape(c.n_in, c.n_hid).copy()
+        self.w_rec = w[a:b].reshape(c.n_hid, c.n_hid).copy()
+        self.w_out = w[b:].reshape(c.n_hid, c.n_out).copy()
+        self.steps = core.steps
+        self.h_I, self.h_V = core.h_I.astype(_I64), core.h_V.astype(_I64)
+        self.h_ref, self.z = core.h_ref.astype(_I64), core.z.astype(bool)
+        self.o_I, self.o_V = core.o_I.astype(_I64), core.o_V.astype(_I64)

@@ -300,7 +300,7 @@ def test_c_status_reaches_python_for_bad_state(small):
     with pytest.raises(CoreError, match="bad magic"):
         small.load_state(bytes(blob))
     other = Core(CoreConfig(n_in=5, n_hid=3, n_out=2))
-    with pytest.raises(CoreError, match="wrong size"):
+    with pytest.raises(CoreError, match="other sizes"):
         other.load_state(small.save_state())
     with pytest.raises(TypeError):
         small.load_state("not bytes")

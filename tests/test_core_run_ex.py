@@ -130,6 +130,16 @@ def test_binding_with_another_abi_version_fails_clearly_at_creation(monkeypatch)
     assert _tiny().run_ex(np.zeros((2, 3), np.int64)).n_spikes == 0  # the right version creates
 
 
+def _with_steps(blob: bytes, steps: int) -> bytes:
+    """The blob with its step counter (CORE payload bytes 12..20) set, CRC recomputed."""
+    from spikewire import stateblob
+    secs = stateblob.parse(blob)
+    core = bytearray(secs[0].payload)
+    assert secs[0].tag == "CORE"
+    core[12:20] = steps.to_bytes(8, "little")
+    return stateblob.build([stateblob.Section("CORE", True, bytes(core))] + secs[1:])
+
+
 @pytest.mark.parametrize("n_hid", [1, 5, 256])
 def test_step_counter_limit_refuses_to_step_past_it(n_hid):
     """At min(2^63-1, (2^64-1)//n_hid) steps a core refuses the next step (the noise counter
@@ -139,9 +149,8 @@ def test_step_counter_limit_refuses_to_step_past_it(n_hid):
     limit = max_steps(n_hid)
     assert limit == (2**63 - 1 if n_hid == 1 else (2**64 - 1) // n_hid)
     core = _tiny(n_hid=n_hid)
-    blob = bytearray(core.save_state())
-    blob[20:28] = (limit - 1).to_bytes(8, "little")  # v1 blob: the step counter at offset 20
-    core.load_state(bytes(blob))
+    blob = core.save_state()
+    core.load_state(_with_steps(blob, limit - 1))
     core.step([0])
     assert core.steps == limit
     with pytest.raises(CoreLimitError, match="step counter would pass its limit"):
@@ -149,14 +158,13 @@ def test_step_counter_limit_refuses_to_step_past_it(n_hid):
     with pytest.raises(CoreLimitError):
         core.run_ex(np.zeros((1, 3), np.int64))
     assert core.steps == limit  # refused: nothing ran
-    blob[20:28] = (limit + 1).to_bytes(8, "little")
     with pytest.raises(ValueError, match="step count outside"):
-        core.load_state(bytes(blob))
+        core.load_state(_with_steps(blob, limit + 1))
     core.reset()
     core.step([0])
     assert core.steps == 1
     ref = ReferenceCore(core.config, *core.params)
-    ref.steps = limit - 1
+    ref.load_state(_with_steps(blob, limit - 1))
     ref.step([0])
     with pytest.raises(OverflowError, match="step counter at its limit"):
         ref.step([0])

@@ -88,3 +88,4 @@ def test_numpy_reference_matches_golden(cfg, pops, w, ev, n_spk, h_out, h_state)
     out = ref.run(ev.indptr, ev.channels)
     assert int(out[0].sum()) == n_spk
     assert output_hash(*out) == h_out
+    assert fnv1a64(ref.save_state()) == h_state  # the reference writes the same state blob

@@ -369,9 +369,35 @@ static void test_malformed(void)
     blob[0] ^= 0xFF;
     CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE, "bad magic");
     blob[0] ^= 0xFF;
-    blob[size - 1] = 100; /* last weight out of range */
-    CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE, "weight out of range in state");
+    {
+        uint32_t crc;
+        blob[size - 5] = 100; /* the last weight out of range, behind a valid CRC */
+        sw_crc32(blob, size - 4, &crc);
+        blob[size - 4] = (uint8_t)crc; blob[size - 3] = (uint8_t)(crc >> 8);
+        blob[size - 2] = (uint8_t)(crc >> 16); blob[size - 1] = (uint8_t)(crc >> 24);
+        CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE &&
+              strstr(sw_core_last_error(core), "weight outside") != NULL, "weight out of range in state");
+    }
     CHECK(sw_core_load_state(core, NULL, size) == SW_E_NULL, "NULL state");
+    {
+        /* state blob v2: every single-bit flip is refused (CRC-32), the intact blob loads */
+        int64_t bit, refused = 0;
+        uint32_t crc = 0;
+        CHECK(sw_core_save_state(core, blob, size) == SW_OK, "save again");
+        for (bit = 0; bit < size * 8; bit++) {
+            blob[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            refused += sw_core_load_state(core, blob, size) == SW_E_STATE;
+            blob[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        }
+        CHECK(refused == size * 8, "state blob: %lld of %lld single-bit flips refused",
+              (long long)refused, (long long)(size * 8));
+        CHECK(sw_core_load_state(core, blob, size) == SW_OK, "intact blob loads");
+        CHECK(sw_crc32((const uint8_t *)"123456789", 9, &crc) == SW_OK && crc == 0xCBF43926u,
+              "CRC-32 check value");
+        blob[4] = 1; /* version 1 */
+        CHECK(sw_core_load_state(core, blob, size) == SW_E_STATE &&
+              strstr(sw_core_last_error(core), "version 1") != NULL, "version 1 blob refused by name");
+    }
     CHECK(sw_core_get_membrane(core, 5, ov, 4) == SW_E_PARAM, "bad population");
     CHECK(sw_core_get_membrane(core, SW_POP_HIDDEN, ov, 3) == SW_E_SIZE, "bad membrane count");
     /* NULL / dead contexts */
