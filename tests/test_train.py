@@ -14,7 +14,7 @@ from spikewire.config import gain_q15  # noqa: E402
 from spikewire.decision import classify  # noqa: E402
 from spikewire.events import Events  # noqa: E402
 from spikewire.model import load  # noqa: E402
-from spikewire.tools.augment import _noise  # noqa: E402
+from spikewire.tools.noise import unit_rms  # noqa: E402
 from spikewire.tools import train as T  # noqa: E402
 
 VOCAB = ["low", "high"]
@@ -173,7 +173,7 @@ def test_augmentation_context_and_noise_are_deterministic(tmp_path):
         np.testing.assert_array_equal(y, T.in_context(tone, 8000, np.random.default_rng(seed), sp))
     assert len(lens) == 6
     for color in ("white", "pink", "brown"):
-        n = _noise(np.random.default_rng(0), 4000, color)
+        n = unit_rms(np.random.default_rng(0), 4000, color)
         assert abs(np.sqrt(np.mean(n ** 2)) - 1) < 1e-6
 
 

@@ -7,21 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from .noise import COLOURS, unit_rms
 from .recipe import TrainConfig
-
-
-def _noise(rng: np.random.Generator, n: int, color: str) -> np.ndarray:
-    """Unit-RMS white / pink (1/f power) / brown (1/f^2 power) noise."""
-    w = rng.standard_normal(n)
-    if color != "white" and n > 1:
-        spec = np.fft.rfft(w)
-        f = np.arange(spec.shape[0], dtype=np.float64)
-        f[0] = 1.0
-        spec = spec / (np.sqrt(f) if color == "pink" else f)
-        spec[0] = 0.0
-        w = np.fft.irfft(spec, n)
-    rms = np.sqrt(np.mean(w ** 2)) if n else 1.0
-    return w / (rms + 1e-12)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -44,18 +31,18 @@ def in_context(x: np.ndarray, rate: int, rng: np.random.Generator, cfg: TrainCon
     if rng.random() < p:
         lo, hi = cfg.snr_db if snr_db is None else snr_db
         snr = rng.uniform(lo, hi)
-        color = ("white", "pink", "brown")[int(rng.integers(3))]
+        color = COLOURS[int(rng.integers(3))]
         level = _rms(x) * gain / (10 ** (snr / 20))
-        y = y + level * _noise(rng, y.shape[0], color)
+        y = y + level * unit_rms(rng, y.shape[0], color)
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
 def noise_segment(rng: np.random.Generator, rate: int = 8000) -> np.ndarray:
     """A background segment: coloured noise at a random level (-70..-15 dBFS RMS), 0.3-1.0 s."""
     n = int(rng.uniform(0.3, 1.0) * rate)
-    color = ("white", "pink", "brown")[int(rng.integers(3))]
+    color = COLOURS[int(rng.integers(3))]
     level = 10 ** (rng.uniform(-70.0, -15.0) / 20)
-    y = level * _noise(rng, n, color)
+    y = level * unit_rms(rng, n, color)
     if rng.random() < 0.3:  # a level change in the middle (doors, fans switching)
         k = int(rng.integers(n // 4, 3 * n // 4))
         y[k:] *= 10 ** (rng.uniform(-20, 20) / 20)

@@ -16,6 +16,7 @@ from spikewire.config import fixed_params
 from spikewire.decision import DecisionConfig
 from spikewire.events import Events
 from spikewire.model import Model
+from spikewire.reference import cadc
 
 from .recipe import TrainConfig
 from .trainer import evaluate_torch, set_mode
@@ -34,7 +35,9 @@ def _git_commit() -> str:
 
 
 def _cadc(scores_v: np.ndarray, base: int, shift: int) -> np.ndarray:
-    return np.clip(np.floor_divide(np.floor(scores_v).astype(np.int64) - base, 1 << shift), 0, 255)
+    """The core's CADC codes (:func:`spikewire.reference.cadc`) of membrane values from torch
+    (whole numbers in fixed mode; floored first so float ones round like the core's integers)."""
+    return cadc(np.floor(scores_v), base, shift).astype(np.int64)
 
 
 def _classify_codes(codes: np.ndarray, n_words: int, threshold: int) -> np.ndarray:

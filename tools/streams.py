@@ -16,6 +16,7 @@ from spikewire.model import Model
 
 from .datasets import Utterance
 from .errors import EvalError
+from .noise import at_level
 
 
 #: Streaming defaults (documented in docs/evaluation.md).
@@ -53,20 +54,11 @@ class Stream:
 def make_noise(n: int, kind: str, level_db: Optional[float], rng: np.random.Generator) -> np.ndarray:
     """``n`` samples of white or pink (1/f power) Gaussian noise with RMS ``level_db`` dBFS
     (0 dBFS = RMS 1.0); ``level_db=None`` or ``kind="none"`` gives silence."""
+    if kind not in ("pink", "white", "none"):
+        raise EvalError(f"noise kind must be 'pink', 'white' or 'none', got {kind!r}")
     if kind == "none" or level_db is None or n == 0:
         return np.zeros(n, np.float32)
-    w = rng.standard_normal(n)
-    if kind == "pink":
-        spec = np.fft.rfft(w)
-        f = np.arange(spec.shape[0], dtype=np.float64)
-        f[0] = 1.0
-        spec /= np.sqrt(f)
-        spec[0] = 0.0
-        w = np.fft.irfft(spec, n)
-    elif kind != "white":
-        raise EvalError(f"noise kind must be 'pink', 'white' or 'none', got {kind!r}")
-    rms = float(np.sqrt(np.mean(w * w))) or 1.0
-    return (w * (10.0 ** (level_db / 20.0) / rms)).astype(np.float32)
+    return at_level(rng, n, kind, level_db)
 
 
 def resample(x: np.ndarray, rate: int, to: int, half_width: int = 16, beta: float = 8.0) -> np.ndarray:
