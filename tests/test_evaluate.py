@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -310,6 +311,8 @@ def test_cli_json_offline(capsys, model_file, data):
     assert r["model"] == "tiny" and r["n"] == 6 and r["accuracy"] == pytest.approx(4 / 6)
     assert r["confusion"] == [[2, 1, 0], [0, 2, 1]] and r["false_accept_rate"] == 0.5
     assert set(r["per_speaker"]) == {"alice", "bob"}
+    # progress goes to stderr (plain lines: not a tty), never into the JSON on stdout
+    assert re.fullmatch(r"offline files: 8/8 100% .* left 00:00", err.splitlines()[-1])
     rc, text, _ = run_cli(capsys, "--model", model_file, "--data", data, "--split", "test")
     assert rc == 0 and "accuracy: 66.7 %" in text and "rejected" in text and "50.0 % (1/2)" in text
 
@@ -323,6 +326,7 @@ def test_cli_stream_and_calibrate(capsys, model_file, clean, tmp_path):
                 "n_false_alarms"):
         assert key in r
     assert r["hit_rate"] == 1.0 and r["mode"] == "stream"
+    assert re.fullmatch(r"stream \(seed 2\) blocks: (\d+)/\1 100% .* left 00:00", err.splitlines()[-1])
     rc, _, err = run_cli(capsys, "--model", model_file, "--data", clean, "--split", "test", "--calibrate",
                          "--out", tmp_path / "x.swm")
     assert rc == 2 and "test split" in err and not (tmp_path / "x.swm").exists()
@@ -331,6 +335,10 @@ def test_cli_stream_and_calibrate(capsys, model_file, clean, tmp_path):
                            "--min-steps", "3", "--json")
     assert rc == 0, err
     assert json.loads(out)["met_target"] and Model.load(tmp_path / "x.swm").metrics["calibration"]
+    # 2 thresholds x 1 margin x 1 min_steps x the default 7 hold_steps x 8 peaks
+    assert "calibration sweep (segment rule) points: 112/112 100%" in err
+    assert re.search(r"stream \(seed 0\) blocks: (\d+)/\1 100%", err)
+    assert re.fullmatch(r"offline files: 6/6 100% .* left 00:00", err.splitlines()[-1])
 
 
 def test_cli_mismatch_runs(capsys, model_file, data):

@@ -43,9 +43,13 @@ def _cfg(tmp_path, tone_folder, out="run", **kw) -> T.TrainConfig:
     return T.TrainConfig(**base)
 
 
-def test_tiny_training_lowers_the_loss(tmp_path, tone_folder):
+def test_tiny_training_lowers_the_loss(tmp_path, tone_folder, capsys):
     cfg = _cfg(tmp_path, tone_folder, epochs=5, float_epochs=3)
-    res = T.train(cfg, vocabulary=VOCAB)
+    res = T.train(cfg, vocabulary=VOCAB, progress=True)
+    # progress on stderr: plain lines (not a tty) with rate and time left, the last at the end
+    err = capsys.readouterr().err.splitlines()
+    assert [ln.split()[1] for ln in err] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert err[-1].startswith("train: 5/5 100% ") and err[-1].endswith(" left 00:00")
     h = res["history"]
     assert [r["mode"] for r in h] == ["float"] * 3 + ["fixed"] * 2
     assert h[-1]["loss"] < h[0]["loss"]
@@ -126,7 +130,7 @@ def test_coarse_steps_and_per_neuron_time_constants_ship_in_the_model(tmp_path, 
         T.neuron_params(dataclasses.replace(cfg, tau_mem_range_ms=(50.0, 10.0)), res["core"])
 
 
-def test_leave_one_speaker_out_trains_without_each_speaker(tmp_path):
+def test_leave_one_speaker_out_trains_without_each_speaker(tmp_path, capsys):
     rec = tmp_path / "fsdd" / "recordings"
     rec.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -139,7 +143,9 @@ def test_leave_one_speaker_out_trains_without_each_speaker(tmp_path):
     cfg = T.TrainConfig(data=str(tmp_path / "fsdd"), out=str(tmp_path / "loso"), cache=str(tmp_path / "cache"),
                         seed=1, epochs=2, float_epochs=1, batch_size=8, n_hid=16, variants=1, max_ms=500.0,
                         pre_ms=(0, 50), post_ms=(50, 50), n_noise=2, espeak_per_word=0, threads=2, step_ms=4.0)
-    summary = T.leave_one_speaker_out(cfg, "tones")
+    summary = T.leave_one_speaker_out(cfg, "tones", progress=True)
+    folds = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("leave-one-speaker-out folds")]
+    assert [ln.split()[2] for ln in folds] == ["1/2", "2/2"]  # a line per fold (the last one at the end)
     assert sorted(summary["per_speaker"]) == ["ann", "bob"]
     for spk, r in summary["per_speaker"].items():
         assert r["fsdd_test_n"] == 12  # every recording of the held-out speaker, both splits

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from spikewire.config import Chip
 from spikewire.decision import DecisionConfig, decide_offline_fast, segments, select_segments
 from spikewire.model import Model
+from spikewire.progress import Progress
 
 from .datasets import Utterance
 from .errors import EvalError
@@ -67,12 +68,13 @@ def _row(cfg: DecisionConfig, keys: Sequence[str], scores: Sequence[dict]) -> di
 
 
 def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
-          tolerance_s: float = TOLERANCE_S, rule: Optional[str] = None) -> list[dict]:
+          tolerance_s: float = TOLERANCE_S, rule: Optional[str] = None, progress: bool = False) -> list[dict]:
     """Score every point of the ``rule``'s ``grid`` (default: the model's rule and
     :data:`GRIDS`) on pre-computed CADC runs (``[(cadc, Stream)]``, from
     :func:`evaluate_stream` with ``keep_cadc``).  The other decision fields
     (``refractory_ms``, ``max_steps``, ``offline_reject``) stay the model's.
-    The keywords of every point are exactly the streaming Decider's."""
+    The keywords of every point are exactly the streaming Decider's.  ``progress``: points done,
+    rate and time left on stderr."""
     rule = rule or model.decision.rule
     if rule not in GRIDS:
         raise EvalError(f"unknown decision rule {rule!r}")
@@ -80,6 +82,19 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
     keys = list(g)
     step_ms = model.frontend.step_ms
     base = dataclasses.replace(model.decision, rule=rule)
+    n_points = 1
+    for values in g.values():
+        n_points *= len(values)
+    bar = Progress(n_points, f"calibration sweep ({rule} rule) points") if progress else None
+    rows = _sweep(runs, model, g, keys, base, step_ms, tolerance_s, rule, bar)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def _sweep(runs, model: Model, g: dict, keys: list, base: DecisionConfig, step_ms: float, tolerance_s: float,
+           rule: str, bar: Optional[Progress]) -> list[dict]:
+    """:func:`sweep`'s loop (``bar`` counts the points)."""
     rows = []
     if rule == "run":
         for th, mg, ms in itertools.product(g["threshold"], g["margin"], g["min_steps"]):
@@ -87,6 +102,8 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
             rows.append(_row(cfg, keys, [
                 score_stream(decide_offline_fast(c, model.vocabulary, model.has_none_unit, cfg, step_ms),
                              s.segments, s.duration_s, tolerance_s) for c, s in runs]))
+            if bar is not None:
+                bar.update()
         return rows
     # segment rule: the segments depend on (threshold, hold_steps) only; the rest filters them
     for th, hold in itertools.product(g["threshold"], g["hold_steps"]):
@@ -97,6 +114,8 @@ def sweep(runs: Sequence[tuple], model: Model, grid: Optional[dict] = None,
             rows.append(_row(cfg, keys, [
                 score_stream(select_segments(sg, model.vocabulary, cfg, step_ms), s.segments, s.duration_s,
                              tolerance_s) for sg, (_, s) in zip(segs, runs)]))
+            if bar is not None:
+                bar.update()
     return rows
 
 
@@ -138,11 +157,12 @@ def calibrate(model: Model, utterances: Sequence[Utterance], seed: int = 0, repe
               noise: str = NOISE_KIND, noise_db: Optional[float] = NOISE_DB, gap_s: tuple = GAP_S,
               tolerance_s: float = TOLERANCE_S, chip: Optional[Chip] = None,
               offline: bool = True, rule: Optional[str] = None,
-              max_false_accept: Optional[float] = None) -> tuple[Model, dict]:
+              max_false_accept: Optional[float] = None, progress: bool = False) -> tuple[Model, dict]:
     """Choose the parameters of the decision ``rule`` (default: the model's) on a
     streaming run over ``utterances`` (which must not contain test-split
     files).  Returns the calibrated copy of the model (its
-    ``metrics["calibration"]`` holds the results) and the report."""
+    ``metrics["calibration"]`` holds the results) and the report.  ``progress``: bars for the
+    stream, the sweep and the offline pass on stderr."""
     rule = rule or model.decision.rule
     if rule not in GRIDS:
         raise EvalError(f"unknown decision rule {rule!r}")
@@ -152,9 +172,9 @@ def calibrate(model: Model, utterances: Sequence[Utterance], seed: int = 0, repe
     if not any(u.split == "train" for u in utterances):
         log.warning("calibration data has no FSDD split information; make sure it is not your test set")
     ev = evaluate_stream(model, utterances, seed, repeat, noise, noise_db, gap_s, tolerance_s, chip=chip,
-                         keep_cadc=True)
+                         keep_cadc=True, progress=progress)
     runs = ev.pop("_cadc")
-    rows = sweep(runs, model, grid, tolerance_s, rule)
+    rows = sweep(runs, model, grid, tolerance_s, rule, progress=progress)
     best, met = choose_operating_point(rows, max_fa_per_hour, max_false_accept)
     new_dec = dataclasses.replace(model.decision, rule=rule, **{k: best[k] for k in g})
     before = ev  # the real streaming run (Decider in blocks) with the model's own decision config
@@ -178,7 +198,7 @@ def calibrate(model: Model, utterances: Sequence[Utterance], seed: int = 0, repe
         "n_points": len(rows),
     }
     if offline:
-        results, _ = evaluate_files(model, utterances, chip)
+        results, _ = evaluate_files(model, utterances, chip, progress=progress)
         report["offline_before"] = _brief(offline_metrics(results, model.vocabulary))
         report["offline_after"] = _brief(offline_metrics(reclassify(results, model, new_dec), model.vocabulary))
     top = sorted(rows, key=lambda r: (-(r["hit_rate"] or 0), r["false_alarms_per_hour"] or 0))[:10]

@@ -115,16 +115,16 @@ def run(args) -> dict:
                     raise EvalError(f"calibration grid for {key} must be comma-separated integers, got {val!r}") from None
         new, rep = calibrate(model, utts, args.seed, args.repeat, opt("max_fa_per_hour", MAX_FA_PER_HOUR), grid,
                              noise, noise_db, gap, tol, chip, rule=getattr(args, "rule", None),
-                             max_false_accept=getattr(args, "max_false_accept", None))
+                             max_false_accept=getattr(args, "max_false_accept", None), progress=True)
         new.save(args.out)
         rep["out"] = str(args.out)
         return {**base, **rep}
     if args.stream:
         rep = evaluate_stream(model, utts, args.seed, args.repeat, noise, noise_db, gap, tol,
-                              opt("block_ms", BLOCK_MS), chip)
+                              opt("block_ms", BLOCK_MS), chip, progress=True)
         return {**base, "mode": "stream", **rep}
     rep, _, example = evaluate_offline(model, utts, chip, per_speaker=args.per_speaker,
-                                       keep_example=bool(args.plot))
+                                       keep_example=bool(args.plot), progress=True)
     out = {**base, "mode": "offline", **rep, "decision": dataclasses.asdict(model.decision)}
     if args.plot:
         plot_offline(args.plot, out, example, model)

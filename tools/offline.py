@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -14,11 +13,11 @@ from spikewire.config import Chip
 from spikewire.decision import DecisionConfig, classify
 from spikewire.frontend import encode
 from spikewire.model import Model
+from spikewire.progress import Progress
 
 from .datasets import Utterance, select
 from .errors import EvalError
 
-log = logging.getLogger(__name__)
 
 
 REJECTED = "rejected"
@@ -51,21 +50,25 @@ def classify_file(model: Model, core, utt: Utterance, keep: bool = False):
 
 
 def evaluate_files(model: Model, utterances: Sequence[Utterance], chip: Optional[Chip] = None,
-                   keep_first: bool = False):
+                   keep_first: bool = False, progress: bool = False):
     """Classify every utterance. Returns ``(results, example)``; ``example`` is
-    ``(utterance, events, RunOutput)`` of the first file when ``keep_first``."""
+    ``(utterance, events, RunOutput)`` of the first file when ``keep_first``.
+    ``progress``: files done, rate and time left on stderr."""
     core = model.make_core(chip)
     results, example = [], None
+    bar = Progress(len(utterances), "offline files") if progress else None
     try:
         for i, u in enumerate(utterances):
             res, kept = classify_file(model, core, u, keep=keep_first and i == 0)
             if kept is not None:
                 example = (u, *kept)
             results.append(res)
-            if (i + 1) % 250 == 0:
-                log.info("offline: %d/%d files", i + 1, len(utterances))
+            if bar is not None:
+                bar.update()
     finally:
         core.close()
+        if bar is not None:
+            bar.close()
     return results, example
 
 
@@ -153,9 +156,10 @@ def leave_one_speaker_out(utterances: Sequence[Utterance],
 
 
 def evaluate_offline(model: Model, utterances: Sequence[Utterance], chip: Optional[Chip] = None,
-                     per_speaker: bool = False, keep_example: bool = False) -> tuple[dict, list, object]:
+                     per_speaker: bool = False, keep_example: bool = False,
+                     progress: bool = False) -> tuple[dict, list, object]:
     """Offline report dict, the per-file results, and the example run (or None)."""
-    results, example = evaluate_files(model, utterances, chip, keep_first=keep_example)
+    results, example = evaluate_files(model, utterances, chip, keep_first=keep_example, progress=progress)
     report = offline_metrics(results, model.vocabulary)
     if per_speaker:
         report["per_speaker"] = per_speaker_metrics(results, model.vocabulary)

@@ -111,8 +111,9 @@ def _public(score: dict) -> dict:
 def evaluate_stream(model: Model, utterances: Sequence[Utterance], seed: int = 0, repeat: int = 1,
                     noise: str = NOISE_KIND, noise_db: Optional[float] = NOISE_DB, gap_s: tuple = GAP_S,
                     tolerance_s: float = TOLERANCE_S, block_ms: float = BLOCK_MS,
-                    chip: Optional[Chip] = None, keep_cadc: bool = False) -> dict:
-    """Run ``repeat`` streams (seeds ``seed .. seed + repeat - 1``) and score them.
+                    chip: Optional[Chip] = None, keep_cadc: bool = False, progress: bool = False) -> dict:
+    """Run ``repeat`` streams (seeds ``seed .. seed + repeat - 1``) and score them
+    (``progress``: a bar per stream on stderr).
 
     Returns the merged score plus ``runs`` (one score per stream) and, with
     ``keep_cadc``, ``_cadc`` (list of ``(cadc, Stream)``; not JSON).
@@ -122,7 +123,7 @@ def evaluate_stream(model: Model, utterances: Sequence[Utterance], seed: int = 0
     runs, kept, false_alarms = [], [], []
     for r in range(repeat):
         s = build_stream(utterances, seed + r, gap_s, noise, noise_db)
-        kws, cadc = run_stream(model, s, block_ms, chip)
+        kws, cadc = run_stream(model, s, block_ms, chip, progress=progress)
         sc = score_stream(kws, s.segments, s.duration_s, tolerance_s)
         sc["seed"] = seed + r
         runs.append(sc)

@@ -13,6 +13,7 @@ from spikewire.config import Chip
 from spikewire.decision import DecisionConfig, Keyword
 from spikewire.frontend import FrontEnd
 from spikewire.model import Model
+from spikewire.progress import Progress
 
 from .datasets import Utterance
 from .errors import EvalError
@@ -127,9 +128,10 @@ def build_stream(utterances: Sequence[Utterance], seed: int, gap_s: tuple = GAP_
 
 
 def run_stream(model: Model, stream: Stream, block_ms: float = BLOCK_MS, chip: Optional[Chip] = None,
-               decision: Optional[DecisionConfig] = None) -> tuple[list[Keyword], np.ndarray]:
+               decision: Optional[DecisionConfig] = None, progress: bool = False) -> tuple[list[Keyword], np.ndarray]:
     """Stream the recording through FrontEnd -> core -> Decider in ``block_ms`` blocks
-    (state carried over, never reset). Returns the keywords and the CADC codes [T x n_units]."""
+    (state carried over, never reset). Returns the keywords and the CADC codes [T x n_units].
+    ``progress``: blocks done, rate and time left on stderr."""
     fe = FrontEnd(model.frontend, stream.rate)
     core = model.make_core(chip)
     dec = model.decider(decision)
@@ -137,9 +139,13 @@ def run_stream(model: Model, stream: Stream, block_ms: float = BLOCK_MS, chip: O
     keywords: list[Keyword] = []
     cadc = []
     x = stream.samples
+    starts = range(0, len(x) + block, block)  # the last pass flushes the front end
+    bar = Progress(len(starts), f"stream (seed {stream.seed}) blocks") if progress else None
     try:
         core.reset()
-        for i in range(0, len(x) + block, block):  # the last pass flushes the front end
+        for i in starts:
+            if bar is not None:
+                bar.update()
             ev = fe.process(x[i:i + block]) if i < len(x) else fe.flush()
             if ev.n_steps == 0:
                 continue
@@ -149,5 +155,7 @@ def run_stream(model: Model, stream: Stream, block_ms: float = BLOCK_MS, chip: O
         keywords.extend(dec.flush())
     finally:
         core.close()
+        if bar is not None:
+            bar.close()
     codes = np.concatenate(cadc) if cadc else np.zeros((0, len(model.labels)), np.uint8)
     return keywords, codes

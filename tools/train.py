@@ -128,11 +128,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
     if a.leave_one_speaker_out:
-        summary = leave_one_speaker_out(cfg, a.name)
+        summary = leave_one_speaker_out(cfg, a.name, progress=True)
         log.info("leave-one-speaker-out: %s", json.dumps(summary, indent=1))
         return 0
     t0 = time.time()
-    res = train(cfg, resume=a.resume, data=data)
+    res = train(cfg, resume=a.resume, data=data, progress=True)
     path = Path(a.model) if a.model else out / f"{a.name}.swm"
     model = export_model(res, cfg, path, a.name)
     log.info("wrote %s in %.1f s total", path, time.time() - t0)

@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,6 +16,8 @@ import numpy as np
 
 from spikewire.config import Chip, CoreConfig, FixedPopulation, decay_q15, fixed_params, gain_q15
 from spikewire.frontend import FrontEndConfig
+
+from spikewire.progress import Progress
 
 from .datasets import DIGIT_WORDS
 from .recipe import TrainConfig, frontend_config
@@ -128,11 +129,12 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
           fe: Optional[FrontEndConfig] = None, vocabulary: Sequence[str] = DIGIT_WORDS,
-          max_batches: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
+          max_batches: Optional[int] = None, stop_after: Optional[int] = None, progress: bool = False) -> dict:
     """Train; returns {"net", "data", "history", "core", "fe"}.
 
     ``max_batches`` caps batches per epoch (tests); ``stop_after`` ends this call after that
-    many epochs (an interruption: ``resume=True`` continues from the checkpoint).
+    many epochs (an interruption: ``resume=True`` continues from the checkpoint).  ``progress``:
+    epochs done, rate and time left on stderr (a bar with the batch and loss on a terminal).
     """
     import torch
 
@@ -168,6 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
         per_epoch = min(per_epoch, max_batches)
     total = per_epoch * cfg.epochs
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    bar = Progress(max(end - start, 0), "train") if progress else None
     for epoch in range(start, end):
         t0 = time.time()
         mode = mode_of_epoch(cfg, epoch)
@@ -212,10 +215,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
                             ema[k].mul_(cfg.ema).add_(p.detach(), alpha=1.0 - cfg.ema)
             for k, val in m.items():
                 agg[k] = agg.get(k, 0.0) + val * len(idx)
-            if sys.stderr.isatty():
-                print(f"\r  epoch {epoch + 1} batch {bi + 1}/{len(bl)} loss {m['loss']:.3f}", end="", file=sys.stderr)
-        if sys.stderr.isatty():
-            print("\r", end="", file=sys.stderr)
+            if bar is not None and bar.tty:
+                bar.desc = f"train epoch {epoch + 1}/{cfg.epochs} batch {bi + 1}/{len(bl)} loss {m['loss']:.3f}"
+                bar.update(0)
+        if bar is not None:
+            bar.clear()
         n = sum(len(i) for i in bl)
         rec = {k: v_ / n for k, v_ in agg.items()}
         rec.update(epoch=epoch, mode=net.mode, lr=_lr_at(cfg, step, total), time_s=time.time() - t0)
@@ -232,6 +236,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history,
                     "step": step, "config": cfg.to_dict(), "ema": ema}, tmp)
         os.replace(tmp, ckpt)
+        if bar is not None:
+            bar.desc = "train"
+            bar.update()
+    if bar is not None:
+        bar.close()
     if ema is not None:  # the averaged weights are the result
         _load_weights(net, ema)
     set_mode(net, "fixed")
