@@ -49,7 +49,8 @@ from spikewire.audio import read_wav
 from spikewire.frontend import FrontEndConfig
 from spikewire.tools.datasets import CORPORA, DIGIT_WORDS, Utterance, load_corpus
 from spikewire.tools.protocol import folds
-from spikewire.tools.augment import _noise, noise_segment
+from spikewire.tools.augment import noise_segment
+from spikewire.tools.noise import unit_rms as _noise
 from spikewire.tools.export import export_model
 from spikewire.tools.recipe import TrainConfig, frontend_config
 from spikewire.tools.trainer import train
