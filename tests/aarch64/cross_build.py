@@ -54,7 +54,7 @@ def build_extension(site: str, sysroot: str, work: str) -> str:
     if not os.path.isfile(os.path.join(pyinc, "Python.h")):
         raise SystemExit(f"cross_build: no arm64 Python headers at {pyinc} (libpython3.11-dev:arm64)")
     cmd = [CC, *b.PORTABLE_FLAGS, "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
-           "-DPy_LIMITED_API=0x030B0000", "-I", pyinc, "-idirafter", os.path.join(sysroot, "usr", "include"),
+           "-I", pyinc, "-idirafter", os.path.join(sysroot, "usr", "include"),
            *[f"-I{os.path.join(ROOT, d)}" for d in b.INCLUDE_DIRS], c_file,
            *[os.path.join(ROOT, s) for s in b.SOURCES], "-o", so]
     subprocess.run(cmd, check=True)
