@@ -74,11 +74,6 @@ def _start_mosquitto(tmp: Path) -> tuple[subprocess.Popen, int]:
             time.sleep(0.01)
 
 
-def _env() -> dict:
-    root = str(Path(__file__).resolve().parents[1])
-    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def _peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -125,8 +120,9 @@ async def _paced(model: str, wav: str, port: int, fast: bool) -> dict:
 
         listener = asyncio.create_task(listen())
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.bench_e2e", "--worker", model, wav, url, "fast" if fast else "paced",
-            stdout=asyncio.subprocess.PIPE, env=_env())
+            # the installed package, as the parent imported it (-P: never the working folder)
+            sys.executable, "-P", "-m", "spikewire.bench_e2e", "--worker", model, wav, url,
+            "fast" if fast else "paced", stdout=asyncio.subprocess.PIPE)
         entries: dict[int, float] = {}
         done = None
         async with asyncio.timeout(120):
@@ -136,7 +132,9 @@ async def _paced(model: str, wav: str, port: int, fast: bool) -> dict:
                     entries[doc["seq"]] = doc["t_in"]
                 else:
                     done = doc
-            await proc.wait()
+            if await proc.wait() != 0 or done is None:
+                raise RuntimeError(f"the e2e runtime process failed (exit status {proc.returncode}; "
+                                   "its error is printed above)")
             while len(received) < len(entries):
                 await asyncio.sleep(0.01)
         listener.cancel()

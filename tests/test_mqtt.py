@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -197,11 +196,10 @@ def test_last_will_on_crash(mqtt_broker, prefix):
 
     async def go():
         status = f"{prefix}/dev3/status"
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         async with Subscriber(mqtt_broker, status) as sub:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", SINK_SCRIPT, mqtt_broker.url(prefix), "dev3",
-                stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO)
+                sys.executable, "-P", "-c", SINK_SCRIPT, mqtt_broker.url(prefix), "dev3",
+                stdout=asyncio.subprocess.PIPE, cwd=REPO)
             try:
                 async with asyncio.timeout(10):
                     assert await proc.stdout.readline() == b"connected\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -213,9 +212,8 @@ def test_file_sink_round_trip(tiny_model_path, expected, tmp_path):
 
 
 def _cli(*args, input_bytes: bytes | None = None, timeout: float = 60.0, **kw):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "spikewire.cli", *args], input=input_bytes, capture_output=True,
-                          timeout=timeout, cwd=REPO, env=env, **kw)
+    return subprocess.run([sys.executable, "-P", "-m", "spikewire.cli", *args], input=input_bytes,
+                          capture_output=True, timeout=timeout, cwd=REPO, **kw)
 
 
 def test_stdin_source_via_cli(tiny_model_path, digits, expected):
@@ -262,10 +260,9 @@ def test_bad_inputs_give_clear_errors(tiny_model_path, tmp_path):
 
 def test_sigterm_drains_and_exits_cleanly(tiny_model_path, digits):
     x, rate = digits
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
+    p = subprocess.Popen([sys.executable, "-P", "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
                           "--source", "stdin", "--rate", str(rate), "--metrics-interval", "0"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     try:
         p.stdin.write(x[:rate * 3].astype("<i2").tobytes())  # 3 s, then the pipe stays open
         p.stdin.flush()
@@ -332,15 +329,14 @@ def test_mqtt_keywords_spikes_status(tiny_model_path, mqtt_broker, expected):
 
 def test_last_will_when_the_runtime_dies(tiny_model_path, mqtt_broker):
     prefix = "t-will"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
 
     async def go():
         async with Subscriber(mqtt_broker, [f"{prefix}/+/status"]) as sub:
-            p = subprocess.Popen([sys.executable, "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
+            p = subprocess.Popen([sys.executable, "-P", "-m", "spikewire.cli", "run", "--model", str(tiny_model_path),
                                   "--source", "stdin", "--rate", "8000", "--device-id", "doomed",
                                   "--sink", mqtt_broker.url(prefix)],
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 cwd=REPO, env=env)
+                                 cwd=REPO)
             try:
                 await sub.wait_for(lambda: b"online" in sub.on("doomed/status"), 20)
                 p.kill()  # no DISCONNECT: the broker publishes the will

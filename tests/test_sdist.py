@@ -45,3 +45,11 @@ def test_sdist_builds_installs_and_runs_demo(tmp_path):
     here = _run(sys.executable, "-P", "-c", code, cwd=tmp_path)
     events = [json.loads(line) for line in fresh.stdout.splitlines()]
     assert events and [json.loads(line) for line in here.stdout.splitlines()] == events
+
+    # `bench e2e` starts the runtime in a second process: it must find the installed package
+    # there too (it ran `-m runtime.bench_e2e` from the checkout, which an install does not have)
+    code = "import sys, spikewire.cli as c; sys.exit(c.main(['bench', 'e2e', '--json', 'e2e.json']))"
+    _run(sys.executable, "-P", "-c", code, env=env, cwd=tmp_path)
+    e2e = json.loads((tmp_path / "e2e.json").read_text())
+    assert "skipped" not in e2e, e2e
+    assert e2e["keywords"] > 0 and e2e["audio_s"] > 10 and e2e["dropped"]["in_flight"] == 0
