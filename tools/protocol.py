@@ -52,7 +52,7 @@ def speaker_rank_key(speaker: str, pool: str, seed: int = 0) -> str:
     return hashlib.sha256(f"{seed}:{pool}:{speaker}".encode("utf-8")).hexdigest()
 
 
-def _check(seed: int, fraction: float) -> None:
+def _check_seed_and_fraction(seed: int, fraction: float) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
@@ -62,7 +62,7 @@ def _check(seed: int, fraction: float) -> None:
 def validation_speakers(speakers: Iterable[str], pool: str, seed: int = 0,
                         fraction: float = DEFAULT_FRACTION) -> frozenset:
     """The validation speakers of one pool: the first ``round(n * fraction)`` by :func:`speaker_rank_key`."""
-    _check(seed, fraction)
+    _check_seed_and_fraction(seed, fraction)
     unique = set(speakers)
     if None in unique:
         raise ValueError(f"pool {pool!r}: an utterance without a speaker id cannot be split by speaker")
