@@ -436,6 +436,31 @@ int sw_learn_reset_traces(sw_learn *L)
     return SW_OK;
 }
 
+/* The spikes of the step before the next sw_learn_run's first step (0/1 each),
+ * e.g. the core's last spikes when learning starts in the middle of a stream. */
+int sw_learn_set_last_spikes(sw_learn *L, const uint8_t *z, int32_t n_hid)
+{
+    int32_t j;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (n_hid != L->cfg.n_hid) {
+        L->last_error = "last spikes have the wrong number of hidden neurons";
+        return SW_E_SIZE;
+    }
+    if (!z && n_hid > 0) {
+        L->last_error = "z is NULL";
+        return SW_E_NULL;
+    }
+    for (j = 0; j < n_hid; j++)
+        if (z[j] > 1) {
+            L->last_error = "spike flags must be 0 or 1";
+            return SW_E_PARAM;
+        }
+    if (n_hid)
+        memcpy(L->z_last, z, (size_t)n_hid);
+    return SW_OK;
+}
+
 int sw_learn_set_target(sw_learn *L, const int8_t *modes, int32_t n_out)
 {
     int32_t k;

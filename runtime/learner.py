@@ -186,6 +186,17 @@ class Learner:
             p = self._live()
             _rc(_lib.sw_learn_reset_traces(p), "cannot reset traces", p)
 
+    def set_last_spikes(self, z: np.ndarray) -> None:
+        """The hidden spikes of the step before the next :meth:`run` (0/1 [n_hid]); by default
+        they are the last step of the previous run (none after create / reset_traces)."""
+        z = np.ascontiguousarray(z, np.uint8)
+        if z.shape != (self.config.n_hid,):
+            raise ValueError(f"last spikes must have shape ({self.config.n_hid},), got {z.shape}")
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_set_last_spikes(p, _ffi.from_buffer("uint8_t[]", z), z.size),
+                "cannot set last spikes", p)
+
     def set_target(self, modes: np.ndarray) -> None:
         modes = np.ascontiguousarray(modes, np.int8)
         if modes.shape != (self.config.n_out,):

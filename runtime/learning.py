@@ -402,3 +402,50 @@ def run_reference(core: ReferenceCore, learner: ReferenceLearner, indptr: np.nda
         rec["refr"].append(refr)
         rec["y"].append(y)
     return {k: np.array(v) for k, v in rec.items()}
+
+
+class ReferenceLearningCore:
+    """The numpy spec of :class:`spikewire.learncore.LearningCore`: a ReferenceCore and a
+    ReferenceLearner stepped together, one :meth:`run` per stretch, with the same switches
+    (learning off at first; switching on zeroes the traces and takes the previous spikes and
+    refractory flags from the core; a commit at the end of each learning stretch)."""
+
+    def __init__(self, core: ReferenceCore, hid: FixedPopulation, out: FixedPopulation, lc: LearningConfig):
+        self.core = core
+        self.learner = ReferenceLearner(core.config, hid, out, lc,
+                                        {"in": core.w_in, "rec": core.w_rec, "out": core.w_out})
+        self.learning = False
+
+    def set_learning(self, on: bool) -> None:
+        if on and not self.learning:
+            self.learner.reset_traces()
+        self.learning = bool(on)
+
+    def set_target(self, modes: np.ndarray) -> None:
+        self.learner.set_target(modes)
+
+    def run(self, indptr: np.ndarray, channels: np.ndarray, commit: bool = True):
+        """One stretch over a CSR event list; returns the stacked StepEx of the core."""
+        n_in = self.core.config.n_in
+        outs = []
+        for t in range(len(indptr) - 1):
+            ch = np.asarray(channels[indptr[t]:indptr[t + 1]], np.int64)
+            z_prev, refr = self.core.z.copy(), self.core.h_ref > 0
+            o = self.core.step_ex(ch)
+            if self.learning:
+                self.learner.step(np.bincount(ch, minlength=n_in), z_prev, o.hid_v_pre, refr,
+                                  o.spikes.astype(bool), o.out_v)
+            outs.append(o)
+        if self.learning and commit and outs:
+            self.commit()
+        return outs
+
+    def commit(self) -> dict[str, np.ndarray]:
+        new = self.learner.commit()
+        for m, w in new.items():
+            setattr(self.core, {"in": "w_in", "rec": "w_rec", "out": "w_out"}[m], w.copy())
+        return new
+
+    def reset(self) -> None:
+        self.core.reset()
+        self.learner.reset_traces()

@@ -291,6 +291,10 @@ static void test_malformed(void)
     CHECK(sw_learn_run(L, 2, indptr, ch, 2, bad_z, v, z, y) == SW_E_PARAM, "spike flag 2");
     CHECK(sw_learn_run(L, 2, indptr, ch, 2, NULL, v, z, y) == SW_E_NULL, "NULL spikes");
     CHECK(sw_learn_run(L, -1, indptr, ch, 2, z, v, z, y) == SW_E_SIZE, "negative T");
+    CHECK(sw_learn_set_last_spikes(L, bad_z, 2) == SW_E_PARAM, "last spike flag 2");
+    CHECK(sw_learn_set_last_spikes(L, z, 3) == SW_E_SIZE, "last spikes count");
+    CHECK(sw_learn_set_last_spikes(L, NULL, 2) == SW_E_NULL, "NULL last spikes");
+    CHECK(sw_learn_set_last_spikes(L, z, 2) == SW_OK, "last spikes");
     {
         int64_t s = -1, k = -1;
         sw_learn_counters(L, &s, &k);
