@@ -22,7 +22,7 @@ The JSON object is the caller's header dict (it must contain an integer
 arrays were given.  :func:`load_container` returns the header without
 ``"arrays"``.
 
-Every failure to load (unreadable, truncated, wrong magic, wrong version,
+Every failure to load (unreadable, not a regular file, larger than ``max_bytes``, truncated, wrong magic, wrong version,
 checksum mismatch, bad UTF-8 or JSON, malformed or overlapping or
 out-of-bounds array table) raises :class:`ModelFileError` naming the path and
 the problem.  All sizes are checked against the real file size before any
@@ -37,6 +37,7 @@ import math
 import os
 import struct
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping, Union
 
@@ -47,6 +48,7 @@ __all__ = [
     "CONTAINER_VERSION",
     "DTYPES",
     "MAGIC",
+    "MAX_FILE_BYTES",
     "ModelFileError",
     "atomic_writer",
     "load_container",
@@ -62,9 +64,12 @@ DTYPES = ("int8", "uint8", "int16", "int32", "int64", "float32", "float64")
 _PREFIX = struct.Struct("<8sII")  # magic, version, header length
 _DIGEST_SIZE = 32
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: Default bound on a model file's size for :func:`load_container` (checked with ``fstat`` before reading).
+MAX_FILE_BYTES = 1 << 30
 _MAX_NDIM = 32
 _ENTRY_KEYS = frozenset({"name", "dtype", "shape", "offset", "nbytes"})
 _RESERVED_KEY = "arrays"
+_WRONG_MAGIC = f"not a spikewire model file (wrong magic number, expected {MAGIC!r})"
 
 
 class ModelFileError(ValueError):
@@ -187,8 +192,12 @@ def save_container(path: PathLike, header: Mapping[str, Any], arrays: Mapping[st
 # load
 
 
-def load_container(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load_container(path: PathLike, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and fully validate a model container.
+
+    The 16-byte prefix is checked first (a regular file of at most ``max_bytes``, the magic, the
+    container version, a header length that fits the file size); only then is the rest read.
+    A file that is not a spikewire model is refused without any of its bytes in the message.
 
     Returns
     -------
@@ -205,32 +214,20 @@ def load_container(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     """
     try:
         with open(path, "rb") as f:
-            raw = f.read()  # bounded by the real file size, never by a header field
+            raw = _read_checked(f, path, max_bytes)
     except OSError as e:
         raise ModelFileError(path, f"cannot read file: {e.strerror or e}") from e
 
     size = len(raw)
-    min_size = _PREFIX.size + _DIGEST_SIZE
-    if size < _PREFIX.size:
-        if not MAGIC.startswith(raw[: len(MAGIC)]):
-            raise ModelFileError(path, f"not a spikewire model file (magic {raw[:8]!r}, expected {MAGIC!r})")
-        raise ModelFileError(path, f"truncated: file is {size} bytes, a container is at least {min_size}")
-    magic, version, hlen = _PREFIX.unpack_from(raw)
-    if magic != MAGIC:
-        raise ModelFileError(path, f"not a spikewire model file (magic {magic!r}, expected {MAGIC!r})")
-    if version != CONTAINER_VERSION:
-        raise ModelFileError(path, f"unsupported container version {version} (this reader: {CONTAINER_VERSION})")
-    if size < min_size:
-        raise ModelFileError(path, f"truncated: file is {size} bytes, a container is at least {min_size}")
+    hlen = _PREFIX.unpack_from(raw)[2]  # checked against the size by _read_checked
     body_end = size - _DIGEST_SIZE
     stored = raw[body_end:]
     computed = hashlib.sha256(memoryview(raw)[:body_end]).digest()
     if stored != computed:
-        raise ModelFileError(path, f"checksum mismatch (stored sha256 {stored.hex()[:16]}..., computed "
-                                   f"{computed.hex()[:16]}...): file is corrupt or truncated")
+        # no digest bytes in the message: they are the file's last 32 bytes (replies must not carry file contents)
+        raise ModelFileError(path, "checksum mismatch (the stored SHA-256 differs from the file's): "
+                                   "file is corrupt or truncated")
     # From here on the bytes are what the writer wrote, or a crafted file: still check everything.
-    if hlen > body_end - _PREFIX.size:
-        raise ModelFileError(path, f"header length {hlen} exceeds the {body_end - _PREFIX.size} bytes available")
     data_start = _align(_PREFIX.size + hlen)
     if data_start > body_end:
         raise ModelFileError(path, f"data section start {data_start} is beyond the end of the data ({body_end})")
@@ -243,6 +240,36 @@ def load_container(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
                           offset=start)
         arrays[name] = a.astype(np.dtype(dtype), copy=True).reshape(shape)
     return header, arrays
+
+
+def _read_checked(f: BinaryIO, path: PathLike, max_bytes: int) -> bytes:
+    """The whole file, after the checks that need only ``fstat`` and the 16-byte prefix."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device (/dev/zero) would never end or block
+        raise ModelFileError(path, "not a regular file")
+    size = st.st_size
+    if size > max_bytes:
+        raise ModelFileError(path, f"file is {size} bytes, more than the {max_bytes}-byte limit for a model file")
+    min_size = _PREFIX.size + _DIGEST_SIZE
+    prefix = f.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size:
+        if not MAGIC.startswith(prefix[: len(MAGIC)]):
+            raise ModelFileError(path, _WRONG_MAGIC)
+        raise ModelFileError(path, f"truncated: file is {len(prefix)} bytes, a container is at least {min_size}")
+    magic, version, hlen = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise ModelFileError(path, _WRONG_MAGIC)
+    if version != CONTAINER_VERSION:
+        raise ModelFileError(path, f"unsupported container version {version} (this reader: {CONTAINER_VERSION})")
+    if size < min_size:
+        raise ModelFileError(path, f"truncated: file is {size} bytes, a container is at least {min_size}")
+    available = size - min_size
+    if hlen > available:
+        raise ModelFileError(path, f"header length {hlen} exceeds the {available} bytes available")
+    raw = prefix + f.read(size - _PREFIX.size)
+    if len(raw) != size or f.read(1):
+        raise ModelFileError(path, "file changed size while it was read")
+    return raw
 
 
 def _check_keys(obj: Any, where: str = "header") -> None:

@@ -201,6 +201,12 @@ class MqttOut(Sink):
             self.url = with_password(parse_mqtt_url(url), password_file=self.options.pop("password_file", None))
         except ValueError as e:
             raise SinkError(f"mqtt sink: {e}") from None
+        from .mqtt import MqttTlsError, tls_context
+
+        try:  # a missing or unreadable CA/certificate file is a usage error (exit 2), found before anything runs
+            tls_context(self.url)
+        except MqttTlsError as e:
+            raise SinkError(f"mqtt sink: {e}") from None
         self.name = f"mqtt:{self.url.redacted()}"
         self.device_id = device_id
         self.sink = None

@@ -296,3 +296,17 @@ def test_from_raster_max_events_and_the_core():
     core = Core(CoreConfig(n_in=3, n_hid=4, n_out=2))
     with pytest.raises(ValueError, match="raster count 1048577 exceeds"):
         core.run(np.full((2, 3), (1 << 20) + 1))
+
+
+@pytest.mark.parametrize("where", ["sink", "source"])
+def test_mqtts_with_a_missing_ca_file_exits_2(tiny_model_path, tmp_path, where):
+    """A missing CA file is a usage error (exit 2) named in one line, found before any connection."""
+    ca = tmp_path / "no-such-ca.crt"
+    url = f"mqtts://127.0.0.1:1/p?cafile={ca}"
+    if where == "sink":
+        args = ["--source", "stdin", "--sink", url]
+    else:
+        args = ["--source", "mqtt:p/in", "--broker", url]
+    r = _cli("run", "--model", str(tiny_model_path), *args, "--duration", "5")
+    assert r.returncode == 2, r.stderr
+    assert f"cannot load CA file '{ca}'".encode() in r.stderr and b"Traceback" not in r.stderr, r.stderr

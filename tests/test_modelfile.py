@@ -245,6 +245,65 @@ def test_checksum_mismatch_detected(tmp_path):
         load_container(p)
 
 
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n" * 4, b"\x89SPKWIRF" + bytes(40),
+                                     b"SECRET=hunter2\n"])
+def test_wrong_magic_message_carries_none_of_the_file(tmp_path, content):
+    """A reload reply goes to the network: refusing a non-model file must not quote its bytes."""
+    p = tmp_path / "passwd"
+    p.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not a spikewire model file") as exc:
+        load_container(p)
+    text = str(exc.value).replace(str(p), "").replace(repr(MAGIC), "")
+    for k in range(4, len(content) + 1):
+        for i in range(len(content) - k + 1):
+            chunk = content[i:i + k]
+            assert chunk.decode("latin-1") not in text and repr(chunk)[2:-1] not in text, (chunk, text)
+        if k > 6:
+            break
+
+
+def test_checksum_message_carries_no_digest_bytes(tmp_path):
+    p = tmp_path / "m.swm"
+    save_container(p, HEADER, {"w": np.arange(10, dtype=np.int32)})
+    raw = bytearray(p.read_bytes())
+    raw[-40] ^= 0x01
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum mismatch") as exc:
+        load_container(p)
+    stored, computed = bytes(raw[-32:]), hashlib.sha256(bytes(raw[:-32])).digest()
+    assert stored.hex()[:8] not in str(exc.value) and computed.hex()[:8] not in str(exc.value)
+
+
+def test_fifo_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.swm"
+    os.mkfifo(fifo)
+    # opening a FIFO for reading blocks until a writer appears: give it one that writes nothing
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with pytest.raises(ModelFileError, match="not a regular file"):
+            load_container(fifo)
+    finally:
+        os.close(fd)
+
+
+def test_size_limit_and_header_length_checked_before_reading(tmp_path):
+    """A big file is refused from fstat and its 16-byte prefix; the rest is never read."""
+    big = tmp_path / "big.swm"
+    with open(big, "wb") as f:  # sparse: 64 MiB on paper, a prefix claiming a 1 GB header
+        f.write(MAGIC + struct.pack("<II", CONTAINER_VERSION, 10 ** 9))
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="more than the 1048576-byte limit"):
+            load_container(big, max_bytes=1 << 20)
+        with pytest.raises(ModelFileError, match="header length 1000000000 exceeds"):
+            load_container(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
 @pytest.mark.parametrize("claim", [2 ** 31, 2 ** 62])
 def test_huge_array_claim_rejected_without_allocating(tmp_path, claim):
     raw = table_file([entry("w", "uint8", (claim,), 0)], bytes(64))
