@@ -72,6 +72,34 @@ def test_resume_equals_uninterrupted(tmp_path, tone_folder):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize("decay", [0.5, 0.9, 0.998])
+def test_weight_average_is_the_bias_corrected_exponential_mean(decay):
+    # ema_update after steps 1..n == sum_k (1-d) d^(n-k) w_k / (1 - d^n), whatever n; the first
+    # weights do not dominate a short run (they kept d^(n-1) of the old, uncorrected average)
+    from spikewire.tools.trainer import ema_update
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    net, ema, seen = Net(), None, []
+    rng = np.random.default_rng(1)
+    for n in range(1, 41):
+        w = torch.from_numpy(rng.normal(n, 1.0, 3))  # a drifting trajectory
+        with torch.no_grad():
+            net.w.copy_(w)
+        seen.append(w)
+        ema = ema_update(ema, net, decay, n)
+        k = torch.arange(1, n + 1, dtype=torch.float64)
+        c = (1 - decay) * decay ** (n - k) / (1 - decay ** n)
+        want = (c[:, None] * torch.stack(seen)).sum(0)
+        torch.testing.assert_close(ema["w"], want, rtol=1e-12, atol=1e-12)
+    # after 40 steps of a trajectory drifting by 1 per step, the average lies in the steps seen,
+    # far from step 1 (the uncorrected average at 0.998 was 0.998**39 = 92 % step 1: about 4.5)
+    assert float(ema["w"].mean()) > 15.0
+
+
 def test_fixed_epochs_start_from_the_average_and_follow_their_lr_scale(tmp_path, tone_folder):
     # lr scale 0 in the fixed epochs: the weights stay exactly the average taken when they start
     cfg = _cfg(tmp_path, tone_folder, out="q", epochs=3, float_epochs=2, ema=0.9, fixed_lr_scale=0.0)

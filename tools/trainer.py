@@ -122,6 +122,26 @@ def _weights(net, ema: Optional[dict]):
         _load_weights(net, saved)
 
 
+def ema_update(ema: Optional[dict], net, decay: float, n: int) -> dict:
+    """The weight average after optimiser step ``n`` (1, 2, ...): the bias-corrected exponential
+    average ``sum_k (1-d) d^(n-k) w_k / (1 - d^n)`` of the weights after steps 1..n.
+
+    Without the correction (the average started as the weights of step 1 and decayed by ``d``
+    per step) those first, nearly untrained weights kept d^(n-1) of the average: 86 % after one
+    epoch of 77 batches, 37 % after 500 steps, so a short run evaluated and exported them.  In long
+    runs the two agree: the first weights' share is 5 % at n = 3 / (1 - d), 1,500 steps at 0.998.
+    """
+    import torch
+
+    with torch.no_grad():
+        if ema is None or n <= 1:
+            return {k: p.detach().clone() for k, p in net.named_parameters()}
+        a = (1.0 - decay) / (1.0 - decay ** n)  # share of the new weights; 1/n when decay -> 1
+        for k, p in net.named_parameters():
+            ema[k].mul_(1.0 - a).add_(p.detach(), alpha=a)
+    return ema
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     f = cfg.lr_min_frac + (1 - cfg.lr_min_frac) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
     return cfg.lr * f
@@ -207,12 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
             net.clamp_weights_()
             step += 1
             if cfg.ema > 0:
-                with torch.no_grad():
-                    if ema is None:
-                        ema = {k: p.detach().clone() for k, p in net.named_parameters()}
-                    else:
-                        for k, p in net.named_parameters():
-                            ema[k].mul_(cfg.ema).add_(p.detach(), alpha=1.0 - cfg.ema)
+                ema = ema_update(ema, net, cfg.ema, step)
             for k, val in m.items():
                 agg[k] = agg.get(k, 0.0) + val * len(idx)
             if bar is not None and bar.tty:

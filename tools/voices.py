@@ -325,7 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--variants", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a loaded 2-core machine 2 threads made a batch 4-5x slower)")
     p.add_argument("--n-words", type=int, default=Recipe.n_words)
     p.add_argument("--fsdd-per-speaker", type=int, default=Recipe.fsdd_per_speaker)
     p.add_argument("--rare-repeats", type=int, default=Recipe.rare_repeats)
