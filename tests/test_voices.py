@@ -172,6 +172,12 @@ def test_fold_and_voices_data_on_a_generated_root(tmp_path):
                         step_ms=4.0)
     fe = frontend_config(cfg)
     assert fe.normalize == "pcen"
+    # --frontend log: exactly train.py's front end (the shipped FSDD recipe's)
+    from spikewire.tools.recipe import TrainConfig
+    from spikewire.tools.voices import LOG_FRONTEND
+
+    log_fe = frontend_config(voices_config("x", frontend=dict(LOG_FRONTEND)))
+    assert log_fe.config_hash() == frontend_config(TrainConfig()).config_hash() and log_fe.normalize == "none"
     recipe = Recipe(fsdd_per_speaker=2, rare_repeats=2, n_words=3)
     data = VoicesData(cfg, fe, recipe, tr, te)
     assert all(u.known for u in data.test) and len(data.test) < len(te)

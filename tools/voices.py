@@ -61,6 +61,8 @@ log = logging.getLogger("spikewire.tools.voices")
 
 #: front-end settings of the many-voices models (train.py's defaults + PCEN)
 VOICES_FRONTEND = {"max_rate_hz": 400.0, "max_spikes_per_step": 8, "normalize": "pcen", "floor_db": -95.0}
+#: ``--frontend log``: the overrides that give train.py's front end (no normalisation, log floor -65 dB)
+LOG_FRONTEND = {"normalize": "none", "floor_db": -65.0}
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="also keep the FSDD test split (index 0-4) out of training")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--float-epochs", type=int, default=13)
+    p.add_argument("--frontend", choices=("pcen", "log"), default="pcen",
+                   help="pcen: VOICES_FRONTEND; log: train.py's front end (no normalisation, floor -65 dB)")
     p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--variants", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -339,7 +343,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
                             threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
-                            n_noise=100, max_ms=a.max_ms)
+                            n_noise=100, max_ms=a.max_ms,
+                            **({"frontend": dict(LOG_FRONTEND)} if a.frontend == "log" else {}))
         recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats)
         fe = frontend_config(cfg)
         tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out)
@@ -354,8 +359,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     res = train(cfg, resume=a.resume, data=data, fe=fe)
     path = out / f"{a.name}.swm"
+    held = ("the fold's held-out digits" + (" and the FSDD test split" if a.fsdd_test_out else "")
+            + f" ({len(data.test)} files, every digit corpus)")
     model = export_model(res, cfg, path, a.name, extra_metrics={"fold": a.fold, "recipe": dataclasses.asdict(recipe),
-                                                               "fsdd_test_out": a.fsdd_test_out})
+                                                               "fsdd_test_out": a.fsdd_test_out, "test_set": held})
     log.info("wrote %s in %.1f s total", path, time.time() - t0)
     log.info("metrics: %s", json.dumps(model.metrics, indent=1))
     return 0
