@@ -106,12 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 RUN_DEFAULTS: dict = {
     "model": "kws-digits", "source": "mic", "sink": ["stdout"], "fast": False, "speed": 1.0, "rate": None,
     "block_ms": None, "device_id": None, "broker": None, "spikes": False, "metrics_interval": 5.0,
-    "snapshot_dir": ".", "drain_timeout": 5.0, "duration": None, "log_level": None, "mqtt": {},
+    "snapshot_dir": ".", "drain_timeout": 5.0, "duration": None, "log_level": None, "mqtt": {}, "control": {},
 }
 _RUN_TYPES: dict = {"model": str, "source": str, "sink": (str, list), "fast": bool, "speed": (int, float),
                     "rate": int, "block_ms": (int, float), "device_id": str, "broker": str, "spikes": bool,
                     "metrics_interval": (int, float), "snapshot_dir": str, "drain_timeout": (int, float),
-                    "duration": (int, float), "log_level": str, "mqtt": dict}
+                    "duration": (int, float), "log_level": str, "mqtt": dict, "control": dict}
 
 
 class _UsageError(ValueError):
@@ -138,8 +138,20 @@ def _load_run_config(path: str) -> dict:
         t = _RUN_TYPES[k]
         if isinstance(v, bool) and t is not bool or not isinstance(v, t):
             raise _UsageError(f"config {path}: {k} has the wrong type ({type(v).__name__})")
+        if k == "control":
+            _control_policy(v, f"config {path}: ")
         out[k] = [v] if k == "sink" and isinstance(v, str) else v
     return out
+
+
+def _control_policy(doc: dict, where: str = ""):
+    """The ``[control]`` table as a :class:`spikewire.control.ControlPolicy` (docs/security.md)."""
+    from .control import ControlPolicy
+
+    try:
+        return ControlPolicy.from_dict(doc or {})
+    except (TypeError, ValueError) as e:
+        raise _UsageError(f"{where}{e}") from None
 
 
 def _run_settings(args: argparse.Namespace) -> dict:
@@ -180,7 +192,7 @@ def build_pipeline(cfg: dict, *, stream=None):
                         mqtt_options=mopts, stream=stream) for s in sinks_specs]
     return Pipeline(cfg["model"], source, sinks, metrics_interval=float(cfg["metrics_interval"]),
                     snapshot_dir=cfg["snapshot_dir"], drain_timeout=float(cfg["drain_timeout"]),
-                    device_id=cfg["device_id"])
+                    device_id=cfg["device_id"], control=_control_policy(cfg.get("control") or {}))
 
 
 def _default_device_id() -> str:

@@ -12,7 +12,9 @@ import dataclasses
 import inspect
 import json
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .wire import PayloadError, decode_json_object, json_safe
@@ -22,6 +24,7 @@ __all__ = [
     "CommandRegistry",
     "CommandSpec",
     "ControlChannel",
+    "ControlPolicy",
     "ControlCommand",
     "ControlPayloadError",
     "encode_reply",
@@ -76,6 +79,77 @@ def encode_reply(request_id: Any, ok: bool, *, result: Any = None, error: str | 
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
+@dataclasses.dataclass(frozen=True)
+class ControlPolicy:
+    """Who may do what through the control topics on this device (``[control]`` in device.toml).
+
+    ``enabled`` false: the MQTT sinks do not subscribe to ``control`` at all (nothing is read,
+    nothing is answered). ``allow``: the command names accepted (``None``: every registered
+    command); any other is answered ``not allowed`` and counted in ``control_errors``.
+    ``models_dir``: the only folder ``reload`` may load model files from (besides the shipped
+    model names); ``None``: shipped names only. See docs/security.md.
+    """
+
+    enabled: bool = True
+    allow: tuple[str, ...] | None = None
+    models_dir: str | None = None
+
+    KEYS = ("enabled", "allow", "models_dir")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"[control] enabled must be true or false, got {self.enabled!r:.40}")
+        if self.allow is not None:
+            if isinstance(self.allow, str) or not isinstance(self.allow, Iterable):
+                raise ValueError(f"[control] allow must be a list of command names, got {self.allow!r:.60}")
+            allow = tuple(self.allow)
+            if not all(isinstance(c, str) and c for c in allow):
+                raise ValueError(f"[control] allow must be a list of non-empty command names, got {allow!r:.80}")
+            object.__setattr__(self, "allow", allow)
+        if self.models_dir is not None:
+            if not isinstance(self.models_dir, (str, os.PathLike)) or not os.fspath(self.models_dir):
+                raise ValueError(f"[control] models_dir must be a folder path, got {self.models_dir!r:.80}")
+            object.__setattr__(self, "models_dir", os.fspath(self.models_dir))
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "ControlPolicy":
+        unknown = sorted(set(doc) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"[control]: unknown key(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}")
+        return cls(**doc)
+
+    def allows(self, cmd: str) -> bool:
+        return self.allow is None or cmd in self.allow
+
+    def model_file(self, ref: str) -> Path:
+        """The file a ``reload`` request may load for ``ref`` (not a shipped name): inside ``models_dir``
+        after resolving symlinks, a regular ``.swm`` file, no ``..``. Raises :class:`CommandError`
+        without touching anything outside ``models_dir``; the message names no file contents."""
+        if self.models_dir is None:
+            raise CommandError("reload: only shipped model names are allowed here (no [control] models_dir)")
+        if "\0" in ref or not ref:
+            raise CommandError("reload: bad model path")
+        rel = Path(ref)
+        if ".." in rel.parts:
+            raise CommandError(f"reload: {ref!r}: '..' is not allowed in a model path")
+        root = Path(self.models_dir).resolve()
+        given = Path(os.path.abspath(Path(self.models_dir) / rel))
+        # lexical check first: a path outside the folder is refused without a look at the file system
+        if not (given.is_relative_to(Path(os.path.abspath(self.models_dir))) or given.is_relative_to(root)):
+            raise CommandError(f"reload: {ref!r} is outside the models folder {self.models_dir}")
+        try:
+            real = given.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise CommandError(f"reload: no model {ref!r} in the models folder {self.models_dir}") from None
+        if real == root or not real.is_relative_to(root):  # a symlink out of the folder
+            raise CommandError(f"reload: {ref!r} is outside the models folder {self.models_dir}")
+        if real.suffix != ".swm":
+            raise CommandError(f"reload: {ref!r} is not a .swm model file")
+        if not real.is_file():
+            raise CommandError(f"reload: {ref!r} is not a regular file")
+        return real
+
+
 ArgType = type | tuple[type, ...]
 
 
@@ -122,6 +196,7 @@ class CommandRegistry:
 
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec] = {}
+        self.allowed: frozenset[str] | None = None  # None: every registered command (ControlPolicy.allow)
 
     def register(
         self,
@@ -154,7 +229,8 @@ class CommandRegistry:
         return name in self._specs
 
     def names(self) -> list[str]:
-        return sorted(self._specs)
+        """Registered commands that are allowed (all of them unless :attr:`allowed` is set)."""
+        return sorted(n for n in self._specs if self.allowed is None or n in self.allowed)
 
     def validate(self, command: ControlCommand) -> CommandSpec:
         """Check that the command exists and its arguments match; raises :class:`CommandError`."""
@@ -162,6 +238,8 @@ class CommandRegistry:
         if spec is None:
             known = ", ".join(self.names()) or "none"
             raise CommandError(f"unknown cmd {command.cmd!r}; known: {known}")
+        if self.allowed is not None and command.cmd not in self.allowed:
+            raise CommandError(f"cmd {command.cmd!r} is not allowed on this device ([control] allow)")
         missing = [k for k in spec.required if k not in command.args]
         if missing:
             raise CommandError(f"{command.cmd}: missing argument(s) {', '.join(missing)}")

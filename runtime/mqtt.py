@@ -400,6 +400,7 @@ class MqttSink:
         keepalive: int = 15,
         client_id: str | None = None,
         rng: random.Random | None = None,
+        control: bool = True,
     ) -> None:
         self.url = url if isinstance(url, MqttUrl) else parse_mqtt_url(url)
         self.topics = Topics(self.url.prefix, device_id)
@@ -411,6 +412,8 @@ class MqttSink:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.model_name = model_name
         self.device_id = device_id
+        #: False: ``control`` is not subscribed (``[control] enabled = false``): nothing is read or answered.
+        self.control_enabled = bool(control)
         #: Random per-sink-instance id carried in every keyword event: (session, seq) is unique.
         self.session = secrets.token_hex(8)
         self.commands = commands if commands is not None else CommandRegistry()
@@ -437,7 +440,8 @@ class MqttSink:
         self._counts = dict.fromkeys((
             "published_keywords", "published_spike_batches", "published_metrics", "published_replies",
             "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
-            "dropped_commands", "control_received", "control_errors", "reconnects", "connect_failures",
+            "dropped_commands", "control_received", "control_errors", "ignored_retained", "reconnects",
+            "connect_failures",
         ), 0)
         self._control = ControlChannel(self.commands, self._queue_reply, name=f"mqtt {self.topics.control}",
                                        queue=command_queue, timeout=command_timeout, counts=self._counts)
@@ -654,7 +658,8 @@ class MqttSink:
     async def _session(self, client: Any) -> bool:
         """Run one connection; True when it ended because the sink closed, else raises."""
         await client.publish(self.topics.status, b"online", qos=1, retain=True, timeout=self._publish_timeout)
-        await client.subscribe(self.topics.control, qos=1, timeout=self._publish_timeout)
+        if self.control_enabled:
+            await client.subscribe(self.topics.control, qos=1, timeout=self._publish_timeout)
         reader = asyncio.create_task(self._reader(client), name=f"mqtt-reader-{self.device_id}")
         writer = asyncio.create_task(self._writer(client), name=f"mqtt-writer-{self.device_id}")
         try:
@@ -674,7 +679,10 @@ class MqttSink:
             self._on_control(message)
 
     def _on_control(self, message: Any) -> None:
-        if message.retain:
+        if not self.control_enabled:
+            return
+        if message.retain:  # a retained command would run again at every connection of every device
+            self._counts["ignored_retained"] += 1
             log.warning("ignoring retained message on %s (control commands must not be retained)",
                         message.topic)
             return

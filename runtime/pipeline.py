@@ -56,11 +56,11 @@ from typing import Any
 
 import numpy as np
 
-from .control import CommandError, CommandRegistry, ControlChannel
+from .control import CommandError, CommandRegistry, ControlChannel, ControlPolicy
 from .decision import Decider
 from .events import Events
 from .frontend import FrontEnd
-from .model import Model, load as load_model
+from .model import Model, load as load_model, shipped_models
 from .sinks import KeywordItem, Sink, SpikeItem
 from .sources import AudioBlock, Source, SpikeBlock
 
@@ -198,11 +198,14 @@ class Pipeline:
         Where ``snapshot`` writes when no path is given.
     drain_timeout : float
         Seconds allowed for draining after a stop request.
+    control : ControlPolicy
+        What control requests may do (``[control]``; default: every command, ``reload`` of
+        shipped model names only). docs/security.md.
     """
 
     def __init__(self, model: Model | str | os.PathLike, source: Source, sinks: list[Sink], *,
                  metrics_interval: float = 5.0, snapshot_dir: str | os.PathLike = ".",
-                 drain_timeout: float = 5.0, device_id: str | None = None,
+                 drain_timeout: float = 5.0, device_id: str | None = None, control: ControlPolicy | None = None,
                  audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256):
         self.model_ref = str(model) if not isinstance(model, Model) else model.name
         self._initial_model = model
@@ -212,8 +215,11 @@ class Pipeline:
         self.snapshot_dir = Path(snapshot_dir)
         self.drain_timeout = float(drain_timeout)
         self.device_id = device_id or socket.gethostname().split(".")[0] or "spikewire"
+        self.control = control if control is not None else ControlPolicy()
         self.commands = CommandRegistry()
         self._register_commands()
+        if self.control.allow is not None:
+            self.commands.allowed = frozenset(self.control.allow)
         self._qsizes = (audio_queue, event_queue, core_queue, sink_queue)
         self._bundle: Bundle | None = None  # newest adopted by the front-end stage
         self._core_bundle: Bundle | None = None  # the one the core stage uses
@@ -300,12 +306,13 @@ class Pipeline:
         return self.metrics_snapshot()
 
     async def reload(self, path: str | None = None) -> dict:
-        """Load a model (a name or path; default: the current one) and swap it in between blocks."""
-        ref = path or self._bundle.ref
+        """Load a model and swap it in between blocks: a shipped name, a ``.swm`` file inside
+        ``control.models_dir`` (symlinks resolved, no ``..``), or by default the current model."""
+        ref = await asyncio.to_thread(self._reload_ref, path)  # CommandError: not allowed
         try:
             model = await asyncio.to_thread(load_model, ref)
         except (OSError, ValueError) as e:
-            raise CommandError(f"reload: cannot load model {ref!r}: {e}") from None
+            raise CommandError(f"reload: cannot load model {path or ref!r}: {e}") from None
         try:
             bundle = await asyncio.to_thread(self._make_bundle, model, ref)
         except (ValueError, RuntimeError) as e:
@@ -321,6 +328,16 @@ class Pipeline:
         log.info("reload: model %s (generation %d) %s", model.name, bundle.generation,
                  "active" if adopted else "pending")
         return {"model": model.name, "generation": bundle.generation, "adopted": adopted}
+
+    def _reload_ref(self, path: str | None) -> str:
+        """What a reload request may load (control requests come from the network, so a path is
+        never taken as it is: see :meth:`ControlPolicy.model_file`)."""
+        if path is None:
+            return self._bundle.ref  # the model this pipeline was started with (by its operator)
+        shipped = shipped_models()
+        if path in shipped:  # the packaged file itself (not a file of that name in the working folder)
+            return str(shipped[path])
+        return str(self.control.model_file(path))
 
     async def snapshot(self, path: str | None = None) -> dict:
         """Core state (``Core.save_state``) + counters to an ``.npz`` (no pickle); returns the path."""

@@ -211,16 +211,20 @@ class MqttOut(Sink):
         self.device_id = device_id
         self.sink = None
         self._commands = None
+        self._control = True
         self._model = "unknown"
 
     def attach(self, pipeline: Any) -> None:
         self._commands = pipeline.commands
         self._model = pipeline.model_name
+        policy = getattr(pipeline, "control", None)
+        self._control = policy.enabled if policy is not None else True
 
     async def __aenter__(self) -> "MqttOut":
         from .mqtt import MqttSink
 
-        self.sink = MqttSink(self.url, self.device_id, self._model, commands=self._commands, **self.options)
+        self.sink = MqttSink(self.url, self.device_id, self._model, commands=self._commands,
+                             control=self._control, **self.options)
         await self.sink.__aenter__()
         return self
 
