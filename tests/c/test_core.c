@@ -16,116 +16,25 @@
 
 #include "spikewire.h"
 #include "check.h"
+#include "golden.h"
 
 SW_CHECK_COUNTERS;
-
-/* ---- FNV-1a 64 ---------------------------------------------------------- */
-static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= UINT64_C(0x100000001B3);
-    }
-    return h;
-}
-
-static uint64_t fnv_i16le(uint64_t h, const int16_t *v, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        uint8_t b[2];
-        uint16_t u = (uint16_t)v[i];
-        b[0] = (uint8_t)u;
-        b[1] = (uint8_t)(u >> 8);
-        h = fnv(h, b, 2);
-    }
-    return h;
-}
-
-/* ---- a tiny tokenizer for the golden file ----------------------------------- */
-static FILE *gf;
-
-static int next_tok(char *buf, size_t cap)
-{
-    int ch;
-    size_t n = 0;
-    for (;;) {
-        ch = fgetc(gf);
-        if (ch == EOF)
-            return 0;
-        if (ch == '#') {
-            while (ch != '\n' && ch != EOF)
-                ch = fgetc(gf);
-            continue;
-        }
-        if (ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r')
-            continue;
-        break;
-    }
-    while (ch != EOF && ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r') {
-        if (n + 1 < cap)
-            buf[n++] = (char)ch;
-        ch = fgetc(gf);
-    }
-    buf[n] = 0;
-    return 1;
-}
-
-static long long tok_ll(void)
-{
-    char b[64];
-    if (!next_tok(b, sizeof b)) {
-        printf("golden file ended early\n");
-        exit(2);
-    }
-    return strtoll(b, NULL, 10);
-}
-
-static unsigned long long tok_ull(int base)
-{
-    char b[64];
-    if (!next_tok(b, sizeof b)) {
-        printf("golden file ended early\n");
-        exit(2);
-    }
-    return strtoull(b, NULL, base);
-}
-
-static void expect_word(const char *w)
-{
-    char b[64];
-    if (!next_tok(b, sizeof b) || strcmp(b, w) != 0) {
-        printf("golden file: expected '%s', got '%s'\n", w, b);
-        exit(2);
-    }
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        printf("out of memory\n");
-        exit(2);
-    }
-    return p;
-}
 
 static void read_i32(int32_t *a, long long n)
 {
     long long i;
     for (i = 0; i < n; i++)
-        a[i] = (int32_t)tok_ll();
+        a[i] = (int32_t)golden_ll();
 }
 
 static void read_i8(int8_t *a, long long n)
 {
     long long i;
     for (i = 0; i < n; i++)
-        a[i] = (int8_t)tok_ll();
+        a[i] = (int8_t)golden_ll();
 }
 
-static int run_golden_case(const char *name)
+static void run_golden_case(const char *name)
 {
     sw_config cfg;
     int32_t *hp, *op;
@@ -145,73 +54,73 @@ static int run_golden_case(const char *name)
     memset(&cfg, 0, sizeof cfg);
     cfg.abi_version = SW_ABI_VERSION;
     cfg.struct_size = (int32_t)sizeof cfg;
-    expect_word("config");
-    cfg.n_in = (int32_t)tok_ll();
-    cfg.n_hid = (int32_t)tok_ll();
-    cfg.n_out = (int32_t)tok_ll();
-    cfg.preset = (int32_t)tok_ll();
-    cfg.shift_in = (int32_t)tok_ll();
-    cfg.shift_rec = (int32_t)tok_ll();
-    cfg.shift_out = (int32_t)tok_ll();
-    cfg.t_ref = (int32_t)tok_ll();
-    cfg.noise_amp = (int32_t)tok_ll();
-    cfg.noise_seed = (uint64_t)tok_ull(10);
-    cfg.cadc_base = (int32_t)tok_ll();
-    cfg.cadc_shift = (int32_t)tok_ll();
+    golden_expect("config");
+    cfg.n_in = (int32_t)golden_ll();
+    cfg.n_hid = (int32_t)golden_ll();
+    cfg.n_out = (int32_t)golden_ll();
+    cfg.preset = (int32_t)golden_ll();
+    cfg.shift_in = (int32_t)golden_ll();
+    cfg.shift_rec = (int32_t)golden_ll();
+    cfg.shift_out = (int32_t)golden_ll();
+    cfg.t_ref = (int32_t)golden_ll();
+    cfg.noise_amp = (int32_t)golden_ll();
+    cfg.noise_seed = (uint64_t)golden_ull(10);
+    cfg.cadc_base = (int32_t)golden_ll();
+    cfg.cadc_shift = (int32_t)golden_ll();
     ni = cfg.n_in;
     nh = cfg.n_hid;
     no = cfg.n_out;
-    hp = xmalloc(sizeof(int32_t) * 6 * (size_t)nh);
-    op = xmalloc(sizeof(int32_t) * 6 * (size_t)no);
-    expect_word("hidden");
+    hp = golden_xmalloc(sizeof(int32_t) * 6 * (size_t)nh);
+    op = golden_xmalloc(sizeof(int32_t) * 6 * (size_t)no);
+    golden_expect("hidden");
     read_i32(hp, 6 * nh);
-    expect_word("readout");
+    golden_expect("readout");
     read_i32(op, 6 * no);
     hid.decay_syn = hp; hid.gain_mem = hp + nh; hid.v_leak = hp + 2 * nh;
     hid.v_th = hp + 3 * nh; hid.v_reset = hp + 4 * nh; hid.g_syn = hp + 5 * nh;
     out.decay_syn = op; out.gain_mem = op + no; out.v_leak = op + 2 * no;
     out.v_th = op + 3 * no; out.v_reset = op + 4 * no; out.g_syn = op + 5 * no;
-    w_in = xmalloc((size_t)(ni * nh));
-    w_rec = xmalloc((size_t)(nh * nh));
-    w_out = xmalloc((size_t)(nh * no));
-    expect_word("w_in");
+    w_in = golden_xmalloc((size_t)(ni * nh));
+    w_rec = golden_xmalloc((size_t)(nh * nh));
+    w_out = golden_xmalloc((size_t)(nh * no));
+    golden_expect("w_in");
     read_i8(w_in, ni * nh);
-    expect_word("w_rec");
+    golden_expect("w_rec");
     read_i8(w_rec, nh * nh);
-    expect_word("w_out");
+    golden_expect("w_out");
     read_i8(w_out, nh * no);
-    expect_word("events");
-    T = (int32_t)tok_ll();
-    indptr = xmalloc(sizeof(int64_t) * (size_t)(T + 1));
+    golden_expect("events");
+    T = (int32_t)golden_ll();
+    indptr = golden_xmalloc(sizeof(int64_t) * (size_t)(T + 1));
     for (t = 0; t <= T; t++)
-        indptr[t] = tok_ll();
+        indptr[t] = golden_ll();
     n_ev = indptr[T];
-    ch = xmalloc(sizeof(int32_t) * (size_t)n_ev);
+    ch = golden_xmalloc(sizeof(int32_t) * (size_t)n_ev);
     read_i32(ch, n_ev);
-    expect_word("expect");
-    exp_spikes = tok_ll();
-    exp_out = tok_ull(16);
-    exp_state = tok_ull(16);
-    expect_word("end");
+    golden_expect("expect");
+    exp_spikes = golden_ll();
+    exp_out = golden_ull(16);
+    exp_state = golden_ull(16);
+    golden_expect("end");
 
-    spk = xmalloc((size_t)(T * nh));
-    hv = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
-    ov = xmalloc(sizeof(int16_t) * (size_t)(T * no));
-    cadc = xmalloc((size_t)(T * no));
-    x_spk = xmalloc((size_t)(T * nh));
-    x_hv = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
-    x_vpre = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
-    k0_vpre = xmalloc(sizeof(int16_t) * (size_t)(T * nh));
-    x_ref = xmalloc((size_t)(T * nh));
-    k0_ref = xmalloc((size_t)(T * nh));
-    x_hcadc = xmalloc((size_t)(T * nh));
-    k0_hcadc = xmalloc((size_t)(T * nh));
-    x_ov = xmalloc(sizeof(int16_t) * (size_t)(T * no));
-    x_cadc = xmalloc((size_t)(T * no));
+    spk = golden_xmalloc((size_t)(T * nh));
+    hv = golden_xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    ov = golden_xmalloc(sizeof(int16_t) * (size_t)(T * no));
+    cadc = golden_xmalloc((size_t)(T * no));
+    x_spk = golden_xmalloc((size_t)(T * nh));
+    x_hv = golden_xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    x_vpre = golden_xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    k0_vpre = golden_xmalloc(sizeof(int16_t) * (size_t)(T * nh));
+    x_ref = golden_xmalloc((size_t)(T * nh));
+    k0_ref = golden_xmalloc((size_t)(T * nh));
+    x_hcadc = golden_xmalloc((size_t)(T * nh));
+    k0_hcadc = golden_xmalloc((size_t)(T * nh));
+    x_ov = golden_xmalloc(sizeof(int16_t) * (size_t)(T * no));
+    x_cadc = golden_xmalloc((size_t)(T * no));
     s = sw_core_create(&cfg, &hid, &out, &core);
     CHECK(s == SW_OK, "%s: create: %s (%s)", name, sw_strerror(s), sw_create_error());
     if (s != SW_OK)
-        return 1;
+        return;
     CHECK(sw_core_set_weights(core, SW_W_IN, w_in, ni * nh) == SW_OK, "%s: w_in", name);
     CHECK(sw_core_set_weights(core, SW_W_REC, w_rec, nh * nh) == SW_OK, "%s: w_rec", name);
     CHECK(sw_core_set_weights(core, SW_W_OUT, w_out, nh * no) == SW_OK, "%s: w_out", name);
@@ -230,7 +139,7 @@ static int run_golden_case(const char *name)
         CHECK(h == (uint64_t)exp_out, "%s kernel %d: output hash %016llx, golden %016llx", name,
               kernel, (unsigned long long)h, exp_out);
         CHECK(sw_core_state_size(core, &ssize) == SW_OK, "state size");
-        state = xmalloc((size_t)ssize);
+        state = golden_xmalloc((size_t)ssize);
         CHECK(sw_core_save_state(core, state, ssize) == SW_OK, "save state");
         h = fnv(UINT64_C(0xCBF29CE484222325), state, (size_t)ssize);
         CHECK(h == (uint64_t)exp_state, "%s kernel %d: state hash %016llx, golden %016llx", name,
@@ -265,7 +174,6 @@ static int run_golden_case(const char *name)
     free(spk); free(hv); free(ov); free(cadc);
     free(x_spk); free(x_hv); free(x_vpre); free(k0_vpre); free(x_ref); free(k0_ref);
     free(x_hcadc); free(k0_hcadc); free(x_ov); free(x_cadc);
-    return 0;
 }
 
 /* ---- malformed calls: every one must return a status, never crash ------ */
@@ -418,26 +326,12 @@ static void test_malformed(void)
 
 int main(int argc, char **argv)
 {
-    char word[64];
     const char *path = argc > 1 ? argv[1] : "tests/golden/core_v1.txt";
-    int cases = 0;
+    int cases;
     test_malformed();
-    gf = fopen(path, "r");
-    if (!gf) {
-        printf("cannot open golden file %s\n", path);
+    cases = golden_each_case(path, run_golden_case);
+    if (cases < 0)
         return 2;
-    }
-    while (next_tok(word, sizeof word)) {
-        char name[64];
-        if (strcmp(word, "case") != 0) {
-            printf("golden file: expected 'case', got '%s'\n", word);
-            return 2;
-        }
-        next_tok(name, sizeof name);
-        run_golden_case(name);
-        cases++;
-    }
-    fclose(gf);
     CHECK(cases >= 4, "golden file has %d cases", cases);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

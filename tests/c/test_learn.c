@@ -17,96 +17,18 @@
 
 #include "spikewire.h"
 #include "check.h"
+#include "golden.h"
 
 SW_CHECK_COUNTERS;
-
-static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= UINT64_C(0x100000001B3);
-    }
-    return h;
-}
-
-static uint64_t fnv_i32le(uint64_t h, const int32_t *v, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        uint8_t b[4];
-        uint32_t u = (uint32_t)v[i];
-        b[0] = (uint8_t)u;
-        b[1] = (uint8_t)(u >> 8);
-        b[2] = (uint8_t)(u >> 16);
-        b[3] = (uint8_t)(u >> 24);
-        h = fnv(h, b, 4);
-    }
-    return h;
-}
-
-static FILE *gf;
-
-static int tok(char *buf, size_t cap)
-{
-    int ch;
-    size_t n = 0;
-    for (;;) {
-        ch = fgetc(gf);
-        if (ch == EOF)
-            return 0;
-        if (ch == '#') {
-            while (ch != '\n' && ch != EOF)
-                ch = fgetc(gf);
-            continue;
-        }
-        if (ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r')
-            break;
-    }
-    while (ch != EOF && ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r') {
-        if (n + 1 < cap)
-            buf[n++] = (char)ch;
-        ch = fgetc(gf);
-    }
-    buf[n] = 0;
-    return 1;
-}
-
-static void expect_word(const char *w)
-{
-    char b[64];
-    if (!tok(b, sizeof b) || strcmp(b, w) != 0) {
-        printf("golden file: expected '%s', got '%s'\n", w, b);
-        exit(2);
-    }
-}
-
-static int64_t num(void)
-{
-    char b[64];
-    if (!tok(b, sizeof b)) {
-        printf("golden file: unexpected end\n");
-        exit(2);
-    }
-    return strtoll(b, NULL, 10);
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        exit(3);
-    return p;
-}
 
 static int32_t *read_i32(const char *label, int64_t n)
 {
     int64_t i;
-    int32_t *a = (int32_t *)xmalloc((size_t)n * 4);
+    int32_t *a = (int32_t *)golden_xmalloc((size_t)n * 4);
     if (label)
-        expect_word(label);
+        golden_expect(label);
     for (i = 0; i < n; i++)
-        a[i] = (int32_t)num();
+        a[i] = (int32_t)golden_ll();
     return a;
 }
 
@@ -154,7 +76,7 @@ static void run_case(const char *name)
     c.g_out = g_out;
     if (lc[19]) {
         fb32 = read_i32("feedback", (int64_t)c.n_hid * c.n_out);
-        fb = (int8_t *)xmalloc((size_t)c.n_hid * c.n_out);
+        fb = (int8_t *)golden_xmalloc((size_t)c.n_hid * c.n_out);
         for (i = 0; i < (int64_t)c.n_hid * c.n_out; i++)
             fb[i] = (int8_t)fb32[i];
     }
@@ -166,30 +88,30 @@ static void run_case(const char *name)
         static const char *lab[3] = {"w_in", "w_rec", "w_out"};
         for (m = 0; m < 3; m++) {
             w32[m] = read_i32(lab[m], sizes[m]);
-            w[m] = (int8_t *)xmalloc((size_t)sizes[m]);
+            w[m] = (int8_t *)golden_xmalloc((size_t)sizes[m]);
             for (i = 0; i < sizes[m]; i++)
                 w[m][i] = (int8_t)w32[m][i];
         }
     }
     modes32 = read_i32("modes", c.n_out);
-    modes = (int8_t *)xmalloc((size_t)c.n_out);
+    modes = (int8_t *)golden_xmalloc((size_t)c.n_out);
     for (i = 0; i < c.n_out; i++)
         modes[i] = (int8_t)modes32[i];
-    expect_word("events");
-    T = num();
-    indptr = (int64_t *)xmalloc((size_t)(T + 1) * 8);
+    golden_expect("events");
+    T = golden_ll();
+    indptr = (int64_t *)golden_xmalloc((size_t)(T + 1) * 8);
     for (i = 0; i <= T; i++)
-        indptr[i] = num();
+        indptr[i] = golden_ll();
     n_ev = indptr[T];
     ch32 = read_i32(NULL, n_ev);
     z32 = read_i32("z", T * c.n_hid);
     vp32 = read_i32("v_pre", T * c.n_hid);
     rf32 = read_i32("refr", T * c.n_hid);
     y32 = read_i32("y", T * c.n_out);
-    z = (uint8_t *)xmalloc((size_t)(T * c.n_hid));
-    rf = (uint8_t *)xmalloc((size_t)(T * c.n_hid));
-    vp = (int16_t *)xmalloc((size_t)(T * c.n_hid) * 2);
-    y = (int16_t *)xmalloc((size_t)(T * c.n_out) * 2);
+    z = (uint8_t *)golden_xmalloc((size_t)(T * c.n_hid));
+    rf = (uint8_t *)golden_xmalloc((size_t)(T * c.n_hid));
+    vp = (int16_t *)golden_xmalloc((size_t)(T * c.n_hid) * 2);
+    y = (int16_t *)golden_xmalloc((size_t)(T * c.n_out) * 2);
     for (i = 0; i < T * c.n_hid; i++) {
         z[i] = (uint8_t)z32[i];
         rf[i] = (uint8_t)rf32[i];
@@ -197,12 +119,12 @@ static void run_case(const char *name)
     }
     for (i = 0; i < T * c.n_out; i++)
         y[i] = (int16_t)y32[i];
-    expect_word("expect");
-    tok(hex, sizeof hex);
+    golden_expect("expect");
+    golden_need(hex, sizeof hex);
     want_acc = strtoull(hex, NULL, 16);
-    tok(hex, sizeof hex);
+    golden_need(hex, sizeof hex);
     want_w = strtoull(hex, NULL, 16);
-    expect_word("end");
+    golden_expect("end");
 
     for (kernel = 0; kernel < 2; kernel++) {
         sw_learn *L = NULL;
@@ -218,7 +140,7 @@ static void run_case(const char *name)
         st = sw_learn_run(L, (int32_t)T, indptr, ch32, n_ev, z, vp, rf, y);
         CHECK(st == SW_OK, "%s: run: %s", name, sw_learn_last_error(L));
         for (m = 0; m < 3; m++) {
-            int32_t *acc = (int32_t *)xmalloc((size_t)sizes[m] * 4);
+            int32_t *acc = (int32_t *)golden_xmalloc((size_t)sizes[m] * 4);
             sw_learn_get_acc(L, m, acc, sizes[m]);
             h = fnv_i32le(h, acc, (size_t)sizes[m]);
             free(acc);
@@ -228,7 +150,7 @@ static void run_case(const char *name)
         CHECK(sw_learn_commit(L) == SW_OK, "%s: commit", name);
         h = UINT64_C(0xCBF29CE484222325);
         for (m = 0; m < 3; m++) {
-            int8_t *wo = (int8_t *)xmalloc((size_t)sizes[m]);
+            int8_t *wo = (int8_t *)golden_xmalloc((size_t)sizes[m]);
             sw_learn_get_weights(L, m, wo, sizes[m]);
             h = fnv(h, (const uint8_t *)wo, (size_t)sizes[m]);
             free(wo);
@@ -307,26 +229,12 @@ static void test_malformed(void)
 
 int main(int argc, char **argv)
 {
-    char word[64];
     const char *path = argc > 1 ? argv[1] : "tests/golden/learn_v1.txt";
-    int cases = 0;
+    int cases;
     test_malformed();
-    gf = fopen(path, "r");
-    if (!gf) {
-        printf("cannot open golden file %s\n", path);
+    cases = golden_each_case(path, run_case);
+    if (cases < 0)
         return 2;
-    }
-    while (tok(word, sizeof word)) {
-        char name[64];
-        if (strcmp(word, "case") != 0) {
-            printf("golden file: expected 'case', got '%s'\n", word);
-            return 2;
-        }
-        tok(name, sizeof name);
-        run_case(name);
-        cases++;
-    }
-    fclose(gf);
     CHECK(cases >= 4, "golden file has %d cases", cases);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
