@@ -262,12 +262,24 @@ def classify(cadc: np.ndarray, n_words: int, has_none_unit: bool, config: Decisi
     if c.shape[0] == 0:
         return None, np.zeros(c.shape[1], np.int32)
     scores = c.max(axis=0).astype(np.int32)
-    w = int(scores[:n_words].argmax())
-    if scores[w] < config.threshold:
-        return None, scores
-    if has_none_unit and config.offline_reject and scores[n_words] > scores[w]:
-        return None, scores
-    return w, scores
+    w = int(classify_scores(scores[None, :], n_words, has_none_unit, config.threshold, config.offline_reject)[0])
+    return (None if w < 0 else w), scores
+
+
+def classify_scores(scores: np.ndarray, n_words: int, has_none_unit: bool, threshold: int,
+                    offline_reject: bool = True) -> np.ndarray:
+    """The offline rule of :func:`classify` on files' per-unit scores (each unit's maximum code),
+    one row per file: the word index of each row, or -1 where it is rejected (the best word is
+    below ``threshold``, or ``offline_reject`` and the none unit beats it)."""
+    s = np.asarray(scores)
+    if s.ndim != 2 or s.shape[1] != n_words + (1 if has_none_unit else 0) or n_words < 1:
+        raise ValueError(f"scores has shape {s.shape}, expected [files x {n_words + int(has_none_unit)}]")
+    w = s[:, :n_words].argmax(axis=1)
+    best = s[np.arange(s.shape[0]), w]
+    rejected = best < threshold
+    if has_none_unit and offline_reject:
+        rejected |= s[:, n_words] > best
+    return np.where(rejected, -1, w).astype(np.int64)
 
 
 # -- the same rules on a whole recorded stream, vectorised (calibration sweeps) ----------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from spikewire.config import Chip, CoreConfig, fixed_params
-from spikewire.decision import Decider, DecisionConfig, classify
+from spikewire.decision import Decider, DecisionConfig, classify, classify_scores
 from spikewire.frontend import FrontEndConfig
 from spikewire.model import Model, ModelFileError, load, resolve
 from spikewire.modelfile import load_container, save_container
@@ -311,3 +311,26 @@ def test_classify_offline():
     assert classify(np.full((5, 4), 50, np.uint8), 3, True, cfg)[0] is None  # below threshold
     with pytest.raises(ValueError):
         classify(np.zeros((5, 3), np.uint8), 3, True, cfg)
+
+
+@pytest.mark.parametrize("has_none_unit", [True, False])
+@pytest.mark.parametrize("offline_reject", [True, False])
+def test_classify_scores_is_the_offline_rule_row_by_row(has_none_unit, offline_reject):
+    """classify_scores (many files at once: calibration, export, in-the-loop evaluation) against the
+    rule written out per file, with ties (few distinct codes) and every threshold side."""
+    rng = np.random.default_rng(3)
+    n_words = 4
+    scores = rng.choice(np.array([0, 90, 100, 101, 180, 255], np.uint8), (3000, n_words + int(has_none_unit)))
+    for thr in (0, 100, 101, 255):
+        got = classify_scores(scores, n_words, has_none_unit, thr, offline_reject)
+        want = []
+        for row in scores.tolist():
+            w = row[:n_words].index(max(row[:n_words]))  # the first word of the highest code
+            rejected = row[w] < thr or (has_none_unit and offline_reject and row[n_words] > row[w])
+            want.append(-1 if rejected else w)
+        assert got.tolist() == want
+        cfg = DecisionConfig(threshold=thr, offline_reject=offline_reject)
+        one = [classify(r[None, :], n_words, has_none_unit, cfg)[0] for r in scores[:200]]
+        assert [-1 if w is None else w for w in one] == want[:200]
+    with pytest.raises(ValueError):
+        classify_scores(scores[:, :2], n_words, has_none_unit, 100)

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from spikewire.config import fixed_params
-from spikewire.decision import DecisionConfig
+from spikewire.decision import DecisionConfig, classify_scores
 from spikewire.events import Events
 from spikewire.model import Model
 from spikewire.reference import cadc
@@ -40,14 +40,6 @@ def _cadc(scores_v: np.ndarray, base: int, shift: int) -> np.ndarray:
     return cadc(np.floor(scores_v), base, shift).astype(np.int64)
 
 
-def _classify_codes(codes: np.ndarray, n_words: int, threshold: int) -> np.ndarray:
-    """runtime.decision.classify (offline_reject) on per-unit max codes, vectorised; -1 = rejected."""
-    w = codes[:, :n_words].argmax(1)
-    best = codes[np.arange(len(w)), w]
-    rej = (best < threshold) | (codes[:, n_words] > best)
-    return np.where(rej, -1, w)
-
-
 def choose_readout(vmax: np.ndarray, labels: np.ndarray, n_words: int, v_leak: int) -> tuple[int, int, int]:
     """CADC base/shift and decision threshold maximising training accuracy (rejects count for none)."""
     best = None
@@ -60,7 +52,7 @@ def choose_readout(vmax: np.ndarray, labels: np.ndarray, n_words: int, v_leak: i
             codes = _cadc(vmax, base, shift)
             leak_code = int(_cadc(np.array([[v_leak]]), base, shift)[0, 0])
             for thr in range(max(leak_code + 1, 1), 256, 8):
-                acc = float((_classify_codes(codes, n_words, thr) == target).mean())
+                acc = float((classify_scores(codes, n_words, True, thr) == target).mean())
                 key = (acc, -abs(thr - 128))
                 if best is None or key > best[0]:
                     best = (key, base, shift, thr)
@@ -81,8 +73,6 @@ def core_scores(model: Model, samples: list[Sample]) -> np.ndarray:
 def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-digits",
                  extra_metrics: Optional[dict] = None) -> Model:
     """Write the trained network as a runtime Model and measure it on the C core."""
-    from spikewire.decision import classify
-
     net, data, fe = result["net"], result["data"], result["fe"]
     set_mode(net, "fixed")
     n_words = len(data.vocab)
@@ -106,10 +96,9 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     labels = np.array([s.label for s in test])
     sc_te, rate = evaluate_torch(net, test, cfg)
     torch_codes = _cadc(sc_te + v_leak, base, shift)
-    torch_pred = _classify_codes(torch_codes, n_words, thr)
+    torch_pred = classify_scores(torch_codes, n_words, True, thr)
     codes = core_scores(model, test)
-    core_pred = np.array([(-1 if p is None else p) for p in
-                          (classify(np.asarray(c, np.uint8)[None, :], n_words, True, decision)[0] for c in codes)])
+    core_pred = classify_scores(codes, n_words, True, decision.threshold, decision.offline_reject)
     metrics["fsdd_test_n"] = int(len(test))
     metrics["test_set"] = (f"all recordings of held-out speakers {sorted(cfg.exclude_speakers)}"
                            if cfg.exclude_speakers else "FSDD test split (recording index 0-4)")
@@ -124,13 +113,13 @@ def export_model(result: dict, cfg: TrainConfig, path: Path, name: str = "kws-di
     if shutil.which("espeak-ng"):
         unk = data.heldout_unknown()
         c_unk = core_scores(model, unk)
-        metrics["false_accept_unknown_words"] = float((_classify_codes(c_unk, n_words, thr) >= 0).mean())
+        metrics["false_accept_unknown_words"] = float((classify_scores(c_unk, n_words, True, thr) >= 0).mean())
         metrics["false_accept_unknown_words_n"] = len(unk)
     nz = data.noise_eval()
     c_nz = core_scores(model, nz)
-    metrics["false_accept_noise"] = float((_classify_codes(c_nz, n_words, thr) >= 0).mean())
+    metrics["false_accept_noise"] = float((classify_scores(c_nz, n_words, True, thr) >= 0).mean())
     metrics["false_accept_noise_n"] = len(nz)
-    metrics["train_acc_decision"] = float((_classify_codes(_cadc(sc_tr + v_leak, base, shift), n_words, thr)
+    metrics["train_acc_decision"] = float((classify_scores(_cadc(sc_tr + v_leak, base, shift), n_words, True, thr)
                                            == np.where(labels_tr == n_words, -1, labels_tr)).mean())
     hist = result["history"]
     metrics["epochs"] = len(hist)

@@ -40,7 +40,7 @@ import torch
 
 from spikewire.config import Chip, CoreConfig, FixedPopulation, apply_chip
 from spikewire.core import Core
-from spikewire.decision import classify
+from spikewire.decision import classify_scores
 from spikewire.events import Events
 from spikewire.model import Model
 from spikewire.reference import cadc as cadc_code
@@ -423,13 +423,12 @@ def chip_codes(model: Model, samples, chip: Optional[Chip], noise_amp: int = 0, 
 
 def evaluate_on_chip(model: Model, samples, chip: Optional[Chip], noise_amp: int = 0, noise_seed: int = 0
                      ) -> dict:
-    """Accuracy of ``model``'s offline decision (``spikewire.decision.classify``, rejections count as
+    """Accuracy of ``model``'s offline decision (``spikewire.decision.classify_scores``, rejections count as
     errors, as ``spikewire eval``) on ``samples`` run on a chip."""
     codes = chip_codes(model, samples, chip, noise_amp, noise_seed)
     n_words = len(model.vocabulary)
-    pred = np.array([-1 if w is None else w for w, _ in
-                     (classify(c[None, :].astype(np.uint8), n_words, model.has_none_unit, model.decision)
-                      for c in codes)], np.int64)
+    pred = classify_scores(np.asarray(codes).astype(np.uint8), n_words, model.has_none_unit,
+                           model.decision.threshold, model.decision.offline_reject)
     labels = np.array([s.label for s in samples], np.int64)
     return {"acc": float((pred == labels).mean()) if len(labels) else float("nan"),
             "rejected": int((pred == -1).sum()), "n": int(len(labels))}

@@ -10,7 +10,7 @@ import numpy as np
 
 from spikewire.audio import read_wav
 from spikewire.config import Chip
-from spikewire.decision import DecisionConfig, classify
+from spikewire.decision import DecisionConfig, classify, classify_scores
 from spikewire.frontend import encode
 from spikewire.model import Model
 from spikewire.progress import Progress
@@ -74,13 +74,11 @@ def evaluate_files(model: Model, utterances: Sequence[Utterance], chip: Optional
 
 def reclassify(results: Sequence[FileResult], model: Model, config: DecisionConfig) -> list[FileResult]:
     """The same files under another decision config (``classify`` only needs the per-unit maxima)."""
-    out = []
-    n = len(model.vocabulary)
-    for r in results:
-        # a one-row "run" whose codes are the maxima gives the same decision
-        w, _ = classify(np.asarray([r.scores], np.uint8), n, model.has_none_unit, config)
-        out.append(dataclasses.replace(r, predicted=None if w is None else model.vocabulary[w]))
-    return out
+    if not results:
+        return []
+    words = classify_scores(np.asarray([r.scores for r in results], np.uint8), len(model.vocabulary),
+                            model.has_none_unit, config.threshold, config.offline_reject)
+    return [dataclasses.replace(r, predicted=None if w < 0 else model.vocabulary[w]) for r, w in zip(results, words)]
 
 
 def offline_metrics(results: Sequence[FileResult], vocabulary: Sequence[str]) -> dict:
