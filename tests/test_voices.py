@@ -226,3 +226,15 @@ def test_voices_eval_reports_every_corpus_on_a_generated_root(tmp_path):
     cal = calibration_set(str(root), "validation", True)
     assert cal and all(u.split != "test" for u in cal)
     assert main([str(tmp_path / "missing.swm"), "--root", str(root), "--out", str(tmp_path / "r.json")]) == 2
+
+
+def test_recipe_overrides_from_the_command_line():
+    from spikewire.tools.voices import recipe_overrides
+
+    r = Recipe(**recipe_overrides(["snr_db=[10, 40]", "noise_prob=0.5", "fsdd_per_speaker=300"]))
+    assert r.snr_db == (10, 40) and r.noise_prob == 0.5 and r.fsdd_per_speaker == 300
+    for bad, msg in ((["snr=1"], "FIELD one of"), (["noise_prob"], "FIELD=VALUE"), (["snr_db=[1"], "not JSON")):
+        with pytest.raises(ValueError, match=msg):
+            recipe_overrides(bad)
+    with pytest.raises(ValueError, match="noise_prob must be in 0..1"):
+        Recipe(**recipe_overrides(["noise_prob=2"]))

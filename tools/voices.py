@@ -315,6 +315,22 @@ def voices_config(out: str, **kw) -> TrainConfig:
     return TrainConfig(out=out, frontend=fe, **kw)
 
 
+def recipe_overrides(items: Sequence[str]) -> dict:
+    """``FIELD=JSON`` strings -> Recipe keyword arguments (lists become tuples); ValueError names a bad one."""
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or k not in names:
+            raise ValueError(f"--set {it!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        try:
+            val = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--set {it!r}: VALUE is not JSON ({e})") from None
+        out[k] = tuple(val) if isinstance(val, list) else val
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spikewire.tools.voices", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="folder holding the corpora (../shared/data)")
@@ -334,6 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-words", type=int, default=Recipe.n_words)
     p.add_argument("--fsdd-per-speaker", type=int, default=Recipe.fsdd_per_speaker)
     p.add_argument("--rare-repeats", type=int, default=Recipe.rare_repeats)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other Recipe field, VALUE as JSON (e.g. snr_db=[10,40], noise_prob=0.5); repeatable")
     p.add_argument("--max-ms", type=float, default=TrainConfig.max_ms, help="crop longer samples")
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--cache", default="")
@@ -345,7 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
                             n_noise=100, max_ms=a.max_ms,
                             **({"frontend": dict(LOG_FRONTEND)} if a.frontend == "log" else {}))
-        recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats)
+        recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats,
+                        **recipe_overrides(a.set))
         fe = frontend_config(cfg)
         tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out)
         data = VoicesData(cfg, fe, recipe, tr, te)
