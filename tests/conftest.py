@@ -5,7 +5,9 @@ Session-scoped: ``mqtt_broker`` (anonymous), ``mqtt_auth_broker`` (user/password
 ``mqtt_restartable_broker`` (anonymous, persistent sessions, can be stopped and
 restarted on the same port for outage tests). Tests that use them are marked
 ``mqtt`` (deselect with ``-m "not mqtt"``) and skipped, with the reason, when
-``mosquitto`` (or ``openssl`` for TLS) or ``aiomqtt`` is not installed.
+``mosquitto`` (or ``openssl`` for TLS) or ``aiomqtt`` is not installed. The test side of
+a broker test: :class:`Subscriber` (records what arrives) and :func:`run_bounded` (a coroutine
+with an overall deadline).
 
 Every broker runs ``user root`` so that it can read the key files and write its
 persistence file in pytest's private (0700) temp dirs when started as root.
@@ -13,6 +15,7 @@ persistence file in pytest's private (0700) temp dirs when started as root.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
@@ -305,3 +308,57 @@ def tiny_model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-test.swm"
     make_tiny_model().save(path)
     return path
+
+
+# -- the test side of broker tests ------------------------------------------------------------
+
+def run_bounded(coro, timeout: float = 20.0):
+    """Run a coroutine in a fresh loop with an overall deadline (a hang fails, it never blocks the suite)."""
+
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+class Subscriber:
+    """A test-side aiomqtt client that subscribes to ``topics`` (QoS 1) and records each message as
+    (topic, payload, retain); ``client`` also publishes. Use as ``async with``."""
+
+    def __init__(self, broker, *topics: str, **kwargs):
+        import aiomqtt  # the broker fixtures have skipped already where it is missing
+
+        self.client = aiomqtt.Client(**broker.client_kwargs(), **kwargs)
+        self.topics = topics
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._new = asyncio.Event()
+        self._task = None
+
+    async def __aenter__(self):
+        await self.client.__aenter__()
+        for topic in self.topics:
+            await self.client.subscribe(topic, qos=1)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc):
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.__aexit__(None, None, None)
+
+    async def _collect(self):
+        async for m in self.client.messages:
+            self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))
+            self._new.set()
+
+    async def wait_for(self, predicate, timeout: float = 5.0):
+        """Wait until predicate(messages) is truthy; return its value."""
+        async with asyncio.timeout(timeout):
+            while not (result := predicate(self.messages)):
+                self._new.clear()
+                await self._new.wait()
+        return result
+
+    def on(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in self.messages if t == topic]

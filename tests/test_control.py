@@ -11,18 +11,9 @@ import json
 
 import pytest
 
+from conftest import run_bounded
 from spikewire.control import CommandError, CommandRegistry, ControlPayloadError, encode_reply, parse_control
 from spikewire.wire import PayloadError
-
-
-def run(coro, timeout: float = 20.0):
-    """Run a coroutine in a fresh loop with an overall deadline (a hang fails, it never blocks the suite)."""
-
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def test_command_registry_replies():
@@ -65,7 +56,7 @@ def test_command_registry_replies():
             await reply(b'{"cmd": "label", "id": 13, "word": "x", "weight": true}'),
         ]
 
-    r = run(go())
+    r = run_bounded(go())
     assert calls == ["pause"]
     assert r[0] == {"id": 1, "ok": True}
     assert r[1] == {"id": "a", "ok": True, "result": {"word": "yes", "weight": 2}}
@@ -169,7 +160,7 @@ def test_control_channel_runs_in_order_one_at_a_time_and_refuses_when_full():
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
 
-    run(go())
+    run_bounded(go())
     assert replies[0] == {"id": 3, "ok": False, "error": "busy: 2 commands pending"}
     assert [(r["id"], r["ok"], r.get("result")) for r in replies[1:]] == [(0, True, 0), (1, True, 1), (2, True, 2)]
     assert order == [("start", 0), ("start", 1), ("start", 2)]
@@ -187,7 +178,7 @@ def test_control_channel_times_out_a_hanging_command():
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
 
-    run(go())
+    run_bounded(go())
     assert replies == [{"id": "h", "ok": False, "error": "hang: timed out after 0.05 s"}]
 
 
@@ -217,7 +208,7 @@ def test_pipeline_control_channel_is_a_door_into_its_commands(tiny_model_path):
         await asyncio.gather(worker, return_exceptions=True)
         return await task
 
-    run(go(), timeout=60)
+    run_bounded(go(), timeout=60)
     assert [r["id"] for r in replies] == [0, 1, 2] and all(r["ok"] for r in replies), replies
     assert replies[0]["result"]["paused"] is True and replies[2]["result"]["paused"] is False
     assert replies[1]["result"]["paused"] is True  # status ran after pause, in order

@@ -12,50 +12,9 @@ import pytest
 
 aiomqtt = pytest.importorskip("aiomqtt")
 
+from conftest import Subscriber, run_bounded  # noqa: E402
+
 from spikewire.mqtt import MqttSink  # noqa: E402
-
-
-def run(coro, timeout: float = 30.0):
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(bounded())
-
-
-class Listener:
-    """A test-side client that publishes and records what arrives on some topics."""
-
-    def __init__(self, broker, *topics: str):
-        self.client = aiomqtt.Client(**broker.client_kwargs())
-        self.topics = topics
-        self.got: list[tuple[str, bytes]] = []
-        self._new = asyncio.Event()
-
-    async def __aenter__(self):
-        await self.client.__aenter__()
-        for t in self.topics:
-            await self.client.subscribe(t, qos=1)
-        self._task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.client.__aexit__(None, None, None)
-
-    async def _collect(self):
-        async for m in self.client.messages:
-            self.got.append((str(m.topic), bytes(m.payload)))
-            self._new.set()
-
-    async def wait_for(self, predicate, timeout: float = 10.0):
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._new.clear()
-                await self._new.wait()
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p in self.got if t == topic]
 
 
 def test_deep_or_huge_control_json_is_answered_and_counted(mqtt_broker):
@@ -72,14 +31,14 @@ def test_deep_or_huge_control_json_is_answered_and_counted(mqtt_broker):
         async with MqttSink(mqtt_broker.url(prefix), "dev", "m") as sink:
             t = sink.topics
             sink.commands.register("pause", lambda: state.update(paused=state["paused"] + 1))
-            async with Listener(mqtt_broker, t.control_reply) as lis:
+            async with Subscriber(mqtt_broker, t.control_reply) as lis:
                 for p in bad:
                     await lis.client.publish(t.control, p, qos=1)
                 await lis.client.publish(t.control, b'{"cmd": "pause", "id": 10}', qos=1)
-                await lis.wait_for(lambda: len(lis.on(t.control_reply)) == len(bad) + 1)
+                await lis.wait_for(lambda m: len(lis.on(t.control_reply)) == len(bad) + 1, timeout=10)
             return [json.loads(p) for p in lis.on(t.control_reply)], sink.counters()
 
-    replies, counters = run(go())
+    replies, counters = run_bounded(go(), timeout=30)
     assert [r["ok"] for r in replies] == [False] * 4 + [True]
     assert "more than 65536" in replies[0]["error"] and replies[0]["id"] is None
     assert "deeper than 32" in replies[1]["error"]
@@ -231,7 +190,7 @@ def test_hostile_batches_through_a_real_broker_leave_the_pipeline_running(tiny_m
         pipe.request_stop()
         return await task, src.counters
 
-    final, counters = run(go())
+    final, counters = run_bounded(go(), timeout=30)
     assert counters["malformed"] == 1 and counters["batches"] == 6 and counters["resyncs"] == 2
     assert counters["late"] == 0 and counters["steps"] == 5 * 100 + 5
     assert final["steps"] == 505  # every good batch reached the core; stream time did not jump

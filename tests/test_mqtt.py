@@ -14,10 +14,11 @@ import random
 import re
 import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import REPO, Subscriber, run_bounded
 from spikewire.mqtt import (
     Backoff,
     MqttAuthError,
@@ -36,19 +37,8 @@ try:
 except ImportError:
     aiomqtt = None
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD = encode_spike_batch(1000, 10, [0, 3, 3], [5, 1, 7], n_units=16, population=1)
 FAST = Backoff(initial=0.05, maximum=0.5)
-
-
-def run(coro, timeout: float = 20.0):
-    """Run a coroutine in a fresh loop with an overall deadline (a hang fails, it never blocks the suite)."""
-
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 @pytest.fixture
@@ -84,45 +74,6 @@ def test_backoff_is_capped_and_jittered():
 # Against a real broker
 # ---------------------------------------------------------------------------
 
-class Subscriber:
-    """A test-side aiomqtt subscriber that records (topic, payload, retain)."""
-
-    def __init__(self, broker, *topics: str, **kwargs):
-        self.client = aiomqtt.Client(**broker.client_kwargs(), **kwargs)
-        self.topics = topics
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._new = asyncio.Event()
-        self._task = None
-
-    async def __aenter__(self):
-        await self.client.__aenter__()
-        for topic in self.topics:
-            await self.client.subscribe(topic, qos=1)
-        self._task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.client.__aexit__(None, None, None)
-
-    async def _collect(self):
-        async for m in self.client.messages:
-            self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))
-            self._new.set()
-
-    async def wait_for(self, predicate, timeout: float = 5.0):
-        """Wait until predicate(messages) is truthy; return its value."""
-        async with asyncio.timeout(timeout):
-            while not (result := predicate(self.messages)):
-                self._new.clear()
-                await self._new.wait()
-        return result
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in self.messages if t == topic]
-
-
 def test_keyword_spikes_metrics_arrive(mqtt_broker, prefix):
     async def go():
         url = mqtt_broker.url(prefix)
@@ -140,7 +91,7 @@ def test_keyword_spikes_metrics_arrive(mqtt_broker, prefix):
             counters = sink.counters()
         return t, seqs, sub, spikes, counters, sink.session
 
-    t, seqs, sub, spikes, counters, session = run(go())
+    t, seqs, sub, spikes, counters, session = run_bounded(go())
     assert seqs == [0, 1, 2]
     events = [json.loads(p) for p in sub.on(t.keyword)]
     assert events == [{**EVENT, "t_start": float(i), "t_end": i + 0.5, "model": "kws-v1", "seq": i,
@@ -172,7 +123,7 @@ def test_status_retained_online_then_offline(mqtt_broker, prefix):
             after = list(sub.messages)
         return status, during, after
 
-    status, during, after = run(go())
+    status, during, after = run_bounded(go())
     assert during == [(status, b"online", True)]
     assert after == [(status, b"offline", True)]
 
@@ -214,7 +165,7 @@ def test_last_will_on_crash(mqtt_broker, prefix):
             retained = list(late.messages)
         return status, live, retained
 
-    status, live, retained = run(go())
+    status, live, retained = run_bounded(go())
     assert [p for _, p, _ in live] == [b"online", b"offline"]
     assert retained == [(status, b"offline", True)]
 
@@ -251,7 +202,7 @@ def test_control_commands_and_malformed_payloads(mqtt_broker, prefix):
                 await sub.wait_for(lambda m: sub.on(t.keyword))
             return [json.loads(p) for p in sub.on(t.control_reply)], paused_after, sink.counters()
 
-    replies, paused_after, counters = run(go())
+    replies, paused_after, counters = run_bounded(go())
     assert replies[0] == {"id": 1, "ok": True}
     assert replies[1]["ok"] is False and "not JSON" in replies[1]["error"] and replies[1]["id"] is None
     assert replies[2]["ok"] is False and "JSON object" in replies[2]["error"]
@@ -280,7 +231,7 @@ def test_username_password(mqtt_auth_broker, prefix, caplog):
                 pass
         return sub.messages, str(wrong.value), str(anonymous.value)
 
-    messages, wrong, anonymous = run(go())
+    messages, wrong, anonymous = run_bounded(go())
     assert json.loads(messages[0][1])["word"] == "seven"
     assert "refused user 'spiker'" in wrong and "password" in wrong and "wrong-pw" not in wrong
     assert "refused anonymous client" in anonymous
@@ -305,7 +256,7 @@ def test_tls_with_throwaway_ca(mqtt_tls_broker, prefix):
                 pass
         return sub.messages
 
-    messages = run(go())
+    messages = run_bounded(go())
     assert json.loads(messages[0][1])["seq"] == 0
 
 
@@ -321,7 +272,7 @@ def test_plain_client_on_tls_port_does_not_hang(mqtt_tls_broker, prefix):
             counters = sink.counters()
         return counters, sink.counters()
 
-    during, after = run(go(), timeout=10)
+    during, after = run_bounded(go(), timeout=10)
     assert during["connect_failures"] >= 1 and during["buffered"] == 1 and during["dropped_spike_batches"] == 1
     assert after["dropped_keywords"] == 1 and after["buffered"] == 0
 
@@ -390,7 +341,7 @@ def test_broker_outage_keeps_order_and_counts_drops(mqtt_restartable_broker, pre
         # After close nothing is in flight: every batch is either published or dropped.
         return received, mid, sink.counters(), offered, sink.session
 
-    received, mid, end, offered, session = run(go(), timeout=40)
+    received, mid, end, offered, session = run_bounded(go(), timeout=40)
 
     first: dict[int, dict] = {}
     order = []
@@ -434,7 +385,7 @@ def test_keyword_buffer_overflow_drops_oldest(mqtt_restartable_broker, prefix):
                 received = await collector
         return received, mid
 
-    received, mid = run(go(), timeout=30)
+    received, mid = run_bounded(go(), timeout=30)
     assert mid["dropped_keywords"] == 3 and mid["buffered"] == 5
     seqs = []
     for doc in received:
@@ -486,7 +437,7 @@ def test_reconnector_refused_first_attempt_is_fatal():
         raise AssertionError("connected")
 
     with pytest.raises(MqttAuthError, match="refused user 'u'"):
-        run(r.run(session))
+        run_bounded(r.run(session))
     assert log == ["connect"] and r.counts == {"connect_failures": 1, "reconnects": 0}
 
 
@@ -510,7 +461,7 @@ def test_reconnector_retries_transient_and_later_refusals_then_reconnects():
         first = asyncio.get_running_loop().create_future()
         await r.run(session, first=first)
 
-    run(go())
+    run_bounded(go())
     assert isinstance(first.result(), OSError)  # the first attempt's outcome, reported once
     assert log == ["connect", "connect", "connect", "release", "connect", "release"]
     assert len(sessions) == 2 and script == []
@@ -529,7 +480,7 @@ def test_reconnector_wait_can_stop_the_loop():
     async def session(client):  # pragma: no cover - never reached
         raise AssertionError("connected")
 
-    run(r.run(session, wait=wait))
+    run_bounded(r.run(session, wait=wait))
     assert log == ["connect"] and len(delays) == 1 and 0.0005 <= delays[0] <= 0.001
 
 
@@ -540,7 +491,7 @@ def test_spike_source_refused_password_is_fatal(mqtt_auth_broker, tiny_model_pat
 
     src = MqttSpikeSource("swsrc/in", mqtt_auth_broker.url("swsrc", password="wrong"))
     with pytest.raises(MqttAuthError, match="refused user"):
-        run(Pipeline(str(tiny_model_path), src, [], metrics_interval=0).run())
+        run_bounded(Pipeline(str(tiny_model_path), src, [], metrics_interval=0).run())
     assert src.counters["connect_failures"] == 1 and src.counters["batches"] == 0
 
 

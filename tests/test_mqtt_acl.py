@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, Broker, _base_conf, _need, free_port
+from conftest import REPO, Broker, _base_conf, _need, free_port, run_bounded
 
 from spikewire.mqtt import MqttSink
 
@@ -74,14 +74,6 @@ async def wait_until(pred, event: asyncio.Event, timeout: float = 5.0):
             await event.wait()
 
 
-def run(coro, timeout: float = 20.0):
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
-
-
 def test_docs_acl_is_the_recipe():
     assert "pattern write fleet/%u/#" in ACL and "topic write fleet/+/control" in ACL, ACL
 
@@ -110,7 +102,7 @@ def test_device_publishes_only_under_its_prefix(acl_broker):
             await asyncio.gather(task, return_exceptions=True)
         return seen
 
-    seen = run(go())
+    seen = run_bounded(go())
     topics = [t for t, _ in seen]
     assert (f"{PREFIX}/pi-01/status", b"online") in seen and (f"{PREFIX}/pi-01/status", b"offline") in seen
     assert json.loads(dict(seen)[f"{PREFIX}/pi-01/keyword"])["word"] == "seven"
@@ -138,6 +130,6 @@ def test_operator_commands_devices_devices_read_only_their_control(acl_broker):
             await asyncio.gather(task, return_exceptions=True)
         return got
 
-    got = run(go())
+    got = run_bounded(go())
     assert got == [(f"{PREFIX}/pi-02/control", b'{"cmd": "resume"}'),
                    (f"{PREFIX}/pi-02/control", b'{"cmd": "marker"}')]
