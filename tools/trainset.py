@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -78,9 +78,20 @@ def _cached_bundle(path: Path, build) -> list[Sample]:
 
 
 class Data:
-    """Training/test sets encoded through the front end (cached)."""
+    """Training/test sets encoded through the front end (cached).
 
-    def __init__(self, cfg: TrainConfig, fe: FrontEndConfig, vocabulary: Sequence[str]):
+    ``split`` = (training, test) utterances; without it they are read from ``cfg.data`` (FSDD)
+    and ``cfg.wavs``. Subclasses (the many-voices recipe) change how a training variant is drawn
+    (:meth:`_variant_audio`), what its cache key covers (:meth:`_key_settings`) and where it is
+    cached (``variant_dir``, ``variant_name``, ``variant_seed``); the rest is shared.
+    """
+
+    variant_dir = "train-v1"   # cache_root / variant_dir / <key>.npz
+    variant_name = "train"     # the key's name for training variants
+    variant_seed = 1000        # variant v draws from default_rng([cfg.seed, variant_seed + v])
+
+    def __init__(self, cfg: TrainConfig, fe: FrontEndConfig, vocabulary: Sequence[str],
+                 split: Optional[tuple[Sequence[Utterance], Sequence[Utterance]]] = None):
         self.cfg, self.fe = cfg, fe
         if abs(fe.step_ms - cfg.step_ms) > 1e-9:
             raise ValueError(f"front end step_ms={fe.step_ms} differs from the training step_ms={cfg.step_ms}")
@@ -90,19 +101,25 @@ class Data:
         self.cache_root = Path(cfg.cache) if cfg.cache else default_cache_root()
         self.spikes = SpikeCache(self.cache_root)
         self.fe_hash = fe.config_hash()[:32]
+        if split is None:
+            split = self._read_sources()
+        self.train_utts, self.test = list(split[0]), list(split[1])
+        self.espeak = (espeak_clips(self.cache_root / "espeak-v1", BACKGROUND_WORDS, cfg.espeak_per_word, 0)
+                       if cfg.espeak_per_word > 0 else [])
+
+    def _read_sources(self) -> tuple[list[Utterance], list[Utterance]]:
+        cfg = self.cfg
         if cfg.data and cfg.exclude_speakers:
             train = fsdd(cfg.data, "all", exclude_speakers=cfg.exclude_speakers)
-            self.test = fsdd(cfg.data, "all", speakers=cfg.exclude_speakers)
+            test = fsdd(cfg.data, "all", speakers=cfg.exclude_speakers)
         else:
             train = fsdd(cfg.data, "train") if cfg.data else []
-            self.test = fsdd(cfg.data, "test") if cfg.data else []
+            test = fsdd(cfg.data, "test") if cfg.data else []
         for folder in cfg.wavs:
             u = wav_folder(folder, self.vocab)
             train += [x for x in u if x.split != "test"]
-            self.test += [x for x in u if x.split == "test" and x.known]
-        self.train_utts = train
-        self.espeak = (espeak_clips(self.cache_root / "espeak-v1", BACKGROUND_WORDS, cfg.espeak_per_word, 0)
-                       if cfg.espeak_per_word > 0 else [])
+            test += [x for x in u if x.split == "test" and x.known]
+        return train, test
 
     def label_of(self, u: Utterance) -> int:
         return self.vocab.index(u.label) if (u.known and u.label in self.vocab) else self.none
@@ -119,37 +136,45 @@ class Data:
         x, r = read_wav(path)
         return tuple(encode(x, r, self.fe))
 
+    def _key_settings(self) -> list:
+        """The training settings a cached set depends on (besides the front end, vocabulary and files)."""
+        return [{k: v for k, v in self.cfg.to_dict().items()
+                 if k in ("seed", "max_ms", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "speed",
+                          "n_noise", "espeak_per_word")}]
+
     def _key(self, what: str, variant: int, files: Sequence[Path]) -> str:
         h = hashlib.sha256()
-        aug = {k: v for k, v in self.cfg.to_dict().items()
-               if k in ("seed", "max_ms", "pre_ms", "post_ms", "noise_prob", "snr_db", "gain_db", "speed", "n_noise",
-                        "espeak_per_word")}
-        h.update(json.dumps([what, variant, self.fe.to_json(), aug, self.vocab], sort_keys=True).encode())
+        h.update(json.dumps([what, variant, self.fe.to_json(), *self._key_settings(), self.vocab],
+                            sort_keys=True).encode())
         for p in files:
             h.update(self.spikes.digest(p).encode())
         return h.hexdigest()[:24]
 
+    def _variant_audio(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, int, int]]:
+        """(audio, rate, label) of one training variant before the noise segments: every training
+        word in context, then the espeak background words."""
+        for u in self.train_utts:
+            x, r = read_wav(u.path)
+            yield in_context(x, r, rng, self.cfg), r, self.label_of(u)
+        for _, p in self.espeak:
+            x, r = read_wav(p)
+            yield in_context(x, r, rng, self.cfg), r, self.none
+
     def train_variant(self, variant: int) -> list[Sample]:
-        """Augmented training set number ``variant`` (words in context + background), cached."""
+        """Augmented training set number ``variant`` (:meth:`_variant_audio`, then ``cfg.n_noise``
+        noise segments as "no keyword"), cached."""
         files = [u.path for u in self.train_utts] + [p for _, p in self.espeak]
-        path = self.cache_root / "train-v1" / f"{self._key('train', variant, files)}.npz"
+        path = self.cache_root / self.variant_dir / f"{self._key(self.variant_name, variant, files)}.npz"
 
         def build():
             t0 = time.time()
-            rng = np.random.default_rng([self.cfg.seed, 1000 + variant])
-            out = []
-            for u in self.train_utts:
-                x, r = read_wav(u.path)
-                y = in_context(x, r, rng, self.cfg)
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.label_of(u)))
-            for _, p in self.espeak:
-                x, r = read_wav(p)
-                y = in_context(x, r, rng, self.cfg)
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.none))
+            rng = np.random.default_rng([self.cfg.seed, self.variant_seed + variant])
+            out = [Sample(*_encode_audio(y, r, self.fe, self.max_steps), label)
+                   for y, r, label in self._variant_audio(rng)]
             for _ in range(self.cfg.n_noise):
-                y = noise_segment(rng)
-                out.append(Sample(*_encode_audio(y, 8000, self.fe, self.max_steps), self.none))
-            log.info("encoded training variant %d: %d samples in %.1f s", variant, len(out), time.time() - t0)
+                out.append(Sample(*_encode_audio(noise_segment(rng), 8000, self.fe, self.max_steps), self.none))
+            log.info("encoded %s variant %d: %d samples (%d words of the vocabulary) in %.1f s", self.variant_name,
+                     variant, len(out), sum(s.label != self.none for s in out), time.time() - t0)
             return out
 
         return _cached_bundle(path, build)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -49,13 +48,11 @@ from spikewire.audio import read_wav
 from spikewire.frontend import FrontEndConfig
 from spikewire.tools.datasets import CORPORA, DIGIT_WORDS, Utterance, load_corpus
 from spikewire.tools.protocol import folds
-from spikewire.tools.augment import noise_segment
 from spikewire.tools.noise import unit_rms as _noise
 from spikewire.tools.export import export_model
 from spikewire.tools.recipe import TrainConfig, frontend_config
 from spikewire.tools.trainer import train
-from spikewire.tools.trainset import Data, Sample, _cached_bundle, _encode_audio
-from spikewire.tools.words import BACKGROUND_WORDS, espeak_clips
+from spikewire.tools.trainset import Data
 
 log = logging.getLogger("spikewire.tools.voices")
 
@@ -237,75 +234,42 @@ def fold_utterances(root: str, fold: str, seed: int = 0, fsdd_test_out: bool = T
 
 
 class VoicesData(Data):
-    """train.Data with the many-voices training set; ``test`` = the fold's held-out digits."""
+    """train.Data with the many-voices training set; ``test`` = the fold's held-out digits
+    (``all_test``: every held-out utterance)."""
+
+    variant_dir, variant_name, variant_seed = "voices-v2", "voices", 2000
 
     def __init__(self, cfg: TrainConfig, fe: FrontEndConfig, recipe: Recipe, train_utts: Sequence[Utterance],
                  test_utts: Sequence[Utterance], vocabulary: Sequence[str] = DIGIT_WORDS):
-        # train.Data.__init__ reads FSDD itself; set what it sets, from the fold instead
-        from spikewire.tools.datasets import SpikeCache, default_cache_root
-
-        self.cfg, self.fe, self.recipe = cfg, fe, recipe
-        if abs(fe.step_ms - cfg.step_ms) > 1e-9:
-            raise ValueError(f"front end step_ms={fe.step_ms} differs from the training step_ms={cfg.step_ms}")
-        self.max_steps = int(round(cfg.max_ms / cfg.step_ms))
-        self.vocab = list(vocabulary)
-        self.none = len(self.vocab)
-        self.cache_root = Path(cfg.cache) if cfg.cache else default_cache_root()
-        self.spikes = SpikeCache(self.cache_root)
-        self.fe_hash = fe.config_hash()[:32]
-        self.train_utts = list(train_utts)
+        self.recipe = recipe
         self.all_test = list(test_utts)
-        self.test = [u for u in test_utts if u.known]          # digits: what train() reports per epoch
-        self.espeak = (espeak_clips(self.cache_root / "espeak-v1", BACKGROUND_WORDS, cfg.espeak_per_word, 0)
-                       if cfg.espeak_per_word > 0 else [])
+        super().__init__(cfg, fe, vocabulary, split=(train_utts, [u for u in test_utts if u.known]))
 
-    def _key(self, what: str, variant: int, files: Sequence[Path]) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps([what, variant, self.fe.to_json(), dataclasses.asdict(self.recipe), self.cfg.seed,
-                             self.cfg.max_ms, self.cfg.n_noise, self.vocab], sort_keys=True).encode())
-        for p in files:
-            h.update(self.spikes.digest(p).encode())
-        return h.hexdigest()[:24]
+    def _key_settings(self) -> list:
+        return [dataclasses.asdict(self.recipe), self.cfg.seed, self.cfg.max_ms, self.cfg.n_noise]
 
-    def train_variant(self, variant: int) -> list[Sample]:
-        files = [u.path for u in self.train_utts] + [p for _, p in self.espeak]
-        path = self.cache_root / "voices-v2" / f"{self._key('voices', variant, files)}.npz"
+    def _variant_audio(self, rng: np.random.Generator):
+        """Speaker-balanced clips (:func:`balanced_pick`) and the espeak words, each augmented
+        (:func:`augment`) with babble of 60 training words of the clip's rate."""
+        picked = balanced_pick(self.train_utts, self.recipe, rng)
+        audio: dict = {}
 
-        def build():
-            t0 = time.time()
-            rng = np.random.default_rng([self.cfg.seed, 2000 + variant])
-            picked = balanced_pick(self.train_utts, self.recipe, rng)
-            audio: dict = {}
+        def load(p: Path):
+            if p not in audio:
+                audio[p] = read_wav(p)
+            return audio[p]
 
-            def load(p: Path):
-                if p not in audio:
-                    x, r = read_wav(p)
-                    audio[p] = (x, r)
-                return audio[p]
-
-            # babble: 60 training words at 8 kHz-or-native rate, grouped by rate
-            word_pool = [u for u in self.train_utts if not u.known]
-            bab = defaultdict(list)
-            for i in rng.choice(len(word_pool), size=min(60, len(word_pool)), replace=False) if word_pool else []:
-                x, r = load(word_pool[int(i)].path)
-                bab[r].append(x)
-            out = []
-            for u in picked:
-                x, r = load(u.path)
-                y = augment(x, r, rng, self.recipe, bab.get(r, ()))
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.label_of(u)))
-            for _, p in self.espeak:
-                x, r = load(p)
-                y = augment(x, r, rng, self.recipe, bab.get(r, ()))
-                out.append(Sample(*_encode_audio(y, r, self.fe, self.max_steps), self.none))
-            for _ in range(self.cfg.n_noise):
-                y = noise_segment(rng)
-                out.append(Sample(*_encode_audio(y, 8000, self.fe, self.max_steps), self.none))
-            log.info("encoded voices variant %d: %d samples (%d digits) in %.1f s", variant, len(out),
-                     sum(s.label != self.none for s in out), time.time() - t0)
-            return out
-
-        return _cached_bundle(path, build)
+        word_pool = [u for u in self.train_utts if not u.known]
+        bab = defaultdict(list)
+        for i in rng.choice(len(word_pool), size=min(60, len(word_pool)), replace=False) if word_pool else []:
+            x, r = load(word_pool[int(i)].path)
+            bab[r].append(x)
+        for u in picked:
+            x, r = load(u.path)
+            yield augment(x, r, rng, self.recipe, bab.get(r, ())), r, self.label_of(u)
+        for _, p in self.espeak:
+            x, r = load(p)
+            yield augment(x, r, rng, self.recipe, bab.get(r, ())), r, self.none
 
 
 def voices_config(out: str, **kw) -> TrainConfig:
