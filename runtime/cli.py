@@ -69,6 +69,10 @@ def cmd_core_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "core":
+        if args.learn:
+            from . import bench_learn
+            bench_learn.run(args.json, args.runs, args.kernel, args.surrogate_log2)
+            return 0
         from . import bench_core
         bench_core.run(args.json, args.runs, args.kernel)
         return 0
@@ -377,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--aarch64", action="store_true", help="cpu: A64 instructions under qemu (needs a checkout)")
     b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")
     b.add_argument("--rate", type=int, default=16000, help="cpu: input sample rate (default 16000)")
+    b.add_argument("--learn", action="store_true",
+                   help="core: the e-prop learning workload (mode C; JSON learn_steps_per_s)")
+    b.add_argument("--surrogate-log2", type=int, default=12, help="core --learn: surrogate width 2^k (default 12)")
     b.set_defaults(fn=cmd_bench)
 
     e = sub.add_parser("eval", help="evaluate a keyword model on labelled WAVs (offline, --stream, --calibrate)",
