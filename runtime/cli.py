@@ -74,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench_learn.run(args.json, args.runs, args.kernel, args.surrogate_log2)
             return 0
         from . import bench_core
-        bench_core.run(args.json, args.runs, args.kernel)
+        bench_core.run(args.json, args.runs, args.kernel, args.min_time, not args.no_c_loop)
         return 0
     if args.what == "e2e":
         from . import bench_e2e
@@ -377,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--kernel", choices=["fast", "reference"], default="fast")
+    b.add_argument("--min-time", type=float, default=0.2, help="core: seconds per timed run (default 0.2)")
+    b.add_argument("--no-c-loop", action="store_true", help="core: skip the bare C loop (needs a C compiler)")
     b.add_argument("--model", help="e2e, cpu: model name or .swm path (default kws-digits)")
     b.add_argument("--aarch64", action="store_true", help="cpu: A64 instructions under qemu (needs a checkout)")
     b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")

@@ -168,6 +168,12 @@ class Core:
         self._c_ov = _ffi.from_buffer("int16_t[]", self._s_ov, require_writable=True)
         self._c_cadc = _ffi.from_buffer("uint8_t[]", self._s_cadc, require_writable=True)
         self._c_empty = _ffi.NULL
+        views = []
+        for a in (self._s_spk, self._s_ov, self._s_cadc):
+            v = a.view()
+            v.flags.writeable = False
+            views.append(v)
+        self._s_views = StepOutput(*views)  # what step(copy=False) returns
 
     # -- lifetime ---------------------------------------------------------
     def close(self) -> None:
@@ -261,10 +267,13 @@ class Core:
             ptr = self._live()
             _check_rc(_lib.sw_core_reset(ptr), "cannot reset", ptr)
 
-    def step(self, channels=()) -> StepOutput:
+    def step(self, channels=(), copy: bool = True) -> StepOutput:
         """Advance one time step with the given input channel ids (repeats allowed).
 
-        Returns copies of the hidden spikes, readout membranes and CADC codes.
+        Returns the hidden spikes, readout membranes and CADC codes of the step:
+        fresh copies by default; with ``copy=False`` read-only views of the
+        core's own per-step buffers (no allocation), which the next ``step``
+        overwrites: use them before stepping again or copy what you keep.
         """
         if type(channels) is np.ndarray and channels.dtype == np.int32 and channels.ndim == 1 \
                 and channels.flags.c_contiguous:
@@ -284,7 +293,9 @@ class Core:
                                    self._c_spk, _ffi.NULL, self._c_ov, self._c_cadc)
             if st != _lib.SW_OK:
                 _check_rc(st, "step failed", ptr)
-            return StepOutput(self._s_spk.copy(), self._s_ov.copy(), self._s_cadc.copy())
+            if copy:
+                return StepOutput(self._s_spk.copy(), self._s_ov.copy(), self._s_cadc.copy())
+            return self._s_views
         finally:
             self._lock.release()
 
