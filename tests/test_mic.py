@@ -83,47 +83,68 @@ def virtual_mic():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _models():
-    out = [make_tiny_model()]
-    try:
-        from spikewire.model import load
-        out.append(load("kws-digits"))
-    except (OSError, ValueError):
-        pass  # the trained model is not there yet
-    return out
+# Room for the whole session in the audio queue: a loaded machine may starve the pipeline for
+# seconds, and a drop then would be a timing result (the benchmarks measure keeping up), not a
+# wrong one.  What is asserted is that nothing is dropped, changed or reordered.
+AUDIO_QUEUE_BLOCKS = 6000  # 60 s of 10 ms blocks; the session is ~12 s
 
 
-async def _mic_session(model, capture: list, out: io.StringIO) -> dict:
+def _lead_in(heard: np.ndarray, wav: np.ndarray) -> int | None:
+    """Samples of silence before the recording starts in what the mic heard (None: not started)."""
+    nz = np.flatnonzero(heard)
+    return None if nz.size == 0 else int(nz[0]) - int(np.flatnonzero(wav)[0])
+
+
+async def _mic_session(model, capture: list, out: io.StringIO, wav: np.ndarray) -> dict:
     src = MicSource(None, rate=RATE, block_ms=10, capture=capture)
-    pipe = Pipeline(model, src, [StdoutSink(out)], metrics_interval=0)
+    pipe = Pipeline(model, src, [StdoutSink(out)], metrics_interval=0, audio_queue=AUDIO_QUEUE_BLOCKS)
     task = asyncio.create_task(pipe.run())
     try:
-        async with asyncio.timeout(10):  # start playing only after the first callback (recipes.md gotcha 2)
+        async with asyncio.timeout(30):  # start playing only after the first callback (recipes.md gotcha 2)
             while src.first_block is None or not src.first_block.is_set():
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.005)
         play = await asyncio.create_subprocess_exec("paplay", "-d", "vsink", str(DIGITS_WAV))
-        async with asyncio.timeout(40):
+        async with asyncio.timeout(60):
             assert await play.wait() == 0
-        await asyncio.sleep(0.5)  # the tail still in Pulse's buffers
+        async with asyncio.timeout(30):  # the tail still in Pulse's buffers: until all of it arrived
+            while True:
+                heard = np.concatenate(capture) if capture else np.zeros(0, np.int16)
+                lead = _lead_in(heard, wav)
+                if lead is not None and heard.size >= lead + wav.size:
+                    break
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
     finally:
         pipe.request_stop()
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(30):
         return await task
 
 
-@pytest.mark.parametrize("model", _models(), ids=lambda m: m.name)
-def test_virtual_mic_reports_the_played_audio(virtual_mic, model):
+def _model(name: str):
+    """The model of a case, loaded before the session (a failure to load fails the case)."""
+    if name == "tiny-test":
+        return make_tiny_model()
+    from spikewire.model import load
+
+    return load(name)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-test", "kws-digits"])
+def test_virtual_mic_reports_the_played_audio(virtual_mic, model_name):
+    model = _model(model_name)
+    assert model.name == model_name
     wav, rate = read_wav_int16(DIGITS_WAV)
     assert rate == RATE
     capture: list = []
     out = io.StringIO()
-    final = asyncio.run(_mic_session(model, capture, out))
+    final = asyncio.run(_mic_session(model, capture, out, wav))
     heard = np.concatenate(capture)
     assert final["counts"]["audio_samples"] == heard.size and final["dropped"]["audio"] == 0
     # the recording arrives bit-exactly, complete, after some lead-in silence
-    lead = int(np.flatnonzero(heard)[0]) - int(np.flatnonzero(wav)[0])
+    lead = _lead_in(heard, wav)
     assert lead >= 0 and heard.size >= lead + wav.size
     np.testing.assert_array_equal(heard[lead:lead + wav.size], wav)
     # ... so the front end sees what it sees from the file
