@@ -58,7 +58,7 @@ def _input(rate: int):
     import numpy as np
 
     from .audio import read_wav_int16
-    from .cli import demo_recording
+    from .assets import demo_recording
 
     x, r = read_wav_int16(demo_recording())
     if rate == r:

@@ -32,15 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .assets import demo_recording
+
 BLOCK_MS = 10.0
 TARGET_P99_EXTRA_MS = 15.0
 TARGET_RSS_MB = 80.0
-
-
-def _recording() -> str:
-    from importlib import resources
-
-    return str(resources.files("spikewire") / "data" / "digits.wav")
 
 
 def _model_path(ref: str | None) -> tuple[str, str]:
@@ -154,7 +150,7 @@ def run(json_path: str | None = None, model: str | None = None) -> int:
         model, out["model"] = _model_path(model)
         broker, port = _start_mosquitto(tmp)
         try:
-            wav = _recording()
+            wav = demo_recording()
             fast = asyncio.run(_paced(model, wav, port, fast=True))
             f = fast["worker"]["final"]
             out["pipeline_rtf"] = round(f["uptime_s"] / f["stream_s"], 5)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from .assets import demo_recording  # noqa: F401  (also spikewire.cli.demo_recording, its old home)
+
 log = logging.getLogger("spikewire")
 
 
@@ -248,13 +250,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg["log_level"] and args.log_level == "warning":
         logging.getLogger().setLevel(getattr(logging, cfg["log_level"].upper(), logging.WARNING))
     return _run_and_report(cfg, "spikewire run")
-
-
-def demo_recording() -> str:
-    """Path of the bundled recording of spoken digits (runtime/data/digits.wav, see its README)."""
-    from importlib import resources
-
-    return str(resources.files("spikewire") / "data" / "digits.wav")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

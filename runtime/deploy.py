@@ -16,8 +16,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from importlib import resources
 from pathlib import Path
+
+from .assets import deploy_template
 
 TOP = "spikewire-pi"
 MODEL_DIR = "/var/lib/spikewire/models"
@@ -26,10 +27,6 @@ DEFAULT_MODEL_LINE = f'model = "{MODEL_DIR}/kws-digits.swm"'
 
 class DeployError(ValueError):
     """Bad input for a bundle (exit code 2)."""
-
-
-def template(name: str) -> bytes:
-    return (resources.files("spikewire") / "data" / "deploy" / name).read_bytes()
 
 
 def _checkout() -> Path | None:
@@ -64,7 +61,7 @@ def _device_toml(config: str | None, model_name: str) -> bytes:
 
     installed = f"{MODEL_DIR}/{model_name}"
     if config is None:
-        text = template("device.toml").decode()
+        text = deploy_template("device.toml").decode()
         assert DEFAULT_MODEL_LINE in text
         return text.replace(DEFAULT_MODEL_LINE, f'model = "{installed}"').encode()
     try:
@@ -113,8 +110,8 @@ def build_bundle(model: str, out: str, *, config: str | None = None, sdist: str 
             sdist_path.name: sdist_path.read_bytes(),
             f"models/{model_path.name}": model_bytes,
             "device.toml": device,
-            "spikewire.service": template("spikewire.service"),
-            "install.sh": template("install.sh"),
+            "spikewire.service": deploy_template("spikewire.service"),
+            "install.sh": deploy_template("install.sh"),
         }
     info = {"format": 1, "spikewire_version": __version__, "sdist": sdist_path.name,
             "model": f"models/{model_path.name}", "python_built_with": sys.version.split()[0],

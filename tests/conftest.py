@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import pytest
 
+from spikewire.assets import demo_recording
+
 HOST = "127.0.0.1"
 USERNAME = "spiker"
 PASSWORD = "s3cret:p@ss/word"  # needs percent-encoding in URLs: exercises the URL parser
@@ -256,7 +258,7 @@ def mqtt_restartable_broker(tmp_path):
 # Used until (and besides) the trained kws-digits model.
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS_WAV = REPO / "runtime" / "data" / "digits.wav"
+DIGITS_WAV = Path(demo_recording())  # the installed package's copy (spikewire.assets)
 # what is said in it, in order (runtime/data/README.md)
 DIGITS_WAV_WORDS = ["seven", "two", "nine", "zero", "four", "one", "eight", "three", "six", "five"]
 DIGITS_WAV_SPANS_S = [(0.300, 0.732), (1.332, 1.900), (2.500, 2.979), (3.579, 4.132), (4.732, 5.082),

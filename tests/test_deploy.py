@@ -15,7 +15,7 @@ import tarfile
 import pytest
 
 from spikewire.cli import main
-from spikewire.deploy import template
+from spikewire.assets import deploy_template as template
 
 NAMES = {"device.toml", "spikewire.service", "install.sh", "bundle.json", "SHA256SUMS",
          "models/kws-digits.swm"}

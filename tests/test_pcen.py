@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
@@ -22,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spikewire import frontend as fe_mod
+from spikewire.assets import demo_recording
 from spikewire.audio import read_wav
 from spikewire.frontend import Events, FrontEnd, FrontEndConfig, encode
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WAV = os.path.join(HERE, "..", "runtime", "data", "digits.wav")
+WAV = demo_recording()
 
 PCEN = FrontEndConfig(normalize="pcen", floor_db=-110.0)
 PCEN_B = FrontEndConfig(normalize="pcen", floor_db=-95.0, pcen_ms=50.0, pcen_alpha=0.6,

@@ -24,7 +24,7 @@ def block(lang: str) -> str:
 
 
 def test_doc_shows_the_bundle_templates():
-    from spikewire.deploy import template
+    from spikewire.assets import deploy_template as template
 
     assert block("ini") == template("spikewire.service").decode()
     assert block("toml") == template("device.toml").decode()

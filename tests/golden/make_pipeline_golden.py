@@ -47,7 +47,7 @@ def _file_digest(path: str) -> str:
 def compute() -> dict:
     """The record for this machine (the C kernels are required: no silent numpy fallback)."""
     from spikewire.audio import read_wav_int16
-    from spikewire.cli import demo_recording
+    from spikewire.assets import demo_recording
     from spikewire.events import Events
     from spikewire.frontend import FrontEnd
     from spikewire.model import load
