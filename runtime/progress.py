@@ -2,6 +2,8 @@
 terminal, plain log lines otherwise (pipes, CI logs). No dependency; the clock can be injected."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from typing import Callable, Optional, TextIO
@@ -106,3 +108,14 @@ class Progress:
         else:
             self.stream.write(self.text() + "\n")
         self.stream.flush()
+
+
+def run_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """The log lines of a long run (training, evaluation): ``level`` and up to stderr and, when
+    given, to ``log_file`` too.  It replaces the root logger's handlers (``force``): ``spikewire``
+    configures logging before it hands over to a tool, and a plain ``logging.basicConfig`` is then
+    a no-op (no train.log, no INFO lines)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", handlers=handlers, force=True)

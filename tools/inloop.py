@@ -43,8 +43,10 @@ from spikewire.core import Core
 from spikewire.decision import classify_scores
 from spikewire.events import Events
 from spikewire.model import Model
+from spikewire.progress import run_logging
 from spikewire.reference import cadc as cadc_code
 from spikewire.tools.snn import SNN, SNNOutput, _LoopFn, _surrogate_grad
+from spikewire.tools.trainer import flush_denormals
 
 log = logging.getLogger("spikewire.tools.inloop")
 
@@ -338,11 +340,8 @@ def finetune(model: Model, data, tcfg, fcfg: FinetuneConfig, chip: Optional[Virt
     if fcfg.forward == "chip" and chip is None:
         raise ValueError("in-the-loop fine-tuning needs a VirtualChip")
     torch.set_num_threads(fcfg.threads)
-    torch.set_flush_denormal(True)  # decaying adjoints would crawl through denormals; reset on return
-    try:
+    with flush_denormals():  # decaying adjoints would crawl through denormals; restored on return
         return _finetune(model, data, tcfg, fcfg, chip, on_epoch)
-    finally:
-        torch.set_flush_denormal(False)  # a process-wide CPU flag (other code, e.g. hypothesis, needs it off)
 
 
 def _finetune(model, data, tcfg, fcfg, chip, on_epoch):
@@ -508,8 +507,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"spikewire train --in-the-loop: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True,  # spikewire's CLI
-                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "in-the-loop.log")])
+    run_logging(out / "in-the-loop.log")
     if base is None:
         log.info("no --init: training the software model first (%s)", tcfg.out)
         res = train(tcfg, resume=True, data=data)

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spikewire.progress import run_logging
+
 # the pieces, re-exported: ``spikewire.tools.train`` stays the one import for all of them
 from .augment import in_context, noise_segment
 from .datasets import DIGIT_WORDS, fsdd
@@ -125,8 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"python -m spikewire.tools.train: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
+    run_logging(out / "train.log")
     if a.leave_one_speaker_out:
         summary = leave_one_speaker_out(cfg, a.name, progress=True)
         log.info("leave-one-speaker-out: %s", json.dumps(summary, indent=1))

@@ -108,6 +108,30 @@ def _load_weights(net, weights: dict) -> None:
             p.copy_(weights[k])
 
 
+def denormals_flushed() -> bool:
+    """Whether torch flushes denormal floats to zero on this thread now (torch has a setter only,
+    so this multiplies the smallest normal float32 by 0.5 and looks whether a denormal came out)."""
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    return bool((torch.full((1,), tiny, dtype=torch.float32) * 0.5).item() == 0.0)
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """torch's flush-to-zero on inside, and the state before restored on the way out: the flag is
+    a CPU mode of the thread, left on it changes every later float computation of the process
+    (it broke a Hypothesis test once)."""
+    import torch
+
+    before = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 @contextlib.contextmanager
 def _weights(net, ema: Optional[dict]):
     """Temporarily run ``net`` with the averaged weights ``ema`` (no-op when None)."""
@@ -159,7 +183,13 @@ def train(cfg: TrainConfig, resume: bool = False, data: Optional[Data] = None,
     import torch
 
     torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # decaying float currents would otherwise crawl through denormals
+    with flush_denormals():  # decaying float currents would otherwise crawl through denormals
+        return _train(cfg, resume, data, fe, vocabulary, max_batches, stop_after, progress)
+
+
+def _train(cfg, resume, data, fe, vocabulary, max_batches, stop_after, progress) -> dict:
+    import torch
+
     fe = fe or frontend_config(cfg)
     data = data or Data(cfg, fe, vocabulary)
     n_out = len(vocabulary) + 1

@@ -46,6 +46,7 @@ import numpy as np
 
 from spikewire.audio import read_wav
 from spikewire.frontend import FrontEndConfig
+from spikewire.progress import run_logging
 from spikewire.tools.datasets import CORPORA, DIGIT_WORDS, Utterance, load_corpus
 from spikewire.tools.protocol import folds
 from spikewire.tools.noise import unit_rms as _noise
@@ -336,8 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"python -m spikewire.tools.voices: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
+    run_logging(out / "train.log")
     log.info("fold %s: %d train / %d test utterances; %d held-out digits", a.fold, len(tr), len(te), len(data.test))
     t0 = time.time()
     res = train(cfg, resume=a.resume, data=data, fe=fe)

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from spikewire.model import Model
+from spikewire.progress import run_logging
 from spikewire.tools.datasets import Utterance
 from spikewire.tools.evaluate import (
     Stream,
@@ -135,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report JSON")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    run_logging()
     try:
         model = Model.load(a.model)
         rep: dict = {}
