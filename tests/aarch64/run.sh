@@ -119,6 +119,9 @@ EOF
 echo "== aarch64 python: pipeline golden record"
 a64 tests/golden/make_pipeline_golden.py --check
 
+echo "== aarch64 python: front-end golden vectors (design from the configs + C kernel)"
+a64 tests/golden/make_golden_frontend.py --check
+
 echo "== aarch64 python: spikewire demo == x86-64"
 $PY -P -m spikewire.cli demo > "$out/demo_x86.txt" 2>/dev/null
 a64 -m spikewire.cli demo > "$out/demo_a64.txt" 2>"$out/demo_a64.err" || { cat "$out/demo_a64.err" >&2; exit 1; }

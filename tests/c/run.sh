@@ -6,6 +6,7 @@
 #     front-end hash as gcc
 #  4. aarch64 cross build run under qemu-user, if aarch64-linux-gnu-gcc and qemu-aarch64 exist
 #     (tests/run.sh installs them); the same golden file must pass there.
+# Every front-end build also checks the stored events of tests/golden/frontend_v1.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=tests/c/build
@@ -14,18 +15,19 @@ FLAGS=(-std=c99 -O2 -g -Wall -Wextra -Werror -fsigned-char -ffp-contract=off -fw
 SRC=(tests/c/test_core.c csrc/core.c)
 FE_SRC=(tests/c/test_frontend.c csrc/frontend.c csrc/core.c)
 GOLD=tests/golden/core_v1.txt
+FE_GOLD=tests/golden/frontend_v1.txt
 
 echo "== C core tests: native, ASan + UBSan"
 cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${SRC[@]}" -o "$out/test_core_asan"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan" "$GOLD"
 cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${FE_SRC[@]}" -lm -o "$out/test_fe_asan"
-ASAN_OPTIONS=detect_leaks=1 "$out/test_fe_asan" | tee "$out/fe_x86_asan.txt"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_fe_asan" "$FE_GOLD" | tee "$out/fe_x86_asan.txt"
 
 echo "== C core tests: native, baseline ISA (SW_NO_CLONES)"
 cc "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${SRC[@]}" -o "$out/test_core_base"
 "$out/test_core_base" "$GOLD"
 cc "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe"
-"$out/test_fe" > "$out/fe_x86.txt"
+"$out/test_fe" "$FE_GOLD" > "$out/fe_x86.txt" || { cat "$out/fe_x86.txt"; exit 1; }
 grep fe_hash "$out/fe_x86.txt"
 # the front end's float path must not depend on optimisation level or sanitizers
 [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_x86_asan.txt")" ] \
@@ -38,7 +40,7 @@ if command -v clang >/dev/null; then
     clang "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${SRC[@]}" -o "$out/test_core_clang_base"
     "$out/test_core_clang_base" "$GOLD"
     clang "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe_clang"
-    "$out/test_fe_clang" > "$out/fe_clang.txt"
+    "$out/test_fe_clang" "$FE_GOLD" > "$out/fe_clang.txt" || { cat "$out/fe_clang.txt"; exit 1; }
     [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_clang.txt")" ] \
         || { echo "front-end events differ between gcc and clang" >&2; exit 1; }
 elif [ "${SPIKEWIRE_REQUIRE_AARCH64:-0}" = 1 ]; then
@@ -53,7 +55,7 @@ if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/
     aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${SRC[@]}" -o "$out/test_core_a64"
     qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_core_a64" "$GOLD"
     aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${FE_SRC[@]}" -lm -o "$out/test_fe_a64"
-    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_fe_a64" > "$out/fe_a64.txt"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_fe_a64" "$FE_GOLD" > "$out/fe_a64.txt" || { cat "$out/fe_a64.txt"; exit 1; }
     grep fe_hash "$out/fe_a64.txt"
     [ "$(grep fe_hash "$out/fe_x86.txt")" = "$(grep fe_hash "$out/fe_a64.txt")" ] \
         || { echo "front-end events differ between x86-64 and aarch64" >&2; exit 1; }

@@ -1,8 +1,12 @@
 /*
  * C-level tests of the front end (csrc/frontend.c): malformed calls return a
- * status (never crash, never touch state), block invariance, and a hash of
+ * status (never crash, never touch state), block invariance, a hash of
  * the events of a fixed signal that tests/c/run.sh compares between x86-64
- * and aarch64 (the front end promises bit-identical results across CPUs).
+ * and aarch64 (the front end promises bit-identical results across CPUs),
+ * and, given a golden file, its stored events (pinned values, not only the
+ * same on both CPUs):
+ *
+ *   ./test_frontend [tests/golden/frontend_v1.txt]
  *
  * Prints "fe_hash <hex>" and a final "N passed, N failed" line.
  */
@@ -13,6 +17,7 @@
 
 #include "spikewire.h"
 #include "check.h"
+#include "golden_file.h"
 
 SW_CHECK_COUNTERS;
 
@@ -121,7 +126,170 @@ static uint64_t run_blocks(sw_fe *fe, const int *sizes, int n_sizes, int64_t *to
     return h;
 }
 
-int main(void)
+/* ---- golden vectors (tests/golden/make_golden_frontend.py has the format) ---- */
+static void put_le64(uint8_t *b, int64_t v)
+{
+    int i;
+    for (i = 0; i < 8; i++)
+        b[i] = (uint8_t)((uint64_t)v >> (8 * i));
+}
+
+/* Feed x in blocks of the given sizes (cycled), then flush; check the steps,
+ * the events per step and the hash of (step, channel) pairs against the file. */
+static void golden_run(sw_fe *fe, const char *name, const char *how, const int16_t *xs, int64_t n,
+                       const int *sizes, int n_sizes, int64_t exp_steps, int64_t exp_events,
+                       const int64_t *exp_counts, uint64_t exp_hash, int32_t n_ev_per_step)
+{
+    int64_t maxst = exp_steps + 64, max_ev = maxst * n_ev_per_step;
+    int64_t *gip = (int64_t *)golden_alloc((size_t)(maxst + 1) * sizeof(int64_t));
+    int32_t *gch = (int32_t *)golden_alloc((size_t)max_ev * sizeof(int32_t));
+    uint64_t h = UINT64_C(0xCBF29CE484222325);
+    int64_t pos = 0, step0 = 0, ns, ne, k, e, events = 0, bad_step = -1;
+    int i = 0, st = SW_OK, last = 0;
+    sw_fe_reset(fe);
+    while (!last) {
+        if (pos < n) {
+            int64_t m = sizes[i++ % n_sizes];
+            if (m > n - pos)
+                m = n - pos;
+            st = sw_fe_process(fe, xs + pos, m, gip, maxst, gch, max_ev, &ns, &ne);
+            pos += m;
+        } else {
+            st = sw_fe_flush(fe, gip, maxst, gch, max_ev, &ns, &ne);
+            last = 1;
+        }
+        if (st != SW_OK)
+            break;
+        for (k = 0; k < ns; k++) {
+            if (step0 + k < exp_steps && gip[k + 1] - gip[k] != exp_counts[step0 + k] && bad_step < 0)
+                bad_step = step0 + k;
+            for (e = gip[k]; e < gip[k + 1]; e++) {
+                uint8_t rec[16];
+                put_le64(rec, step0 + k);
+                put_le64(rec + 8, gch[e]);
+                h = fnv(h, rec, sizeof rec);
+            }
+        }
+        step0 += ns;
+        events += ne;
+    }
+    CHECK(st == SW_OK, "golden %s (%s): status %s", name, how, sw_strerror(st));
+    CHECK(step0 == exp_steps && events == exp_events, "golden %s (%s): %lld steps %lld events, golden %lld %lld",
+          name, how, (long long)step0, (long long)events, (long long)exp_steps, (long long)exp_events);
+    CHECK(bad_step < 0, "golden %s (%s): events of step %lld differ from the golden counts", name, how,
+          (long long)bad_step);
+    CHECK(h == exp_hash, "golden %s (%s): events hash %016llx, golden %016llx", name, how,
+          (unsigned long long)h, (unsigned long long)exp_hash);
+    free(gip);
+    free(gch);
+}
+
+static void golden_case(FILE *f, const char *name)
+{
+    sw_fe_params p;
+    sw_fe *fe = NULL;
+    char skip[64];
+    int16_t *coef, *xs;
+    float *sos;
+    int64_t n, i, exp_steps, exp_events, *counts, n_sos;
+    uint64_t exp_hash;
+    const int whole[] = {1 << 30}, odd[] = {1, 37, 160, 7, 999};
+    int fails_before = n_fail;
+    memset(&p, 0, sizeof p);
+    golden_word(f, "config");
+    golden_need(f, skip, sizeof skip); /* the config JSON (for the Python design check) */
+    golden_need(f, skip, sizeof skip); /* the input rate */
+    golden_word(f, "ints");
+    p.n_channels = (int32_t)golden_ll(f);
+    p.n_stages = (int32_t)golden_ll(f);
+    p.step_samples = (int32_t)golden_ll(f);
+    p.max_spikes = (int32_t)golden_ll(f);
+    p.rs_up = (int32_t)golden_ll(f);
+    p.rs_down = (int32_t)golden_ll(f);
+    p.rs_taps = (int32_t)golden_ll(f);
+    p.rs_skip = (int32_t)golden_ll(f);
+    p.norm = (int32_t)golden_ll(f);
+    p.pcen_k = (int32_t)golden_ll(f);
+    p.pcen_alpha = (int32_t)golden_ll(f);
+    p.pcen_off = (int32_t)golden_ll(f);
+    p.pcen_eps = (int64_t)golden_ll(f);
+    golden_word(f, "floats");
+    p.preemph = golden_f32(f);
+    p.env_alpha = golden_f32(f);
+    p.power_scale = golden_f32(f);
+    p.log2_k = golden_f32(f);
+    p.floor_power = golden_f32(f);
+    p.log2_floor = golden_f32(f);
+    p.drive_scale = golden_f32(f);
+    p.tiny = golden_f32(f);
+    p.pcen_scale = golden_f32(f);
+    if (p.rs_up < 1 || p.rs_taps < 1 || p.n_stages < 1 || p.n_channels < 1) {
+        printf("golden %s: bad sizes\n", name);
+        exit(2);
+    }
+    golden_word(f, "rs_coef");
+    coef = (int16_t *)golden_alloc((size_t)p.rs_up * (size_t)p.rs_taps * sizeof(int16_t));
+    for (i = 0; i < (int64_t)p.rs_up * p.rs_taps; i++)
+        coef[i] = (int16_t)golden_ll(f);
+    golden_word(f, "sos");
+    n_sos = (int64_t)p.n_stages * 5 * p.n_channels;
+    sos = (float *)golden_alloc((size_t)n_sos * sizeof(float));
+    for (i = 0; i < n_sos; i++)
+        sos[i] = golden_f32(f);
+    golden_word(f, "signal");
+    n = golden_ll(f);
+    xs = (int16_t *)golden_alloc((size_t)n * sizeof(int16_t));
+    for (i = 0; i < n; i++)
+        xs[i] = (int16_t)golden_ll(f);
+    golden_word(f, "expect");
+    exp_steps = golden_ll(f);
+    exp_events = golden_ll(f);
+    exp_hash = golden_hex(f);
+    golden_word(f, "counts");
+    counts = (int64_t *)golden_alloc((size_t)exp_steps * sizeof(int64_t));
+    for (i = 0; i < exp_steps; i++)
+        counts[i] = golden_ll(f);
+    golden_word(f, "end");
+    p.rs_coef = coef;
+    p.sos = sos;
+    CHECK(sw_fe_create(&p, &fe) == SW_OK && fe, "golden %s: create", name);
+    if (fe) {
+        golden_run(fe, name, "one call", xs, n, whole, 1, exp_steps, exp_events, counts, exp_hash,
+                   p.n_channels * p.max_spikes);
+        golden_run(fe, name, "odd blocks", xs, n, odd, 5, exp_steps, exp_events, counts, exp_hash,
+                   p.n_channels * p.max_spikes);
+        sw_fe_destroy(fe);
+    }
+    printf("golden %-22s %6lld steps %6lld events  %s\n", name, (long long)exp_steps, (long long)exp_events,
+           n_fail > fails_before ? "FAILED" : "ok");
+    free(coef);
+    free(sos);
+    free(xs);
+    free(counts);
+}
+
+static void golden_file(const char *path)
+{
+    char word[64], name[64];
+    int cases = 0;
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "cannot open golden file %s", path);
+    if (!f)
+        return;
+    while (golden_tok(f, word, sizeof word)) {
+        if (strcmp(word, "case") != 0) {
+            printf("golden file: expected 'case', got '%s'\n", word);
+            exit(2);
+        }
+        golden_need(f, name, sizeof name);
+        golden_case(f, name);
+        cases++;
+    }
+    fclose(f);
+    CHECK(cases >= 5, "front-end golden file has %d cases", cases);
+}
+
+int main(int argc, char **argv)
 {
     sw_fe_params p, q;
     sw_fe *fe = NULL;
@@ -212,6 +380,8 @@ int main(void)
     CHECK(h1 != h0, "pcen events differ from the log path's");
     CHECK(sw_fe_destroy(fe) == SW_OK, "destroy pcen");
     printf("fe_hash pcen %016llx events %lld\n", (unsigned long long)h1, (long long)ev1);
+    if (argc > 1)
+        golden_file(argv[1]);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
