@@ -28,11 +28,11 @@ int main(void) {
 def test_plugin_counts_instructions_between_marks(tmp_path):
     plugin = tmp_path / "insn.so"
     subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
-                    "-fvisibility=hidden", PLUGIN_SRC, "-o", str(plugin)], check=True)
+                    "-fvisibility=hidden", PLUGIN_SRC, "-o", str(plugin)], check=True, timeout=120)
     src = tmp_path / "spin.c"
     src.write_text(SPIN)
     exe = tmp_path / "spin"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-O2", str(src), "-o", str(exe)], check=True)
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O2", str(src), "-o", str(exe)], check=True, timeout=120)
     out = tmp_path / "counts.txt"
     subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-plugin", f"{plugin},out={out}", str(exe)],
                    check=True, timeout=60)
@@ -49,7 +49,7 @@ def test_plugin_counts_instructions_between_marks(tmp_path):
 def test_plugin_rejects_unknown_arguments(tmp_path):
     plugin = tmp_path / "insn.so"
     subprocess.run(["cc", "-std=c99", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", PLUGIN_SRC, "-o",
-                    str(plugin)], check=True)
+                    str(plugin)], check=True, timeout=120)
     r = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-plugin", f"{plugin},bogus=1",
                         "/usr/aarch64-linux-gnu/lib/libc.so.6"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "unknown argument bogus=1" in r.stderr

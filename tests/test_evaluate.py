@@ -383,7 +383,7 @@ def test_cli_plot(capsys, model_file, data, tmp_path, monkeypatch):
 
 def test_cli_subprocess_smoke(model_file, data):
     import subprocess
-    r = subprocess.run([sys.executable, "-m", "spikewire.cli", "eval", "--model", str(model_file),
+    r = subprocess.run([sys.executable, "-P", "-m", "spikewire.cli", "eval", "--model", str(model_file),
                         "--data", str(data), "--split", "test", "--json"], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr

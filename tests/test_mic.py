@@ -53,7 +53,7 @@ def virtual_mic():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
-        while subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+        while subprocess.run(["pactl", "info"], capture_output=True, timeout=10).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.skip("pulseaudio did not start: " + open(f"{run_dir}/pa.log").read()[-500:])
             time.sleep(0.02)
