@@ -13,8 +13,14 @@ import make_pipeline_golden as golden  # noqa: E402  (one definition of the reco
 
 
 def stored() -> dict:
+    return golden.load_record()
+
+
+def test_record_names_the_commit_it_was_generated_from():
     with open(golden.OUT, encoding="utf-8") as f:
-        return json.load(f)
+        prov = json.load(f)[golden.GENERATED_BY]
+    assert prov["script"] == "tests/golden/make_pipeline_golden.py"
+    assert len(prov["commit"]) >= 7 and not prov["commit"].endswith("-dirty")
 
 
 def test_pipeline_matches_golden_record():

@@ -8,6 +8,7 @@ sha256 digests of each stage's output plus the keyword list; tests/golden/pipeli
 stores them. The same file is checked on x86-64 (tests/test_golden_pipeline.py) and by an
 arm64 CPython under qemu-user importing the cross-built extension (tests/aarch64/run.sh).
 
+The file names the commit it was generated from (``generated_by``; not compared by --check).
 Regenerate (only when the arithmetic changes on purpose, and say why in the commit):
     python -P tests/golden/make_pipeline_golden.py --write
 Check (exit 1 on a difference; what tests/aarch64/run.sh runs under qemu):
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -71,6 +73,24 @@ def compute() -> dict:
     }
 
 
+GENERATED_BY = "generated_by"  # {"script", "commit"}: provenance, not part of the record
+
+
+def git_describe() -> str:
+    """The commit the record is generated from (``-dirty``: with uncommitted changes)."""
+    r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                       text=True, cwd=HERE, timeout=30)
+    return r.stdout.strip() or "unknown (not a git checkout)"
+
+
+def load_record(path: str = OUT) -> dict:
+    """The stored record without its provenance (what :func:`compute` is compared with)."""
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    record.pop(GENERATED_BY, None)
+    return record
+
+
 def differences(got: dict, want: dict, path: str = "") -> list[str]:
     """Human-readable differences between two records (empty: identical)."""
     if isinstance(want, dict) and isinstance(got, dict):
@@ -92,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     got = compute()
     if args.write:
+        record = {**got, GENERATED_BY: {"script": "tests/golden/make_pipeline_golden.py",
+                                        "commit": git_describe()}}
         with open(OUT, "w", encoding="utf-8") as f:
-            json.dump(got, f, indent=1, sort_keys=True)
+            json.dump(record, f, indent=1, sort_keys=True)
             f.write("\n")
         print(f"wrote {OUT}")
         return 0
-    with open(OUT, encoding="utf-8") as f:
-        want = json.load(f)
+    want = load_record()
     diff = differences(got, want)
     for d in diff:
         print(f"pipeline golden ({platform.machine()}): {d}", file=sys.stderr)
