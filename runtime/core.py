@@ -103,6 +103,9 @@ class RunOutputEx(NamedTuple):
 
 
 _C_TYPES = {np.uint8: "uint8_t[]", np.int16: "int16_t[]"}
+# bound once for Core.step (attribute lookups are a good part of a step's Python cost)
+_I32 = np.dtype(np.int32)
+_sw_core_step, _from_buffer, _NULL, _SW_OK = _lib.sw_core_step, _ffi.from_buffer, _ffi.NULL, _lib.SW_OK
 
 
 class Core:
@@ -275,7 +278,9 @@ class Core:
         core's own per-step buffers (no allocation), which the next ``step``
         overwrites: use them before stepping again or copy what you keep.
         """
-        if type(channels) is np.ndarray and channels.dtype == np.int32 and channels.ndim == 1 \
+        # the hot path of streaming: names bound once (module constants below), the native int32
+        # dtype recognised by identity; anything else goes through _as_channels' checks
+        if type(channels) is np.ndarray and channels.dtype is _I32 and channels.ndim == 1 \
                 and channels.flags.c_contiguous:
             ch = channels
         else:
@@ -283,21 +288,23 @@ class Core:
         n = ch.shape[0]
         if n > MAX_EVENTS_PER_STEP:
             raise ValueError(f"{n} input events in one step (max {MAX_EVENTS_PER_STEP})")
-        if not self._lock.acquire(blocking=False):
+        lock = self._lock
+        if not lock.acquire(False):
             raise CoreBusyError("Core is being used from another thread")
         try:
             ptr = self._ptr
             if ptr is None:
                 raise CoreError(_lib.SW_E_BADCTX, "core is closed")
-            st = _lib.sw_core_step(ptr, _ffi.from_buffer("int32_t[]", ch) if n else _ffi.NULL, n,
-                                   self._c_spk, _ffi.NULL, self._c_ov, self._c_cadc)
-            if st != _lib.SW_OK:
+            st = _sw_core_step(ptr, _from_buffer("int32_t[]", ch) if n else _NULL, n,
+                               self._c_spk, _NULL, self._c_ov, self._c_cadc)
+            if st != _SW_OK:
                 _check_rc(st, "step failed", ptr)
             if copy:
-                return StepOutput(self._s_spk.copy(), self._s_ov.copy(), self._s_cadc.copy())
+                spk, ov, cadc = self._s_views
+                return StepOutput(spk.copy(), ov.copy(), cadc.copy())
             return self._s_views
         finally:
-            self._lock.release()
+            lock.release()
 
     def _events(self, events, n_steps: int | None):
         """Check a block's events here (clear messages); returns (T, indptr int64, channels int32)."""

@@ -111,3 +111,18 @@ def test_bench_writes_json(tmp_path):
                                                                   "stream_nocopy/c_stream"}
     assert data["hidden_spikes_per_step"] == res["hidden_spikes_per_step"] == 5.04
     assert len(data["loadavg_before"]) == 3
+
+
+def test_step_takes_every_integer_form_of_the_channels(workload):
+    """The fast path recognises native int32 by identity; every other form takes the checked path."""
+    core, ev, out = workload
+    ch = ev.channels[ev.indptr[0]:ev.indptr[1]]
+    forms = [np.ascontiguousarray(ch, np.int32), list(map(int, ch)), ch.astype(np.int64), ch.astype(">i4"),
+             np.repeat(ch.astype(np.int32), 2)[::2]]
+    for form in forms:
+        core.reset()
+        s = core.step(form)
+        assert np.array_equal(s.spikes, out.spikes[0]) and np.array_equal(s.out_v, out.out_v[0]), type(form)
+    core.reset()
+    with pytest.raises(ValueError, match="out of range"):
+        core.step(np.array([b.N_IN], np.int32))  # the fast path still reaches the C check
