@@ -7,7 +7,7 @@ The public API, importable from the package itself::
     cfg = sw.CoreConfig(n_in=64, n_hid=128, n_out=10, preset="bss2")
     core = sw.Core(cfg, chip=sw.Chip(seed=3, threshold=0.05))
     model = sw.load("kws-digits")                      # a shipped model (or a .swm path)
-    fe = sw.FrontEnd(model.frontend, rate=16000)       # streaming audio -> sw.Events
+    fe = sw.FrontEnd(model.frontend, 16000)            # streaming audio at 16 kHz -> sw.Events
 
 Names are resolved lazily (PEP 562): ``import spikewire`` loads no C code,
 numpy only when a name is first used.  Subpackages: ``spikewire.tools``
