@@ -107,6 +107,41 @@ static uint64_t splitmix64_at(uint64_t seed, uint64_t ctr)
 #define ASR(x, s) ((x) >= 0 ? (x) >> (s) : ~((~(x)) >> (s)))
 #endif
 
+/* ---- the trace filter (docs/learning.md), written once per kernel form -------------
+ * One step of a pair (I, V): I <- sat16(trunc(I * A / 2^15) + x), then
+ * V <- sat16(V + away((I - V) * G / 2^15)).  The input traces (eI, eV), the
+ * eligibility filter (FI, FV) and the readout rule's spike filter (zI, zV) are
+ * all such pairs.  Plain form: int64; fast form: int32, branch-free (bounds
+ * above row_fast). */
+static int64_t trace_step_plain(int16_t *I, int16_t *V, int64_t A, int64_t G, int64_t x)
+{
+    int64_t i = sat16_64(trunc_shr64((int64_t)*I * A, 15) + x);
+    int64_t v = sat16_64(*V + away_shr64((i - *V) * G, 15));
+    *I = (int16_t)i;
+    *V = (int16_t)v;
+    return v;
+}
+
+static inline int32_t sat16_32(int32_t t)
+{
+    return t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+}
+
+/* I's step (decay toward 0, truncating, plus the input x) */
+static inline int32_t trace_i_fast(int32_t I, int32_t A, int32_t x)
+{
+    int32_t t = I * A;
+    return sat16_32(ASR(t + (ASR(t, 31) & 32767), 15) + x);
+}
+
+/* V's step toward the new I (rounding half away from zero) */
+static inline int32_t trace_v_fast(int32_t V, int32_t I, int32_t G)
+{
+    int32_t t = (I - V) * G, s = ASR(t, 31);
+    int32_t a = ASR(((t ^ s) - s) + 32767, 15);
+    return sat16_32(V + ((a ^ s) - s));
+}
+
 /* ---- create / destroy -------------------------------------------------------- */
 static const char *create_err = "";
 
@@ -549,12 +584,8 @@ static void readout_part(sw_learn *L, const uint8_t *z, int any_e)
     const sw_learn_config *c = &L->cfg;
     int32_t j, k, n_hid = c->n_hid, n_out = c->n_out;
     int64_t lo = -L->acc_max, hi = L->acc_max;
-    for (j = 0; j < n_hid; j++) {
-        int64_t zi = sat16_64(trunc_shr64((int64_t)L->zI[j] * c->out_A, 15) + ((int64_t)z[j] << c->trace_shift));
-        int64_t zv = sat16_64(L->zV[j] + away_shr64((zi - L->zV[j]) * c->out_G, 15));
-        L->zI[j] = (int16_t)zi;
-        L->zV[j] = (int16_t)zv;
-    }
+    for (j = 0; j < n_hid; j++)
+        trace_step_plain(&L->zI[j], &L->zV[j], c->out_A, c->out_G, (int64_t)z[j] << c->trace_shift);
     if (!(c->learn_mask & SW_LEARN_MASK_OUT) || !any_e)
         return;
     for (j = 0; j < n_hid; j++) {
@@ -576,15 +607,9 @@ static void rows_plain(sw_learn *L, int m, const int32_t *pre, int64_t rows)
         int64_t x = pre[i];
         for (j = 0; j < n_hid; j++) {
             int64_t q = i * n_hid + j;
-            int64_t ei = sat16_64(trunc_shr64((int64_t)eI[q] * L->pre_A[j], 15) + (x << c->trace_shift));
-            int64_t ev = sat16_64(eV[q] + away_shr64((ei - eV[q]) * L->pre_G[j], 15));
+            int64_t ev = trace_step_plain(&eI[q], &eV[q], L->pre_A[j], L->pre_G[j], x << c->trace_shift);
             int64_t e = rhu64(ev * L->psi[j], PSI_BITS);
-            int64_t fi = sat16_64(trunc_shr64((int64_t)FI[q] * c->post_A, 15) + e);
-            int64_t fv = sat16_64(FV[q] + away_shr64((fi - FV[q]) * c->post_G, 15));
-            eI[q] = (int16_t)ei;
-            eV[q] = (int16_t)ev;
-            FI[q] = (int16_t)fi;
-            FV[q] = (int16_t)fv;
+            int64_t fv = trace_step_plain(&FI[q], &FV[q], c->post_A, c->post_G, e);
             acc[q] = (int32_t)clamp64(acc[q] - rhu64((int64_t)L->Lq[j] * fv, rate), lo, hi);
         }
     }
@@ -603,24 +628,12 @@ static int row_fast(int16_t *restrict eI, int16_t *restrict eV, int16_t *restric
 {
     int32_t j, any = 0;
     for (j = 0; j < n; j++) {
-        int32_t t, s, a, ei, ev, e, fi, fv;
-        t = (int32_t)eI[j] * A[j];
-        t = ASR(t + (ASR(t, 31) & 32767), 15) + p;
-        ei = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
-        t = (ei - eV[j]) * G[j];
-        s = ASR(t, 31);
-        a = ASR(((t ^ s) - s) + 32767, 15);
-        t = eV[j] + ((a ^ s) - s);
-        ev = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        int32_t t, ei, ev, e, fi, fv;
+        ei = trace_i_fast(eI[j], A[j], p);
+        ev = trace_v_fast(eV[j], ei, G[j]);
         e = ASR(ev * psi[j] + 128, PSI_BITS);
-        t = (int32_t)FI[j] * Ao;
-        t = ASR(t + (ASR(t, 31) & 32767), 15) + e;
-        fi = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
-        t = (fi - FV[j]) * Go;
-        s = ASR(t, 31);
-        a = ASR(((t ^ s) - s) + 32767, 15);
-        t = FV[j] + ((a ^ s) - s);
-        fv = t < -32768 ? -32768 : (t > 32767 ? 32767 : t);
+        fi = trace_i_fast(FI[j], Ao, e);
+        fv = trace_v_fast(FV[j], fi, Go);
         eI[j] = (int16_t)ei;
         eV[j] = (int16_t)ev;
         FI[j] = (int16_t)fi;
