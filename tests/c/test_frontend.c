@@ -17,7 +17,7 @@
 
 #include "spikewire.h"
 #include "check.h"
-#include "golden_file.h"
+#include "golden.h"
 
 SW_CHECK_COUNTERS;
 
@@ -77,17 +77,6 @@ static void pcen(sw_fe_params *p)
     p->pcen_scale = 1.0f / 65536.0f;
 }
 
-static uint64_t fnv(uint64_t h, const void *data, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)data;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= UINT64_C(0x100000001B3);
-    }
-    return h;
-}
-
 #define NSAMP 24000
 #define MAXST 4096
 static int16_t x[NSAMP];
@@ -117,7 +106,7 @@ static uint64_t run_blocks(sw_fe *fe, const int *sizes, int n_sizes, int64_t *to
                 int64_t rec[2];
                 rec[0] = step0 + k;
                 rec[1] = ch[e];
-                h = fnv(h, rec, sizeof rec);
+                h = fnv(h, (const uint8_t *)rec, sizeof rec);
             }
         step0 += ns;
         *total_events += ne;
@@ -127,6 +116,15 @@ static uint64_t run_blocks(sw_fe *fe, const int *sizes, int n_sizes, int64_t *to
 }
 
 /* ---- golden vectors (tests/golden/make_golden_frontend.py has the format) ---- */
+/* an IEEE float32 stored as its bit pattern in hex */
+static float golden_f32(void)
+{
+    uint32_t u = (uint32_t)golden_ull(16);
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
 static void put_le64(uint8_t *b, int64_t v)
 {
     int i;
@@ -141,8 +139,8 @@ static void golden_run(sw_fe *fe, const char *name, const char *how, const int16
                        const int64_t *exp_counts, uint64_t exp_hash, int32_t n_ev_per_step)
 {
     int64_t maxst = exp_steps + 64, max_ev = maxst * n_ev_per_step;
-    int64_t *gip = (int64_t *)golden_alloc((size_t)(maxst + 1) * sizeof(int64_t));
-    int32_t *gch = (int32_t *)golden_alloc((size_t)max_ev * sizeof(int32_t));
+    int64_t *gip = (int64_t *)golden_xmalloc((size_t)(maxst + 1) * sizeof(int64_t));
+    int32_t *gch = (int32_t *)golden_xmalloc((size_t)max_ev * sizeof(int32_t));
     uint64_t h = UINT64_C(0xCBF29CE484222325);
     int64_t pos = 0, step0 = 0, ns, ne, k, e, events = 0, bad_step = -1;
     int i = 0, st = SW_OK, last = 0;
@@ -167,7 +165,7 @@ static void golden_run(sw_fe *fe, const char *name, const char *how, const int16
                 uint8_t rec[16];
                 put_le64(rec, step0 + k);
                 put_le64(rec + 8, gch[e]);
-                h = fnv(h, rec, sizeof rec);
+                h = fnv(h, (const uint8_t *)rec, sizeof rec);
             }
         }
         step0 += ns;
@@ -184,7 +182,7 @@ static void golden_run(sw_fe *fe, const char *name, const char *how, const int16
     free(gch);
 }
 
-static void golden_case(FILE *f, const char *name)
+static void golden_case(const char *name)
 {
     sw_fe_params p;
     sw_fe *fe = NULL;
@@ -196,60 +194,60 @@ static void golden_case(FILE *f, const char *name)
     const int whole[] = {1 << 30}, odd[] = {1, 37, 160, 7, 999};
     int fails_before = n_fail;
     memset(&p, 0, sizeof p);
-    golden_word(f, "config");
-    golden_need(f, skip, sizeof skip); /* the config JSON (for the Python design check) */
-    golden_need(f, skip, sizeof skip); /* the input rate */
-    golden_word(f, "ints");
-    p.n_channels = (int32_t)golden_ll(f);
-    p.n_stages = (int32_t)golden_ll(f);
-    p.step_samples = (int32_t)golden_ll(f);
-    p.max_spikes = (int32_t)golden_ll(f);
-    p.rs_up = (int32_t)golden_ll(f);
-    p.rs_down = (int32_t)golden_ll(f);
-    p.rs_taps = (int32_t)golden_ll(f);
-    p.rs_skip = (int32_t)golden_ll(f);
-    p.norm = (int32_t)golden_ll(f);
-    p.pcen_k = (int32_t)golden_ll(f);
-    p.pcen_alpha = (int32_t)golden_ll(f);
-    p.pcen_off = (int32_t)golden_ll(f);
-    p.pcen_eps = (int64_t)golden_ll(f);
-    golden_word(f, "floats");
-    p.preemph = golden_f32(f);
-    p.env_alpha = golden_f32(f);
-    p.power_scale = golden_f32(f);
-    p.log2_k = golden_f32(f);
-    p.floor_power = golden_f32(f);
-    p.log2_floor = golden_f32(f);
-    p.drive_scale = golden_f32(f);
-    p.tiny = golden_f32(f);
-    p.pcen_scale = golden_f32(f);
+    golden_expect("config");
+    golden_need(skip, sizeof skip); /* the config JSON (for the Python design check) */
+    golden_need(skip, sizeof skip); /* the input rate */
+    golden_expect("ints");
+    p.n_channels = (int32_t)golden_ll();
+    p.n_stages = (int32_t)golden_ll();
+    p.step_samples = (int32_t)golden_ll();
+    p.max_spikes = (int32_t)golden_ll();
+    p.rs_up = (int32_t)golden_ll();
+    p.rs_down = (int32_t)golden_ll();
+    p.rs_taps = (int32_t)golden_ll();
+    p.rs_skip = (int32_t)golden_ll();
+    p.norm = (int32_t)golden_ll();
+    p.pcen_k = (int32_t)golden_ll();
+    p.pcen_alpha = (int32_t)golden_ll();
+    p.pcen_off = (int32_t)golden_ll();
+    p.pcen_eps = (int64_t)golden_ll();
+    golden_expect("floats");
+    p.preemph = golden_f32();
+    p.env_alpha = golden_f32();
+    p.power_scale = golden_f32();
+    p.log2_k = golden_f32();
+    p.floor_power = golden_f32();
+    p.log2_floor = golden_f32();
+    p.drive_scale = golden_f32();
+    p.tiny = golden_f32();
+    p.pcen_scale = golden_f32();
     if (p.rs_up < 1 || p.rs_taps < 1 || p.n_stages < 1 || p.n_channels < 1) {
         printf("golden %s: bad sizes\n", name);
         exit(2);
     }
-    golden_word(f, "rs_coef");
-    coef = (int16_t *)golden_alloc((size_t)p.rs_up * (size_t)p.rs_taps * sizeof(int16_t));
+    golden_expect("rs_coef");
+    coef = (int16_t *)golden_xmalloc((size_t)p.rs_up * (size_t)p.rs_taps * sizeof(int16_t));
     for (i = 0; i < (int64_t)p.rs_up * p.rs_taps; i++)
-        coef[i] = (int16_t)golden_ll(f);
-    golden_word(f, "sos");
+        coef[i] = (int16_t)golden_ll();
+    golden_expect("sos");
     n_sos = (int64_t)p.n_stages * 5 * p.n_channels;
-    sos = (float *)golden_alloc((size_t)n_sos * sizeof(float));
+    sos = (float *)golden_xmalloc((size_t)n_sos * sizeof(float));
     for (i = 0; i < n_sos; i++)
-        sos[i] = golden_f32(f);
-    golden_word(f, "signal");
-    n = golden_ll(f);
-    xs = (int16_t *)golden_alloc((size_t)n * sizeof(int16_t));
+        sos[i] = golden_f32();
+    golden_expect("signal");
+    n = golden_ll();
+    xs = (int16_t *)golden_xmalloc((size_t)n * sizeof(int16_t));
     for (i = 0; i < n; i++)
-        xs[i] = (int16_t)golden_ll(f);
-    golden_word(f, "expect");
-    exp_steps = golden_ll(f);
-    exp_events = golden_ll(f);
-    exp_hash = golden_hex(f);
-    golden_word(f, "counts");
-    counts = (int64_t *)golden_alloc((size_t)exp_steps * sizeof(int64_t));
+        xs[i] = (int16_t)golden_ll();
+    golden_expect("expect");
+    exp_steps = golden_ll();
+    exp_events = golden_ll();
+    exp_hash = golden_ull(16);
+    golden_expect("counts");
+    counts = (int64_t *)golden_xmalloc((size_t)exp_steps * sizeof(int64_t));
     for (i = 0; i < exp_steps; i++)
-        counts[i] = golden_ll(f);
-    golden_word(f, "end");
+        counts[i] = golden_ll();
+    golden_expect("end");
     p.rs_coef = coef;
     p.sos = sos;
     CHECK(sw_fe_create(&p, &fe) == SW_OK && fe, "golden %s: create", name);
@@ -268,25 +266,10 @@ static void golden_case(FILE *f, const char *name)
     free(counts);
 }
 
-static void golden_file(const char *path)
+static void check_golden_file(const char *path)
 {
-    char word[64], name[64];
-    int cases = 0;
-    FILE *f = fopen(path, "r");
-    CHECK(f != NULL, "cannot open golden file %s", path);
-    if (!f)
-        return;
-    while (golden_tok(f, word, sizeof word)) {
-        if (strcmp(word, "case") != 0) {
-            printf("golden file: expected 'case', got '%s'\n", word);
-            exit(2);
-        }
-        golden_need(f, name, sizeof name);
-        golden_case(f, name);
-        cases++;
-    }
-    fclose(f);
-    CHECK(cases >= 5, "front-end golden file has %d cases", cases);
+    int cases = golden_each_case(path, golden_case);
+    CHECK(cases >= 5, "front-end golden file %s has %d cases", path, cases);
 }
 
 int main(int argc, char **argv)
@@ -381,7 +364,7 @@ int main(int argc, char **argv)
     CHECK(sw_fe_destroy(fe) == SW_OK, "destroy pcen");
     printf("fe_hash pcen %016llx events %lld\n", (unsigned long long)h1, (long long)ev1);
     if (argc > 1)
-        golden_file(argv[1]);
+        check_golden_file(argv[1]);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
