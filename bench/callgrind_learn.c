@@ -4,7 +4,7 @@
  * (peer workload v1, mode C).  bench/callgrind_learn.sh dumps the workload
  * and the learner's integer tables with Python, builds this with the
  * extension's flags and runs it under valgrind --tool=callgrind, counting
- * only sw_learn_run.
+ * only sw_learn_run and sw_learn_flush.
  *
  *   callgrind_learn WORKLOAD.bin MODE
  *   MODE 0: the fast kernel (default)
@@ -78,8 +78,8 @@ int main(int argc, char **argv)
     w_out = (int8_t *)rd(f, (size_t)nh * no);
     indptr = (int64_t *)rd(f, (size_t)(T + 1) * sizeof(int64_t));
     ch = (int32_t *)rd(f, (size_t)nev * sizeof(int32_t));
-    /* the learner: 16 config integers, tables, feedback, target modes */
-    lh = (int32_t *)rd(f, 16 * sizeof(int32_t));
+    /* the learner: 17 config integers, tables, feedback, target modes */
+    lh = (int32_t *)rd(f, 17 * sizeof(int32_t));
     memset(&lc, 0, sizeof lc);
     lc.n_in = ni; lc.n_hid = nh; lc.n_out = no;
     lc.rule = lh[0]; lc.learn_mask = lh[1];
@@ -87,6 +87,7 @@ int main(int argc, char **argv)
     lc.signal_shift = lh[5]; lc.trace_shift = lh[6]; lc.surrogate_log2 = lh[7];
     lc.target_hi = lh[8]; lc.target_lo = lh[9]; lc.weights = lh[10];
     lc.post_A = lh[11]; lc.post_G = lh[12]; lc.out_A = lh[13]; lc.out_G = lh[14];
+    lc.eligibility = lh[16];
     p = (int32_t *)rd(f, (size_t)(4 * nh + no) * sizeof(int32_t));
     lc.pre_A = p; lc.pre_G = p + nh; lc.g_hid = p + 2 * nh; lc.v_th = p + 3 * nh; lc.g_out = p + 4 * nh;
     fb = (int8_t *)rd(f, (size_t)nh * no);
@@ -129,6 +130,8 @@ int main(int argc, char **argv)
     for (i = 0; i < 2; i++) {   /* two samples from fresh traces */
         sw_learn_reset_traces(learn);
         st = sw_learn_run(learn, T, indptr, ch, nev, spk, hvpre, refr, ov);
+        if (st == SW_OK)
+            st = sw_learn_flush(learn);   /* the events form credits what is pending */
         if (st != SW_OK) {
             fprintf(stderr, "learn run: %s %s\n", sw_strerror(st), sw_learn_last_error(learn));
             return 1;

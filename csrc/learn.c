@@ -14,6 +14,14 @@
  *    presynaptic neuron is silent this step is skipped: every update of such
  *    a row leaves it exactly zero (rhu(0) = 0, trunc/away of 0 are 0).
  *
+ * Shared presynaptic traces: eI_ij and eV_ij depend on j only through neuron
+ * j's filter constants (pre_A[j], pre_G[j]).  When every neuron has the same
+ * pair (SuperSpike always; e-prop on an ideal chip) and the traces start at 0
+ * (create, reset_traces; there is no way to set them), eI_ij = eI_i and
+ * eV_ij = eV_i for every j, exactly, so they are stored once per row and both
+ * kernels compute with the row's values.  sw_learn_get_trace hands out the
+ * same per-synapse arrays either way.
+ *
  * Rules: C99, explicit-width integers, no floating point, no allocation
  * outside sw_learn_create, no prints, no aborts.
  */
@@ -46,11 +54,21 @@ struct sw_learn {
     int8_t *fb;               /* NULL = symmetric (w[2])                  */
     int8_t *w[3];
     int32_t *acc[3];
-    int16_t *tr[2][4];        /* [in/rec][eI, eV, FI, FV]                 */
+    int32_t shared;           /* one pre_A and one pre_G for every neuron */
+    int16_t *tr[2][4];        /* [in/rec][eI, eV, FI, FV]; eI, eV: [rows] when shared */
     uint8_t *live[2];         /* per row: some trace is non-zero          */
     int16_t *zI, *zV;
     uint8_t *z_last;
     int8_t *modes;
+    /* events form (docs/learning.md "The events form"): rings indexed by step mod R */
+    int32_t events, K, Kp, R;
+    int32_t *h, *hpre;            /* [K] Q15, [Kp x n_hid]                     */
+    int32_t *r_psi, *r_Lq, *r_Pq; /* [R x n_hid]                               */
+    int32_t *r_row[2], *r_cnt[2]; /* [R x rows]: the rows with events, counts  */
+    int32_t *r_nev;               /* [R x 2]                                   */
+    int64_t ev_t, n_pend;         /* steps seen since reset, of them pending   */
+    int64_t *lam;                 /* scratch [n_hid]                           */
+    int32_t *u;                   /* scratch [n_hid]                           */
     /* scratch */
     int32_t *psi, *Lq, *eq, *errg, *counts, *zpre;
 };
@@ -100,6 +118,32 @@ static uint64_t splitmix64_at(uint64_t seed, uint64_t ctr)
     return z ^ (z >> 31);
 }
 
+/* V of the traces' current -> membrane filter (current toward zero, membrane away from
+ * zero) k = 0, 1, ... steps after an impulse at step 0, up to the last step before both
+ * stages are 0 again (at most kmax); returns the length (>= 1).  out may be NULL. */
+#define EVENT_WINDOW_MAX 512
+#define EVENT_U_MAX (INT64_C(1) << 25)
+static int32_t impulse_response(int64_t A, int64_t G, int64_t impulse, int32_t *out)
+{
+    int64_t i = 0, v = 0;
+    int32_t k, n = 0;
+    for (k = 0; k < EVENT_WINDOW_MAX; k++) {
+        i = trunc_shr64(i * A, 15) + (k == 0 ? impulse : 0);
+        v = v + away_shr64((i - v) * G, 15);
+        if (i == 0 && v == 0)
+            break;
+        if (out)
+            out[n] = (int32_t)v;
+        n++;
+    }
+    if (n == 0) {
+        if (out)
+            out[0] = 0;
+        n = 1;
+    }
+    return n;
+}
+
 /* int32 forms for the fast kernel (GCC/Clang: >> of negatives is arithmetic) */
 #if defined(__GNUC__) || defined(__clang__)
 #define ASR(x, s) ((x) >> (s))
@@ -134,12 +178,12 @@ static inline int32_t trace_i_fast(int32_t I, int32_t A, int32_t x)
     return sat16_32(ASR(t + (ASR(t, 31) & 32767), 15) + x);
 }
 
-/* V's step toward the new I (rounding half away from zero) */
+/* V's step toward the new I (rounding away from zero): away_shr(t, 15) =
+ * (t + (t >= 0 ? 32767 : 0)) >> 15, since for t < 0 the floor of >> is away from zero */
 static inline int32_t trace_v_fast(int32_t V, int32_t I, int32_t G)
 {
-    int32_t t = (I - V) * G, s = ASR(t, 31);
-    int32_t a = ASR(((t ^ s) - s) + 32767, 15);
-    return sat16_32(V + ((a ^ s) - s));
+    int32_t t = (I - V) * G;
+    return sat16_32(V + ASR(t + (~ASR(t, 31) & 32767), 15));
 }
 
 /* ---- create / destroy -------------------------------------------------------- */
@@ -177,6 +221,8 @@ static int validate(const sw_learn_config *c)
         return bad("targets must be int16 with target_lo < target_hi");
     if (c->weights != SW_LEARN_SHADOW && c->weights != SW_LEARN_STOCHASTIC)
         return bad("unknown weights mode");
+    if (c->eligibility != SW_LEARN_TRACES && c->eligibility != SW_LEARN_EVENTS)
+        return bad("unknown eligibility form");
     if (c->post_A < 0 || c->post_A > SW_Q15_ONE || c->post_G < 0 || c->post_G > SW_Q15_ONE ||
         c->out_A < 0 || c->out_A > SW_Q15_ONE || c->out_G < 0 || c->out_G > SW_Q15_ONE)
         return bad("a filter constant is outside 0..32768");
@@ -225,7 +271,8 @@ static void *carve(uint8_t **p, size_t bytes)
 
 int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
 {
-    int st, m, k;
+    int st, m, k, shared, events;
+    int32_t K = 0, Kp = 0, R = 0;
     size_t n_in, n_hid, n_out, rows[2], total;
     int32_t keep[2];
     uint8_t *p;
@@ -245,6 +292,22 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
     rows[1] = n_hid;
     keep[0] = cfg->rule != SW_LEARN_READOUT && (cfg->learn_mask & SW_LEARN_MASK_IN);
     keep[1] = cfg->rule != SW_LEARN_READOUT && (cfg->learn_mask & SW_LEARN_MASK_REC);
+    shared = 1;
+    for (k = 1; k < cfg->n_hid; k++)
+        if (cfg->pre_A[k] != cfg->pre_A[0] || cfg->pre_G[k] != cfg->pre_G[0])
+            shared = 0;
+    events = cfg->eligibility == SW_LEARN_EVENTS && (keep[0] || keep[1]);
+    if (events) {
+        K = impulse_response(cfg->post_A, cfg->post_G, INT64_C(1) << 15, NULL);
+        for (k = 0; k < cfg->n_hid; k++) {
+            int32_t n;
+            if (k > 0 && cfg->pre_A[k] == cfg->pre_A[k - 1] && cfg->pre_G[k] == cfg->pre_G[k - 1])
+                continue;
+            n = impulse_response(cfg->pre_A[k], cfg->pre_G[k], INT64_C(1) << cfg->trace_shift, NULL);
+            Kp = n > Kp ? n : Kp;
+        }
+        R = Kp + K - 1;
+    }
 #define PAD(b) ((((size_t)(b)) + 15u) & ~(size_t)15u)
     total = PAD(sizeof(sw_learn));
     total += 5 * PAD(n_hid * 4) + PAD(n_out * 4);                      /* params */
@@ -252,8 +315,14 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
     total += PAD(n_in * n_hid) + PAD(n_hid * n_hid) + PAD(n_hid * n_out);   /* weights */
     total += PAD(n_in * n_hid * 4) + PAD(n_hid * n_hid * 4) + PAD(n_hid * n_out * 4);
     for (m = 0; m < 2; m++)
-        if (keep[m])
-            total += 4 * PAD(rows[m] * n_hid * 2) + PAD(rows[m]);
+        if (keep[m] && !events)
+            total += (shared ? 2 * PAD(rows[m] * 2) : 2 * PAD(rows[m] * n_hid * 2)) +
+                     2 * PAD(rows[m] * n_hid * 2) + PAD(rows[m]);
+        else if (keep[m])
+            total += 2 * PAD((size_t)R * rows[m] * 4);
+    if (events)
+        total += PAD((size_t)K * 4) + PAD((size_t)Kp * n_hid * 4) + 3 * PAD((size_t)R * n_hid * 4) +
+                 PAD((size_t)R * 2 * 4) + PAD(n_hid * 8) + PAD(n_hid * 4);
     total += 2 * PAD(n_hid * 2) + PAD(n_hid) + PAD(n_out);
     total += 3 * PAD(n_hid * 4) + 2 * PAD(n_out * 4) + PAD(n_in * 4);
     p = (uint8_t *)calloc(1, total);
@@ -265,6 +334,7 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
     L->cfg = *cfg;
     L->keep[0] = keep[0];
     L->keep[1] = keep[1];
+    L->shared = shared;
     L->acc_max = cfg->weights == SW_LEARN_SHADOW ? (63 << SHADOW_BITS) : (126 << SHADOW_BITS);
     L->pre_A = (int32_t *)carve(&p, n_hid * 4);
     L->pre_G = (int32_t *)carve(&p, n_hid * 4);
@@ -295,11 +365,38 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
     L->acc[0] = (int32_t *)carve(&p, n_in * n_hid * 4);
     L->acc[1] = (int32_t *)carve(&p, n_hid * n_hid * 4);
     L->acc[2] = (int32_t *)carve(&p, n_hid * n_out * 4);
+    L->events = events;
+    if (events) {
+        int32_t j;
+        L->K = K;
+        L->Kp = Kp;
+        L->R = R;
+        L->h = (int32_t *)carve(&p, (size_t)K * 4);
+        L->hpre = (int32_t *)carve(&p, (size_t)Kp * n_hid * 4);
+        L->r_psi = (int32_t *)carve(&p, (size_t)R * n_hid * 4);
+        L->r_Lq = (int32_t *)carve(&p, (size_t)R * n_hid * 4);
+        L->r_Pq = (int32_t *)carve(&p, (size_t)R * n_hid * 4);
+        L->r_nev = (int32_t *)carve(&p, (size_t)R * 2 * 4);
+        L->lam = (int64_t *)carve(&p, n_hid * 8);
+        L->u = (int32_t *)carve(&p, n_hid * 4);
+        impulse_response(cfg->post_A, cfg->post_G, INT64_C(1) << 15, L->h);
+        for (j = 0; j < (int32_t)n_hid; j++) {     /* column j of hpre, zero-padded (calloc) */
+            int32_t col[EVENT_WINDOW_MAX], n, k2;
+            n = impulse_response(cfg->pre_A[j], cfg->pre_G[j], INT64_C(1) << cfg->trace_shift, col);
+            for (k2 = 0; k2 < n; k2++)
+                L->hpre[(int64_t)k2 * n_hid + j] = col[k2];
+        }
+        for (m = 0; m < 2; m++)
+            if (keep[m]) {
+                L->r_row[m] = (int32_t *)carve(&p, (size_t)R * rows[m] * 4);
+                L->r_cnt[m] = (int32_t *)carve(&p, (size_t)R * rows[m] * 4);
+            }
+    }
     for (m = 0; m < 2; m++) {
-        if (!keep[m])
+        if (!keep[m] || events)
             continue;
         for (k = 0; k < 4; k++)
-            L->tr[m][k] = (int16_t *)carve(&p, rows[m] * n_hid * 2);
+            L->tr[m][k] = (int16_t *)carve(&p, rows[m] * (shared && k < 2 ? 1 : n_hid) * 2);
         L->live[m] = (uint8_t *)carve(&p, rows[m]);
     }
     L->zI = (int16_t *)carve(&p, n_hid * 2);
@@ -439,11 +536,20 @@ int sw_learn_get_trace(const sw_learn *L, int32_t which, int32_t kind, int16_t *
         ((sw_learn *)L)->last_error = "array is NULL";
         return SW_E_NULL;
     }
+    if (which != SW_W_OUT && L->events && L->keep[which]) {
+        ((sw_learn *)L)->last_error = "the events form keeps no per-synapse traces";
+        return SW_E_PARAM;
+    }
     if (which == SW_W_OUT)
         src = kind == SW_TRACE_I ? L->zI : L->zV;
     else
         src = L->keep[which] ? L->tr[which][kind] : NULL;
-    if (src)
+    if (src && L->shared && which != SW_W_OUT && kind < SW_TRACE_FI) {
+        int64_t i, j, n_hid = L->cfg.n_hid;
+        for (i = 0; i < n / n_hid; i++)
+            for (j = 0; j < n_hid; j++)
+                v[i * n_hid + j] = src[i];
+    } else if (src)
         memcpy(v, src, (size_t)n * 2);
     else
         memset(v, 0, (size_t)n * 2);
@@ -459,15 +565,17 @@ int sw_learn_reset_traces(sw_learn *L)
     n_hid = (size_t)L->cfg.n_hid;
     for (m = 0; m < 2; m++) {
         size_t rows = m == 0 ? (size_t)L->cfg.n_in : n_hid;
-        if (!L->keep[m])
+        if (!L->keep[m] || L->events)
             continue;
         for (k = 0; k < 4; k++)
-            memset(L->tr[m][k], 0, rows * n_hid * 2);
+            memset(L->tr[m][k], 0, rows * (L->shared && k < 2 ? 1 : n_hid) * 2);
         memset(L->live[m], 0, rows);
     }
     memset(L->zI, 0, n_hid * 2);
     memset(L->zV, 0, n_hid * 2);
     memset(L->z_last, 0, n_hid);
+    L->ev_t = 0;
+    L->n_pend = 0;
     return SW_OK;
 }
 
@@ -570,13 +678,32 @@ static void signals(sw_learn *L, const int16_t *v_pre, const uint8_t *refr, cons
     for (j = 0; j < n_hid; j++) {
         int64_t s = 0;
         const int8_t *b = B + (int64_t)j * n_out;
-        for (k = 0; k < n_out; k++)
-            s += (int64_t)b[k] * L->errg[k];
+        if (n_out <= 256) {   /* |b errg| <= 63 * 131070 < 2^23: 256 terms fit int32 */
+            int32_t s32 = 0;
+            for (k = 0; k < n_out; k++)
+                s32 += b[k] * L->errg[k];
+            s = s32;
+        } else {
+            for (k = 0; k < n_out; k++)
+                s += (int64_t)b[k] * L->errg[k];
+        }
         L->Lq[j] = (int32_t)sat16_64(rhu64(s * L->g_hid[j], 14 + c->signal_shift));
         al |= L->Lq[j] != 0;
     }
     *any_L = al;
     *any_e = ae;
+}
+
+/* acc_jk <- clamp(acc_jk - rhu(zV_j eq_k, rate)) for one j; zV_j = 0 changes nothing (rhu(0) = 0). */
+static void readout_row_fast(int32_t *restrict a, const int32_t *restrict eq, int32_t zv, int32_t n,
+                             int32_t half, int32_t rate, int32_t lo, int32_t hi)
+{
+    int32_t k;
+    for (k = 0; k < n; k++) {
+        int32_t t = a[k] - ASR(zv * eq[k] + half, rate);
+        t = t < lo ? lo : t;
+        a[k] = t > hi ? hi : t;
+    }
 }
 
 static void readout_part(sw_learn *L, const uint8_t *z, int any_e)
@@ -588,6 +715,15 @@ static void readout_part(sw_learn *L, const uint8_t *z, int any_e)
         trace_step_plain(&L->zI[j], &L->zV[j], c->out_A, c->out_G, (int64_t)z[j] << c->trace_shift);
     if (!(c->learn_mask & SW_LEARN_MASK_OUT) || !any_e)
         return;
+    if (L->kernel == 0) {
+        /* int32: |zV * eq| <= 2^30, + 2^(rate-1) <= 2^29, |acc| <= 2^23 */
+        int32_t half = c->rate_out ? 1 << (c->rate_out - 1) : 0;
+        for (j = 0; j < n_hid; j++)
+            if (L->zV[j])
+                readout_row_fast(L->acc[SW_W_OUT] + (int64_t)j * n_out, L->eq, L->zV[j], n_out, half,
+                                 c->rate_out, (int32_t)lo, (int32_t)hi);
+        return;
+    }
     for (j = 0; j < n_hid; j++) {
         int32_t *a = L->acc[SW_W_OUT] + (int64_t)j * n_out;
         for (k = 0; k < n_out; k++)
@@ -605,12 +741,23 @@ static void rows_plain(sw_learn *L, int m, const int32_t *pre, int64_t rows)
     int32_t *acc = L->acc[m];
     for (i = 0; i < rows; i++) {
         int64_t x = pre[i];
+        int16_t ti = 0, tv = 0;
         for (j = 0; j < n_hid; j++) {
             int64_t q = i * n_hid + j;
-            int64_t ev = trace_step_plain(&eI[q], &eV[q], L->pre_A[j], L->pre_G[j], x << c->trace_shift);
-            int64_t e = rhu64(ev * L->psi[j], PSI_BITS);
-            int64_t fv = trace_step_plain(&FI[q], &FV[q], c->post_A, c->post_G, e);
+            int64_t ev, e, fv;
+            if (L->shared) {       /* eI_ij = eI_i for every j: computed from the row's old value */
+                ti = eI[i];
+                tv = eV[i];
+            }
+            ev = trace_step_plain(L->shared ? &ti : &eI[q], L->shared ? &tv : &eV[q], L->pre_A[j], L->pre_G[j],
+                                  x << c->trace_shift);
+            e = rhu64(ev * L->psi[j], PSI_BITS);
+            fv = trace_step_plain(&FI[q], &FV[q], c->post_A, c->post_G, e);
             acc[q] = (int32_t)clamp64(acc[q] - rhu64((int64_t)L->Lq[j] * fv, rate), lo, hi);
+        }
+        if (L->shared) {   /* the same for every j */
+            eI[i] = ti;
+            eV[i] = tv;
         }
     }
 }
@@ -618,13 +765,13 @@ static void rows_plain(sw_learn *L, int m, const int32_t *pre, int64_t rows)
 /* ---- fast kernel ------------------------------------------------------------------ */
 /* One row, int32 and branch-free; returns non-zero if any trace of the row is non-zero.
  * Bounds (docs/fixed-point.md): |eI*A|, |FI*A| <= 2^30; |(eI-eV)*G| <= 65535*32768 < 2^31
- * and + 32767 still fits; |eV*psi| <= 2^23; |Lq*FV| + 2^29 < 2^31. */
-SW_LCLONES
-static int row_fast(int16_t *restrict eI, int16_t *restrict eV, int16_t *restrict FI,
-                    int16_t *restrict FV, int32_t *restrict acc, const int32_t *restrict A,
-                    const int32_t *restrict G, const int32_t *restrict psi, const int32_t *restrict Lq,
-                    int32_t n, int32_t p, int32_t Ao, int32_t Go, int32_t rate, int32_t half,
-                    int32_t lo, int32_t hi, int learn)
+ * and + 32767 still fits; |eV*psi| <= 2^23; |Lq*FV| + 2^29 < 2^31.  `learn` is a constant
+ * in each of the two calls below, so the accumulator update is compiled in or out. */
+static inline int32_t row_body(int16_t *restrict eI, int16_t *restrict eV, int16_t *restrict FI,
+                               int16_t *restrict FV, int32_t *restrict acc, const int32_t *restrict A,
+                               const int32_t *restrict G, const int32_t *restrict psi,
+                               const int32_t *restrict Lq, int32_t n, int32_t p, int32_t Ao, int32_t Go,
+                               int32_t rate, int32_t half, int32_t lo, int32_t hi, const int learn)
 {
     int32_t j, any = 0;
     for (j = 0; j < n; j++) {
@@ -641,10 +788,59 @@ static int row_fast(int16_t *restrict eI, int16_t *restrict eV, int16_t *restric
         any |= ei | ev | fi | fv;
         if (learn) {
             t = acc[j] - ASR(Lq[j] * fv + half, rate);
-            acc[j] = t < lo ? lo : (t > hi ? hi : t);
+            t = t < lo ? lo : t;
+            acc[j] = t > hi ? hi : t;
         }
     }
-    return any != 0;
+    return any;
+}
+
+SW_LCLONES
+static int row_fast(int16_t *restrict eI, int16_t *restrict eV, int16_t *restrict FI,
+                    int16_t *restrict FV, int32_t *restrict acc, const int32_t *restrict A,
+                    const int32_t *restrict G, const int32_t *restrict psi, const int32_t *restrict Lq,
+                    int32_t n, int32_t p, int32_t Ao, int32_t Go, int32_t rate, int32_t half,
+                    int32_t lo, int32_t hi, int learn)
+{
+    if (learn)
+        return row_body(eI, eV, FI, FV, acc, A, G, psi, Lq, n, p, Ao, Go, rate, half, lo, hi, 1) != 0;
+    return row_body(eI, eV, FI, FV, acc, A, G, psi, Lq, n, p, Ao, Go, rate, half, lo, hi, 0) != 0;
+}
+
+/* One row with shared presynaptic traces: ev is the row's eV (eI is not needed here);
+ * returns non-zero if any FI or FV of the row is non-zero.  Same bounds as row_body. */
+static inline int32_t row_shared_body(int16_t *restrict FI, int16_t *restrict FV, int32_t *restrict acc,
+                                      const int32_t *restrict psi, const int32_t *restrict Lq, int32_t n,
+                                      int32_t ev, int32_t Ao, int32_t Go, int32_t rate, int32_t half,
+                                      int32_t lo, int32_t hi, const int learn)
+{
+    int32_t j, any = 0;
+    for (j = 0; j < n; j++) {
+        int32_t t, e, fi, fv;
+        e = ASR(ev * psi[j] + 128, PSI_BITS);
+        fi = trace_i_fast(FI[j], Ao, e);
+        fv = trace_v_fast(FV[j], fi, Go);
+        FI[j] = (int16_t)fi;
+        FV[j] = (int16_t)fv;
+        any |= fi | fv;
+        if (learn) {
+            t = acc[j] - ASR(Lq[j] * fv + half, rate);
+            t = t < lo ? lo : t;
+            acc[j] = t > hi ? hi : t;
+        }
+    }
+    return any;
+}
+
+SW_LCLONES
+static int row_fast_shared(int16_t *restrict FI, int16_t *restrict FV, int32_t *restrict acc,
+                           const int32_t *restrict psi, const int32_t *restrict Lq, int32_t n, int32_t ev,
+                           int32_t Ao, int32_t Go, int32_t rate, int32_t half, int32_t lo, int32_t hi,
+                           int learn)
+{
+    if (learn)
+        return row_shared_body(FI, FV, acc, psi, Lq, n, ev, Ao, Go, rate, half, lo, hi, 1) != 0;
+    return row_shared_body(FI, FV, acc, psi, Lq, n, ev, Ao, Go, rate, half, lo, hi, 0) != 0;
 }
 
 static void rows_fast(sw_learn *L, int m, const int32_t *pre, int64_t rows, int any_L)
@@ -662,11 +858,212 @@ static void rows_fast(sw_learn *L, int m, const int32_t *pre, int64_t rows, int 
         off = i * n_hid;
         if (x > 65536)
             x = 65536;  /* eI saturates either way (docs/fixed-point.md) */
+        if (L->shared) {
+            int16_t *eI = L->tr[m][0] + i, *eV = L->tr[m][1] + i;
+            int64_t ev = trace_step_plain(eI, eV, L->pre_A[0], L->pre_G[0], (int64_t)x << c->trace_shift);
+            int64_t ei = *eI;
+            live[i] = (uint8_t)(row_fast_shared(L->tr[m][2] + off, L->tr[m][3] + off, L->acc[m] + off, L->psi,
+                                                L->Lq, n_hid, (int32_t)ev, c->post_A, c->post_G, rate, half,
+                                                -L->acc_max, L->acc_max, any_L) | (ei != 0) | (ev != 0));
+            continue;
+        }
         live[i] = (uint8_t)row_fast(L->tr[m][0] + off, L->tr[m][1] + off, L->tr[m][2] + off,
                                     L->tr[m][3] + off, L->acc[m] + off, L->pre_A, L->pre_G, L->psi,
                                     L->Lq, n_hid, x << c->trace_shift, c->post_A, c->post_G, rate,
                                     half, -L->acc_max, L->acc_max, any_L);
     }
+}
+
+/* ---- the events form (docs/learning.md "The events form") -------------------------------- */
+/* Pq_j(s) = sat16(rhu(psi_j(s) * Lam_j(s), 8 + 15)), Lam_j(s) = sum_k h[k] Lq_j(s + k) over the
+ * steps s + k < lim held (a later step counts as Lq = 0).  |h| <= 2^15, |Lq| <= 2^15: each
+ * product fits int32, the sum (K <= 512 terms) int64. */
+SW_LCLONES
+static void lam_fast(int64_t *restrict lam, const int32_t *restrict Lq, int32_t hk, int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; j++)
+        lam[j] += (int64_t)(hk * Lq[j]);
+}
+
+/* two steps at once: |h Lq| <= 2^30, so the sum of two is in [-2^31, 2^31) */
+SW_LCLONES
+static void lam2_fast(int64_t *restrict lam, const int32_t *restrict Lq0, const int32_t *restrict Lq1,
+                      int32_t h0, int32_t h1, int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; j++)
+        lam[j] += (int64_t)(h0 * Lq0[j] + h1 * Lq1[j]);
+}
+
+static void pq_at(sw_learn *L, int64_t s, int64_t lim)
+{
+    int32_t j, k, n = L->cfg.n_hid;
+    int64_t R = L->R;
+    int32_t *pq = L->r_Pq + (s % R) * n;
+    const int32_t *psi = L->r_psi + (s % R) * n;
+    if (L->kernel == 1) {
+        for (j = 0; j < n; j++) {
+            int64_t lam = 0;
+            for (k = 0; k < L->K && s + k < lim; k++)
+                lam += (int64_t)L->h[k] * L->r_Lq[((s + k) % R) * n + j];
+            pq[j] = (int32_t)sat16_64(rhu64(psi[j] * lam, PSI_BITS + 15));
+        }
+        return;
+    }
+    memset(L->lam, 0, (size_t)n * 8);
+    for (k = 0; k + 1 < L->K && s + k + 1 < lim; k += 2)
+        lam2_fast(L->lam, L->r_Lq + ((s + k) % R) * n, L->r_Lq + ((s + k + 1) % R) * n, L->h[k], L->h[k + 1], n);
+    if (k < L->K && s + k < lim)
+        lam_fast(L->lam, L->r_Lq + ((s + k) % R) * n, L->h[k], n);
+    for (j = 0; j < n; j++) {     /* rhu(x, 23) and sat16, branch-free (>> is arithmetic) */
+        int64_t x = ASR(psi[j] * L->lam[j] + (INT64_C(1) << (PSI_BITS + 14)), PSI_BITS + 15);
+        pq[j] = (int32_t)(x < -32768 ? -32768 : (x > 32767 ? 32767 : x));
+    }
+}
+
+/* Credit the events of pending step e: D_j = sum_k' hpre[k'][j] Pq_j(e + k') over e + k' < lim,
+ * u_j = clamp(rhu(D_j, rate), +-2^25), acc_ij <- clamp(acc_ij - x_i u_j).  |hpre| <= 2^14,
+ * |Pq| <= 2^15: each product fits int32. */
+SW_LCLONES
+static void sub_clamp_fast(int32_t *restrict a, const int32_t *restrict u, int32_t n, int32_t lo, int32_t hi)
+{
+    int32_t j;
+    for (j = 0; j < n; j++) {
+        int32_t t = a[j] - u[j];
+        t = t < lo ? lo : t;
+        a[j] = t > hi ? hi : t;
+    }
+}
+
+SW_LCLONES
+static void dot_fast(int64_t *restrict D, const int32_t *restrict hp, const int32_t *restrict pq, int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; j++)
+        D[j] += (int64_t)(hp[j] * pq[j]);
+}
+
+/* four steps at once: |hpre Pq| <= 2^29, so the sum of four is in [-2^31, 2^31) */
+SW_LCLONES
+static void dot4_fast(int64_t *restrict D, const int32_t *restrict h0, const int32_t *restrict h1,
+                      const int32_t *restrict h2, const int32_t *restrict h3, const int32_t *restrict p0,
+                      const int32_t *restrict p1, const int32_t *restrict p2, const int32_t *restrict p3,
+                      int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; j++)
+        D[j] += (int64_t)(h0[j] * p0[j] + h1[j] * p1[j] + h2[j] * p2[j] + h3[j] * p3[j]);
+}
+
+static void credit(sw_learn *L, int64_t e, int64_t lim)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t j, k, m, n = c->n_hid;
+    int64_t R = L->R, slot = e % R, *D = L->lam, lo = -L->acc_max, hi = L->acc_max;
+    int32_t any = 0;
+    for (m = 0; m < 2; m++)
+        any |= L->keep[m] && L->r_nev[slot * 2 + m] > 0;
+    if (!any)
+        return;
+    memset(D, 0, (size_t)n * 8);
+    k = 0;
+    if (L->kernel == 0)
+        for (; k + 3 < L->Kp && e + k + 3 < lim; k += 4)
+            dot4_fast(D, L->hpre + (int64_t)k * n, L->hpre + (int64_t)(k + 1) * n, L->hpre + (int64_t)(k + 2) * n,
+                      L->hpre + (int64_t)(k + 3) * n, L->r_Pq + ((e + k) % R) * n,
+                      L->r_Pq + ((e + k + 1) % R) * n, L->r_Pq + ((e + k + 2) % R) * n,
+                      L->r_Pq + ((e + k + 3) % R) * n, n);
+    for (; k < L->Kp && e + k < lim; k++) {
+        const int32_t *pq = L->r_Pq + ((e + k) % R) * n, *hp = L->hpre + (int64_t)k * n;
+        if (L->kernel == 1) {
+            for (j = 0; j < n; j++)
+                D[j] += (int64_t)hp[j] * pq[j];
+        } else {
+            dot_fast(D, hp, pq, n);
+        }
+    }
+    for (m = 0; m < 2; m++) {
+        int32_t rate = m == 0 ? c->rate_in : c->rate_rec, q, rows = m == 0 ? c->n_in : n;
+        int32_t nev = L->r_nev[slot * 2 + m], *u = L->u;
+        if (!L->keep[m] || nev == 0)
+            continue;
+        if (L->kernel == 1) {
+            for (j = 0; j < n; j++)
+                u[j] = (int32_t)clamp64(rhu64(D[j], rate), -EVENT_U_MAX, EVENT_U_MAX);
+        } else {
+            int64_t half = rate ? INT64_C(1) << (rate - 1) : 0;
+            for (j = 0; j < n; j++) {
+                int64_t x = ASR(D[j] + half, rate);
+                u[j] = (int32_t)(x < -EVENT_U_MAX ? -EVENT_U_MAX : (x > EVENT_U_MAX ? EVENT_U_MAX : x));
+            }
+        }
+        for (q = 0; q < nev; q++) {
+            int64_t x = L->r_cnt[m][slot * rows + q];
+            int32_t *a = L->acc[m] + (int64_t)L->r_row[m][slot * rows + q] * n;
+            if (x == 1 && L->kernel == 0)
+                sub_clamp_fast(a, u, n, (int32_t)lo, (int32_t)hi);   /* |a|, |u| <= 2^25 */
+            else
+                for (j = 0; j < n; j++)
+                    a[j] = (int32_t)clamp64(a[j] - x * u[j], lo, hi);
+        }
+    }
+}
+
+/* One step: hold psi, Lq and the step's presynaptic events (input channels ch[0..n_ch),
+ * last step's spikes in zpre); complete what is due.  counts is all 0 between calls. */
+static void events_step(sw_learn *L, const int32_t *ch, int64_t n_ch)
+{
+    const sw_learn_config *c = &L->cfg;
+    int32_t i, n = c->n_hid, nev = 0;
+    int64_t slot = L->ev_t % L->R, q;
+    memcpy(L->r_psi + slot * n, L->psi, (size_t)n * 4);
+    memcpy(L->r_Lq + slot * n, L->Lq, (size_t)n * 4);
+    if (L->keep[0]) {
+        int32_t *row = L->r_row[0] + slot * c->n_in, *cnt = L->r_cnt[0] + slot * c->n_in;
+        for (q = 0; q < n_ch; q++)        /* the channels with events, in order of first event */
+            if (L->counts[ch[q]]++ == 0)
+                row[nev++] = ch[q];
+        for (i = 0; i < nev; i++) {
+            cnt[i] = L->counts[row[i]];
+            L->counts[row[i]] = 0;
+        }
+        L->r_nev[slot * 2] = nev;
+    }
+    if (L->keep[1]) {
+        int32_t *row = L->r_row[1] + slot * n, *cnt = L->r_cnt[1] + slot * n;
+        nev = 0;
+        for (i = 0; i < n; i++)
+            if (L->zpre[i]) {
+                row[nev] = i;
+                cnt[nev++] = 1;
+            }
+        L->r_nev[slot * 2 + 1] = nev;
+    }
+    L->ev_t++;
+    L->n_pend++;
+    if (L->n_pend >= L->K)            /* Lam of step ev_t - K has all its learning signals */
+        pq_at(L, L->ev_t - L->K, L->ev_t);
+    if (L->n_pend == L->R) {          /* step ev_t - R has its whole window */
+        credit(L, L->ev_t - L->R, L->ev_t);
+        L->n_pend--;
+    }
+}
+
+int sw_learn_flush(sw_learn *L)
+{
+    int64_t s, first;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (!L->events)
+        return SW_OK;
+    first = L->ev_t - L->n_pend;
+    for (s = first > L->ev_t - L->K + 1 ? first : L->ev_t - L->K + 1; s < L->ev_t; s++)
+        pq_at(L, s, L->ev_t);
+    for (s = first; s < L->ev_t; s++)
+        credit(L, s, L->ev_t);
+    L->n_pend = 0;
+    return SW_OK;
 }
 
 /* ---- run ----------------------------------------------------------------------------- */
@@ -722,7 +1119,12 @@ int sw_learn_run(sw_learn *L, int32_t T, const int64_t *indptr, const int32_t *c
         int64_t e;
         signals(L, v_pre + (int64_t)t * c->n_hid, refr + (int64_t)t * c->n_hid,
                 y + (int64_t)t * c->n_out, &any_L, &any_e);
-        if (L->keep[0]) {
+        if (L->keep[1])
+            for (j = 0; j < c->n_hid; j++)
+                L->zpre[j] = zp[j];
+        if (L->events) {
+            events_step(L, channels + indptr[t], indptr[t + 1] - indptr[t]);
+        } else if (L->keep[0]) {
             memset(L->counts, 0, (size_t)c->n_in * 4);
             for (e = indptr[t]; e < indptr[t + 1]; e++)
                 L->counts[channels[e]]++;
@@ -731,9 +1133,7 @@ int sw_learn_run(sw_learn *L, int32_t T, const int64_t *indptr, const int32_t *c
             else
                 rows_fast(L, 0, L->counts, c->n_in, any_L);
         }
-        if (L->keep[1]) {
-            for (j = 0; j < c->n_hid; j++)
-                L->zpre[j] = zp[j];
+        if (L->keep[1] && !L->events) {
             if (L->kernel == 1)
                 rows_plain(L, 1, L->zpre, c->n_hid);
             else

@@ -316,6 +316,8 @@ int sw_fe_counters(const sw_fe *fe, int64_t *n_in, int64_t *n_internal, int64_t 
 #define SW_TRACE_V 1               /* eV / zV                                  */
 #define SW_TRACE_FI 2
 #define SW_TRACE_FV 3
+#define SW_LEARN_TRACES 0          /* eligibility: per-synapse traces every step */
+#define SW_LEARN_EVENTS 1          /* eligibility: the events form (docs/learning.md) */
 
 typedef struct sw_learn_config {
     int32_t n_in, n_hid, n_out;
@@ -336,6 +338,7 @@ typedef struct sw_learn_config {
     const int32_t *v_th;      /* [n_hid] int16                            */
     const int32_t *g_out;     /* [n_out] Q14 0..32767                     */
     const int8_t *feedback;   /* [n_hid x n_out] -63..63, NULL = symmetric (W_out) */
+    int32_t eligibility;      /* SW_LEARN_TRACES (0) / SW_LEARN_EVENTS    */
 } sw_learn_config;
 
 typedef struct sw_learn sw_learn;
@@ -370,6 +373,9 @@ int sw_learn_run(sw_learn *learn, int32_t T, const int64_t *indptr,
                  const int32_t *channels, int64_t n_events,
                  const uint8_t *z, const int16_t *v_pre, const uint8_t *refr,
                  const int16_t *y);
+/* Events form: credit every pending step now with the learning signals so
+ * far (the end of a stretch); the traces form has nothing pending (no-op). */
+int sw_learn_flush(sw_learn *learn);
 /* Accumulators -> int8 weights of every learning matrix (docs/learning.md). */
 int sw_learn_commit(sw_learn *learn);
 /* 0 = optimised (default), 1 = plain reference loop.                       */

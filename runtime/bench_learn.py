@@ -46,16 +46,17 @@ LABEL = 3                         # the workload's one-hot target class
 RECORD = ("spikes", "hid_v_pre", "hid_ref", "out_v")
 
 
-def learning_config(surrogate_log2: int = 12) -> LearningConfig:
+def learning_config(surrogate_log2: int = 12, eligibility: str = "traces") -> LearningConfig:
     """Mode C: e-prop, random feedback, every matrix learns."""
     return LearningConfig(rule="eprop", learn=("in", "rec", "out"), feedback="random", feedback_seed=20241123,
-                          surrogate_log2=surrogate_log2)
+                          surrogate_log2=surrogate_log2, eligibility=eligibility)
 
 
-def build(surrogate_log2: int = 12, kernel: str = "fast") -> tuple[Core, Learner, LearningConfig]:
+def build(surrogate_log2: int = 12, kernel: str = "fast",
+          eligibility: str = "traces") -> tuple[Core, Learner, LearningConfig]:
     core = bc.build_core()
     core.kernel = kernel
-    lc = learning_config(surrogate_log2)
+    lc = learning_config(surrogate_log2, eligibility)
     hid, out = fixed_params(core.config, core.chip)
     learner = Learner(core.config, hid, out, lc, {m: core.get_weights(m) for m in MATRICES})
     learner.kernel = kernel
@@ -101,8 +102,8 @@ def _rates(seconds: list[float], steps: int) -> dict:
 
 
 def run(json_path: str | None = None, runs: int = 5, kernel: str = "fast", surrogate_log2: int = 12,
-        n_steps: int = bc.T, min_run_s: float = 0.2, stream: bool = True) -> dict:
-    core, learner, lc = build(surrogate_log2, kernel)
+        n_steps: int = bc.T, min_run_s: float = 0.2, stream: bool = True, eligibility: str = "traces") -> dict:
+    core, learner, lc = build(surrogate_log2, kernel, eligibility)
     ev_full = bc.workload_input(0)
     ip = np.asarray(ev_full.indptr)
     ev = Events(ip[:n_steps + 1].copy(), np.asarray(ev_full.channels)[:ip[n_steps]].copy())
@@ -116,6 +117,7 @@ def run(json_path: str | None = None, runs: int = 5, kernel: str = "fast", surro
     def both():
         reset()
         learn_block(core, learner, ev, zero)
+        learner.flush()
 
     reset()
     rec = learn_block(core, learner, ev, zero)
@@ -123,6 +125,7 @@ def run(json_path: str | None = None, runs: int = 5, kernel: str = "fast", surro
     def learner_only():
         learner.reset_traces()
         learner.run(ev, rec["z"], rec["v_pre"], rec["refr"], rec["y"])
+        learner.flush()
 
     def core_only():
         core.reset()
@@ -136,11 +139,13 @@ def run(json_path: str | None = None, runs: int = 5, kernel: str = "fast", surro
         before = zero
         for e1 in per_step:
             before = learn_block(core, learner, e1, before)["hid_ref"][0] > 0
+        learner.flush()
 
     result = {
         "workload": "peer-v1 mode C: e-prop (random feedback) on 700-256(rec)-20, all 244,736 input and "
                     "recurrent synapses with traces, readout learning, target class 3 every step",
         "kernel": kernel,
+        "eligibility": eligibility,
         "surrogate_log2": surrogate_log2,
         "steps": n_steps,
         "learn_steps_per_s": _rates(_runs(both, runs, min_run_s), n_steps),
@@ -184,8 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=bc.T)
     p.add_argument("--min-run-s", type=float, default=0.2)
     p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--eligibility", choices=["traces", "events"], default="traces")
     a = p.parse_args(argv)
-    run(a.json, a.runs, a.kernel, a.surrogate_log2, a.steps, a.min_run_s, not a.no_stream)
+    run(a.json, a.runs, a.kernel, a.surrogate_log2, a.steps, a.min_run_s, not a.no_stream, a.eligibility)
     return 0
 
 

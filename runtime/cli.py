@@ -73,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "core":
         if args.learn:
             from . import bench_learn
-            bench_learn.run(args.json, args.runs, args.kernel, args.surrogate_log2)
+            bench_learn.run(args.json, args.runs, args.kernel, args.surrogate_log2, eligibility=args.eligibility)
             return 0
         from . import bench_core
         bench_core.run(args.json, args.runs, args.kernel, args.min_time, not args.no_c_loop)
@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--learn", action="store_true",
                    help="core: the e-prop learning workload (mode C; JSON learn_steps_per_s)")
     b.add_argument("--surrogate-log2", type=int, default=12, help="core --learn: surrogate width 2^k (default 12)")
+    b.add_argument("--eligibility", choices=["traces", "events"], default="traces",
+                   help="core --learn: the learner's eligibility form (docs/learning.md)")
     b.set_defaults(fn=cmd_bench)
 
     e = sub.add_parser("eval", help="evaluate a keyword model on labelled WAVs (offline, --stream, --calibrate)",

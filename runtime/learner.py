@@ -54,6 +54,7 @@ class Learner:
         c.target_hi, c.target_lo = lc.target_hi, lc.target_lo
         c.weights = _lib.SW_LEARN_SHADOW if lc.weights == "shadow" else _lib.SW_LEARN_STOCHASTIC
         c.sr_seed = lc.sr_seed
+        c.eligibility = _lib.SW_LEARN_EVENTS if lc.eligibility == "events" else _lib.SW_LEARN_TRACES
         keep = []
 
         def arr(a, dtype, ctype):
@@ -225,6 +226,12 @@ class Learner:
             _rc(_lib.sw_learn_run(p, T, _ffi.from_buffer("int64_t[]", indptr), buf(ch, "int32_t[]"), ch.shape[0],
                                   buf(z, "uint8_t[]"), buf(v_pre, "int16_t[]"), buf(refr, "uint8_t[]"),
                                   buf(y, "int16_t[]")), "learning run failed", p)
+
+    def flush(self) -> None:
+        """Events form: credit every pending step now (the end of a stretch); else nothing."""
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_flush(p), "cannot flush", p)
 
     def commit(self) -> dict[str, np.ndarray]:
         with self._guard():

@@ -30,12 +30,16 @@ RULES = ("eprop", "superspike", "readout")
 MATRICES = ("in", "rec", "out")
 FEEDBACK = ("symmetric", "random", "uniform")
 WEIGHT_MODES = ("shadow", "stochastic")
+ELIGIBILITY = ("traces", "events")
 
 SHADOW_BITS = 16                      # shadow weights / gradients are Q16 of a weight step
 ACC_MAX = {"shadow": 63 << SHADOW_BITS, "stochastic": 126 << SHADOW_BITS}
 PSI_BITS = 8                          # surrogate derivative: 0..256 = 0..1.0 (Q8)
 RANDOM_FEEDBACK_MAX = 31              # random feedback weights are -31..31
 UNIFORM_FEEDBACK = 31                 # every uniform feedback weight
+
+EVENT_WINDOW_MAX = 512                # longest impulse response of the events form (steps)
+EVENT_U_MAX = 1 << 25                 # |u| bound of the events form (> 2 ACC: the clamp is exact)
 
 # target modes of a readout unit for one step
 TARGET_NONE, TARGET_HI, TARGET_LO = 0, 1, -1
@@ -68,6 +72,9 @@ class LearningConfig:
     sr_seed         seed of stochastic rounding
     ss_tau_rise_ms / ss_tau_decay_ms   SuperSpike's own kernels (presynaptic and postsynaptic
                     traces: rise = the current-like stage, decay = the membrane-like stage)
+    eligibility     "traces" (per-synapse traces every step) | "events" (the same filters as
+                    impulse responses; each presynaptic event is credited once its window is
+                    complete: docs/learning.md "The events form")
     """
 
     rule: str = "eprop"
@@ -86,6 +93,7 @@ class LearningConfig:
     sr_seed: int = 0
     ss_tau_rise_ms: float = 5.0
     ss_tau_decay_ms: float = 10.0
+    eligibility: str = "traces"
 
     def __post_init__(self) -> None:
         _require(self.rule in RULES, f"learning rule must be one of {RULES}, got {self.rule!r}")
@@ -117,6 +125,8 @@ class LearningConfig:
             _require(_is_int(v) and -32768 <= v <= 32767, f"{name} must be an int16 value, got {v!r}")
         _require(self.target_lo < self.target_hi,
                  f"target_lo ({self.target_lo}) must be below target_hi ({self.target_hi})")
+        _require(self.eligibility in ELIGIBILITY,
+                 f"eligibility must be one of {ELIGIBILITY}, got {self.eligibility!r}")
         _require(self.weights in WEIGHT_MODES, f"weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
         for name in ("ss_tau_rise_ms", "ss_tau_decay_ms"):
             v = getattr(self, name)
@@ -184,6 +194,40 @@ def tables(config: CoreConfig, hid: FixedPopulation, out: FixedPopulation, lc: L
         post_A, post_G = out_A, out_G
     return LearnTables(pre_A, pre_G, post_A, post_G, out_A, out_G,
                        hid.g_syn.astype(_I64), out.g_syn.astype(_I64), hid.v_th.astype(_I64))
+
+
+def impulse_response(A: int, G: int, impulse: int, kmax: int = EVENT_WINDOW_MAX) -> np.ndarray:
+    """V of the integer current -> membrane filter of the traces (current rounded toward zero,
+    membrane away from zero) k = 0, 1, ... steps after an impulse at step 0, up to the last step
+    before both stages are exactly 0 again (at most kmax steps; at least one value)."""
+    i = v = 0
+    out = []
+    for k in range(kmax):
+        t = i * A
+        i = (abs(t) >> 15) * (1 if t >= 0 else -1) + (impulse if k == 0 else 0)
+        t = (i - v) * G
+        v = v + ((abs(t) + 32767) >> 15) * (1 if t >= 0 else -1)
+        if i == 0 and v == 0:
+            break
+        out.append(v)
+    return np.array(out or [0], _I64)
+
+
+def event_tables(t: LearnTables, lc: LearningConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The events form's kernels: hpre [Kp x n_hid] (each neuron's presynaptic response to one
+    event of 2^trace_shift, zero-padded to the longest) and h [K] (the eligibility filter's
+    response to 2^15, i.e. Q15)."""
+    h = impulse_response(int(t.post_A), int(t.post_G), 1 << 15)
+    cache: dict = {}
+    rows = []
+    for a, g in zip(t.pre_A.tolist(), t.pre_G.tolist()):
+        if (a, g) not in cache:
+            cache[(a, g)] = impulse_response(a, g, 1 << lc.trace_shift)
+        rows.append(cache[(a, g)])
+    hpre = np.zeros((max(len(r) for r in rows), len(rows)), _I64)
+    for j, r in enumerate(rows):
+        hpre[:len(r), j] = r
+    return hpre, h
 
 
 def random_feedback(seed: int, n_hid: int, n_out: int) -> np.ndarray:
@@ -277,6 +321,10 @@ class ReferenceLearner:
         self.modes = np.zeros(n_out, np.int8)
         # traces are kept only for the hidden matrices that learn (the others would not be used)
         self.trace_matrices = tuple(m for m in ("in", "rec") if m in lc.learn)
+        self.events = lc.eligibility == "events" and lc.rule != "readout"
+        if self.events:
+            self.hpre, self.h = event_tables(self.t, lc)
+            self.window = self.hpre.shape[0] + len(self.h) - 1   # an event's steps of credit
         self.commits = 0
         self.updates = 0
         self.reset_traces()
@@ -292,6 +340,8 @@ class ReferenceLearner:
         self.FV = {"in": z(n_in, n_hid), "rec": z(n_hid, n_hid)}
         self.zI = z(n_hid)
         self.zV = z(n_hid)
+        # events form: the steps whose events are not credited yet (at most window - 1)
+        self.pending = []    # per step: (pre counts per matrix, psi, Lq)
 
     def reset_accumulators(self) -> None:
         """Shadow mode: shadow = w * 2^16; stochastic mode: gradient = 0."""
@@ -323,7 +373,12 @@ class ReferenceLearner:
         lo, hi = -ACC_MAX[lc.weights], ACC_MAX[lc.weights]
         # hidden synapses: presynaptic trace -> eligibility -> filtered eligibility -> update
         pre = {"in": counts.astype(_I64), "rec": z_prev.astype(_I64)}
-        for m in self.trace_matrices:
+        if self.events:
+            self.pending.append(({m: pre[m] for m in self.trace_matrices}, psi, Lq))
+            if len(self.pending) == self.window:   # the oldest step's window is complete
+                self._credit(0)
+                self.pending.pop(0)
+        for m in (() if self.events else self.trace_matrices):
             x = pre[m][:, None]
             eI = sat16(trunc_shr(self.eI[m] * t.pre_A, 15) + (x << lc.trace_shift))
             eV = sat16(self.eV[m] + away_shr((eI - self.eV[m]) * t.pre_G, 15))
@@ -340,6 +395,36 @@ class ReferenceLearner:
             self.acc["out"] = np.clip(self.acc["out"] - rhu_shr(self.zV[:, None] * errq[None, :], lc.rate_out),
                                       lo, hi)
         self.updates += 1
+
+    # -- the events form ---------------------------------------------------------
+    def _credit(self, e: int) -> None:
+        """Credit the presynaptic events of pending step e with the learning signals held
+        (a step not held yet counts as psi = Lq = 0)."""
+        lc, t = self.lc, self.t
+        Kp, K = self.hpre.shape[0], len(self.h)
+        n_hid = self.config.n_hid
+        psi = np.zeros((Kp, n_hid), _I64)
+        Lq = np.zeros((Kp + K - 1, n_hid), _I64)
+        for k, (_, p, q) in enumerate(self.pending[e:e + Kp + K - 1]):
+            if k < Kp:
+                psi[k] = p
+            Lq[k] = q
+        lam = np.stack([self.h @ Lq[k:k + K] for k in range(Kp)])          # Lam_j(e + k')
+        pq = sat16(rhu_shr(psi * lam, PSI_BITS + 15))
+        D = (self.hpre * pq).sum(axis=0)
+        lo, hi = -ACC_MAX[lc.weights], ACC_MAX[lc.weights]
+        for m, x in self.pending[e][0].items():
+            rate = lc.rate_in if m == "in" else lc.rate_rec
+            u = np.clip(rhu_shr(D, rate), -EVENT_U_MAX, EVENT_U_MAX)
+            self.acc[m] = np.clip(self.acc[m] - x[:, None] * u[None, :], lo, hi)
+
+    def flush(self) -> None:
+        """Events form: credit every pending step now with the learning signals so far (the
+        end of a stretch: later signals will not reach them).  Traces form: nothing to do."""
+        if self.events:
+            for e in range(len(self.pending)):
+                self._credit(e)
+            self.pending = []
 
     # -- commit ----------------------------------------------------------------
     def commit(self) -> dict[str, np.ndarray]:

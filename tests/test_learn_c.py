@@ -2,6 +2,8 @@
 networks, rules and settings; bad input is rejected with a clear error."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -191,6 +193,9 @@ def test_c_validates_config():
     assert lib.sw_learn_create(c, pp) == lib.SW_OK
     assert lib.sw_learn_destroy(pp[0]) == lib.SW_OK
     assert lib.sw_learn_create(ffi.NULL, pp) == lib.SW_E_NULL
+    c.eligibility = 2
+    assert lib.sw_learn_create(c, pp) == lib.SW_E_PARAM
+    assert b"eligibility" in ffi.string(lib.sw_learn_last_error(ffi.NULL))
 
 
 # -- golden vectors (tests/golden/learn_v1.txt; the C test under qemu reads the same file) ---------
@@ -227,3 +232,114 @@ def test_golden_numpy_and_c(name, seed, lc, target):
         assert golden.acc_hash({m: L.acc(m) for m in MATRICES}) == h_acc
         L.commit()
         assert golden.weight_hash({m: L.weights(m) for m in MATRICES}) == h_w
+
+
+# -- the events form (eligibility="events", docs/learning.md "The events form") ------------------
+def _events_case(seed: int):
+    """Short filters (windows of tens of steps) and runs several windows long, so that events are
+    credited in the run (the ring's steady path) as well as by flush."""
+    rng = np.random.default_rng([seed, 91])
+    config = CoreConfig(
+        n_in=int(rng.integers(3, 25)), n_hid=int(rng.integers(2, 30)), n_out=int(rng.integers(1, 5)),
+        shift_in=int(rng.integers(5, 9)), shift_rec=int(rng.integers(3, 7)), shift_out=int(rng.integers(4, 9)),
+        t_ref_steps=int(rng.integers(0, 3)), noise_amp=int(rng.choice([0, 300])), noise_seed=seed,
+        hidden=PopulationConfig(tau_syn_ms=float(rng.uniform(0.5, 3)), tau_mem_ms=float(rng.uniform(1, 4))),
+        readout=PopulationConfig(tau_syn_ms=float(rng.uniform(0.5, 3)), tau_mem_ms=float(rng.uniform(1, 5))))
+    chip = Chip(seed=seed, threshold=0.1, leak=0.05, decay=float(rng.choice([0.0, 0.1])), gain=0.1)
+    hid, out = fixed_params(config, chip)
+    w = {"in": rng.integers(-30, 64, (config.n_in, config.n_hid)).astype(np.int8),
+         "rec": rng.integers(-20, 21, (config.n_hid, config.n_hid)).astype(np.int8),
+         "out": rng.integers(-63, 64, (config.n_hid, config.n_out)).astype(np.int8)}
+    learn = tuple(m for m in MATRICES if rng.random() < 0.6)
+    learn = learn if ("in" in learn or "rec" in learn) else learn + (str(rng.choice(["in", "rec"])),)
+    lc = LearningConfig(
+        rule=str(rng.choice(["eprop", "superspike"])), learn=learn, eligibility="events",
+        rate_in=int(rng.integers(0, 16)), rate_rec=int(rng.integers(0, 16)), rate_out=int(rng.integers(0, 12)),
+        signal_shift=int(rng.integers(0, 8)), trace_shift=int(rng.integers(6, 15)),
+        surrogate_log2=int(rng.integers(8, 16)), feedback=str(rng.choice(["symmetric", "random", "uniform"])),
+        feedback_seed=seed, target_hi=int(rng.integers(0, 8000)), target_lo=int(rng.integers(-8000, -1)),
+        weights=str(rng.choice(["shadow", "stochastic"])), sr_seed=seed + 1,
+        ss_tau_rise_ms=float(rng.uniform(0.5, 3)), ss_tau_decay_ms=float(rng.uniform(1, 5)))
+    T = int(rng.integers(150, 400))
+    counts = rng.poisson(float(rng.uniform(0.05, 1.0)), (T, config.n_in))
+    if rng.random() < 0.3:
+        counts[T // 2, 0] = 70000 // max(1, T)  # many repeats of one channel in one step
+    return config, hid, out, w, lc, counts, rng
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_events_form_c_equals_reference(seed):
+    config, hid, out, w, lc, counts, rng = _events_case(seed)
+    ev, tr = _trajectory(config, hid, out, w, counts)
+    T = counts.shape[0]
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    assert ref.events and ref.window < T
+    learners = {k: Learner(config, hid, out, lc, w) for k in ("fast", "reference")}
+    for k, L in learners.items():
+        L.kernel = k
+    a, b = sorted(int(v) for v in rng.choice(np.arange(1, T), 2, replace=False))
+    label = int(rng.integers(0, config.n_out))
+    modes2 = target_modes(config.n_out, reward=int(rng.choice([1, -1])), decided=label)
+    # three C calls; a flush (the end of a stretch) after the first
+    for (s0, s1), modes, flush in (((0, a), target_modes(config.n_out, label=label), True),
+                                   ((a, b), modes2, False), ((b, T), modes2, False)):
+        ref.set_target(modes)
+        for t in range(s0, s1):
+            ref.step(counts[t], tr["z_prev"][t], tr["v_pre"][t], tr["refr"][t], tr["z"][t], tr["y"][t])
+        for L in learners.values():
+            L.set_target(modes)
+            L.run(_split(ev, s0, s1), tr["z"][s0:s1], tr["v_pre"][s0:s1], tr["refr"][s0:s1], tr["y"][s0:s1])
+        if flush:
+            ref.flush()
+            for L in learners.values():
+                L.flush()
+    fresh = ReferenceLearner(config, hid, out, lc, w)
+    for stage in ("pending", "flushed"):
+        for name, L in learners.items():
+            for m in MATRICES:
+                assert np.array_equal(L.acc(m), ref.acc[m]), (stage, name, m)
+            assert np.array_equal(L.trace("out", "zV"), ref.zV)
+        if stage == "pending":
+            assert ref.pending, "nothing pending: the flush was not exercised"
+        ref.flush()
+        for L in learners.values():
+            L.flush()
+    hidden = [m for m in ("in", "rec") if m in lc.learn]
+    assert any(not np.array_equal(ref.acc[m], fresh.acc[m]) for m in hidden), "no hidden accumulator moved"
+    new = ref.commit()
+    for name, L in learners.items():
+        got = L.commit()
+        for m in new:
+            assert np.array_equal(got[m], new[m]), (name, m)
+
+
+def test_events_form_tables_and_errors():
+    """The kernels are the traces' impulse responses; hidden traces are not kept; flush is a no-op
+    in the traces form; a bad form is refused in Python and C."""
+    from spikewire.learning import event_tables, impulse_response, tables
+    config, hid, out, w = _small()
+    lc = LearningConfig(learn=("in", "rec", "out"), eligibility="events")
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    t = tables(config, hid, out, lc)
+    hpre, h = event_tables(t, lc)
+    # one isolated event through the traces form gives the same eV, step by step
+    L = ReferenceLearner(config, hid, out, dataclasses.replace(lc, eligibility="traces"), w)
+    seen = []
+    for k in range(hpre.shape[0] + 3):
+        x = np.zeros(3, np.int64)
+        x[1] = 1 if k == 0 else 0
+        L.step(x, np.zeros(4, bool), np.zeros(4, np.int16), np.zeros(4, bool), np.zeros(4, bool), np.zeros(2, np.int16))
+        seen.append(L.eV["in"][1].copy())
+    seen = np.array(seen)
+    assert np.array_equal(seen[:hpre.shape[0]], hpre) and not seen[hpre.shape[0]:].any()
+    assert h[0] == t.post_G and h.max() < 1 << 15 and len(h) > 10
+    assert list(impulse_response(32768, 1000, 1 << 10)[-2:]) != [0, 0]           # no decay: truncated
+    assert len(impulse_response(32768, 1000, 1 << 10)) == 512
+    C = Learner(config, hid, out, lc, w)
+    with pytest.raises(CoreInputError, match="no per-synapse traces"):
+        C.trace("in", "eV")
+    Lt = Learner(config, hid, out, LearningConfig(learn=("in", "out")), w)
+    Lt.flush()
+    assert ref.events and ref.window == hpre.shape[0] + len(h) - 1
+    with pytest.raises(ValueError, match="eligibility"):
+        LearningConfig(eligibility="lazy")

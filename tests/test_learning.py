@@ -37,6 +37,7 @@ torch.set_num_threads(1)
     (dict(weights="float"), "weights"),
     (dict(ss_tau_rise_ms=0), "ss_tau_rise_ms"),
     (dict(rate_in=True), "rate_in"),
+    (dict(eligibility="lazy"), "eligibility"),
 ])
 def test_config_rejects_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -162,6 +163,24 @@ def test_integer_rule_agrees_with_float64_rule(rule, seed):
         assert np.abs(d).max() > 1000
         assert cosine(-d, g[m]) > 0.9999, m
     assert np.abs(L.eI["in"]).max() < 32767 and np.abs(L.FI["in"]).max() < 32767
+
+
+@pytest.mark.parametrize("rule", ["eprop", "superspike"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_events_form_agrees_with_float64_rule(rule, seed):
+    """The events form, flushed at the end of the sample, follows the float64 rule too."""
+    lc = LearningConfig(rule=rule, learn=("in", "rec", "out"), rate_in=12, rate_rec=12, rate_out=10,
+                        signal_shift=8, weights="stochastic", eligibility="events")
+    L, rec, (config, hid, out, w, x, lab) = _learner(seed, lc)
+    assert L.pending
+    L.flush()
+    net = FloatNet.from_fixed(config, hid, out)
+    traj = {"v": rec["v_pre"], "refr": rec["refr"], "z": rec["z"], "y": rec["y"]}
+    g = float_eprop(net, w, x, traj, lc, L.modes, hid, config)
+    for m in ("in", "rec", "out"):
+        d = L.acc[m]
+        assert np.abs(d).max() < ACC_MAX["stochastic"] and np.abs(d).max() > 1000
+        assert cosine(-d, g[m]) > 0.9999, m
 
 
 def test_eprop_equals_bptt_without_recurrence():
