@@ -62,6 +62,7 @@ tests/test_decision_fast.py checks it against the streaming Decider.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -128,7 +129,17 @@ class Keyword:
 
 class Decider:
     """Streaming keyword decisions; feed it CADC blocks in time order, and call
-    :meth:`flush` at the end of the stream."""
+    :meth:`flush` at the end of the stream.
+
+    Every stretch of evidence it decides, fired or rejected, is also recorded as
+    ``(start, end, unit, fired)`` (stream steps, inclusive; ``unit`` the word with the
+    most evidence): :meth:`take_stretches` hands out those since the last call (the
+    newest ``MAX_STRETCHES``), so a label arriving later can name one (on-line learning).
+    The segment rule records every closed segment (when it is decided), the run rule every
+    run of evidence at least ``min_steps`` long (when it ends: the stretch is the whole run).
+    """
+
+    MAX_STRETCHES = 256
 
     def __init__(self, vocabulary: list[str], has_none_unit: bool, config: DecisionConfig,
                  step_ms: float = 1.0):
@@ -147,11 +158,19 @@ class Decider:
         self._run_start = 0
         self._run_len = 0
         self._run_fired = False
+        self._run_noted = False  # this run's stretch is recorded
         self._seg_start = -1  # segment rule: first step of the open segment (-1: none open)
         self._seg_last = 0  # ... its last active step
         self._seg_max = None  # per-unit max codes since the segment's first step
         self._last_fire = None  # step of the last keyword
         self._next_step = 0
+        self._stretches: deque = deque(maxlen=self.MAX_STRETCHES)
+
+    def take_stretches(self) -> list[tuple[int, int, int, bool]]:
+        """The stretches decided since the last call: (start, end, unit, fired) each, oldest first."""
+        out = list(self._stretches)
+        self._stretches.clear()
+        return out
 
     def update(self, cadc: np.ndarray, t0: int | None = None) -> list[Keyword]:
         """Process a [T x n_units] uint8 block whose first row is step ``t0``
@@ -168,6 +187,7 @@ class Decider:
             raise ValueError(f"block starts at step {t0}, before the end of the previous one ({self._next_step})")
         out: list[Keyword] = []
         if t0 > self._next_step:  # a gap: evidence does not span it
+            self._note_run(self._next_step - 1)
             self._run_word, self._run_len = -1, 0
             out += self.flush()
         self._next_step = t0 + c.shape[0]
@@ -179,7 +199,8 @@ class Decider:
 
     def flush(self) -> list[Keyword]:
         """End of stream: decide an open segment now (the ``segment`` rule; the
-        ``run`` rule has nothing pending)."""
+        ``run`` rule has no keyword pending, only the open run's stretch)."""
+        self._note_run(self._next_step - 1)
         if self._seg_start < 0:
             return []
         return self._close(self._next_step - 1)
@@ -217,13 +238,23 @@ class Decider:
         w = int(m[:self.n_words].argmax())
         other = int(np.delete(m, w).max()) if self.n_units > 1 else -1
         if span < cfg.min_steps or m[w] < cfg.peak or m[w] - other < cfg.margin:
+            self._stretches.append((start, step, w, False))
             return []
         if self._last_fire is not None and step - self._last_fire <= self._refr_steps:
+            self._stretches.append((start, step, w, False))
             return []
         self._last_fire = step
+        self._stretches.append((start, step, w, True))
         return [Keyword(self.vocabulary[w], float(m[w]) / 255.0, start * self.step_s, step * self.step_s, step)]
 
     # -- run rule ------------------------------------------------------------------
+    def _note_run(self, last: int) -> None:
+        """Record the current run as a stretch (once), ending at step ``last``, if it was long
+        enough to fire (fired, or held back by the refractory time)."""
+        if self._run_word >= 0 and self._run_len >= self.config.min_steps and not self._run_noted:
+            self._stretches.append((self._run_start, last, self._run_word, self._run_fired))
+            self._run_noted = True
+
     def _update_run(self, c: np.ndarray, t0: int) -> list[Keyword]:
         cfg = self.config
         ci = c.astype(np.int16)
@@ -237,12 +268,15 @@ class Decider:
         out: list[Keyword] = []
         for i in range(c.shape[0]):
             if not evid[i]:
+                self._note_run(t0 + i - 1)
                 self._run_word, self._run_len = -1, 0
                 continue
             w = int(best[i])
             step = t0 + i
             if w != self._run_word:
+                self._note_run(step - 1)
                 self._run_word, self._run_start, self._run_len, self._run_fired = w, step, 0, False
+                self._run_noted = False
             self._run_len += 1
             if self._run_len >= cfg.min_steps and not self._run_fired:
                 if self._last_fire is None or step - self._last_fire > self._refr_steps:

@@ -26,7 +26,10 @@ pipeline, where losing the oldest audio keeps latency bounded.
 Blocking work stays off the event loop: the front end and the core run in
 two single-thread executors (their C code releases the GIL, so they overlap
 with each other and with the loop); the Core is only ever touched from its
-executor thread (snapshots too), so it never sees two threads.
+executor thread (snapshots too), so it never sees two threads.  On-line
+learning (``learn``/``label``/``reward``, runtime/onlinelearn.py) replays
+stretches on a third thread with its own core; only the copy of the new
+weights into the live core runs on the core thread.
 
 Model reload swaps front end + core + decider *between blocks*: the new
 bundle is adopted by the front-end stage at its next block and travels with
@@ -60,7 +63,10 @@ from .control import CommandError, CommandRegistry, ControlChannel, ControlPolic
 from .decision import Decider
 from .events import Events
 from .frontend import FrontEnd
+from .learning import LearningConfig
 from .model import Model, load as load_model, shipped_models
+from .onlinelearn import LearningSession, ReplayConfig
+from .stateblob import CORE as _CORE_TAG, parse as _parse_state
 from .sinks import KeywordItem, Sink, SpikeItem
 from .sources import AudioBlock, Source, SpikeBlock
 
@@ -201,12 +207,17 @@ class Pipeline:
     control : ControlPolicy
         What control requests may do (``[control]``; default: every command, ``reload`` of
         shipped model names only). docs/security.md.
+    learn : bool
+        Start with on-line learning on (the ``learn`` command switches it; docs/learning.md).
+    learning, replay : LearningConfig, ReplayConfig
+        The rule and the replay buffer's bounds for on-line learning.
     """
 
     def __init__(self, model: Model | str | os.PathLike, source: Source, sinks: list[Sink], *,
                  metrics_interval: float = 5.0, snapshot_dir: str | os.PathLike = ".",
                  drain_timeout: float = 5.0, device_id: str | None = None, control: ControlPolicy | None = None,
-                 audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256):
+                 audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256,
+                 learn: bool = False, learning: LearningConfig | None = None, replay: ReplayConfig | None = None):
         self.model_ref = str(model) if not isinstance(model, Model) else model.name
         self._initial_model = model
         self.source = source
@@ -217,6 +228,8 @@ class Pipeline:
         self.device_id = device_id or socket.gethostname().split(".")[0] or "spikewire"
         self.control = control if control is not None else ControlPolicy()
         self.commands = CommandRegistry()
+        self.learning = LearningSession(learning, replay)
+        self.learning.active = bool(learn)
         self._register_commands()
         if self.control.allow is not None:
             self.commands.allowed = frozenset(self.control.allow)
@@ -280,6 +293,20 @@ class Pipeline:
         r.register("reload", self.reload, optional={"path": str}, help="load a model (default: the current one)")
         r.register("snapshot", self.snapshot, optional={"path": str}, help="write core state + counters")
         r.register("status", self.status, help="the current metrics")
+        self.learning.register(r, self)
+
+    # -- on-line learning: the threads it uses (onlinelearn.LearningSession) -------------------
+    def learning_bundle(self) -> Bundle:
+        """The bundle whose core is streaming now (labels and rewards learn into it)."""
+        return self._core_bundle or self._bundle
+
+    async def run_core_thread(self, fn, *args):
+        """``fn(*args)`` on the core's own thread (between two blocks)."""
+        return await asyncio.get_running_loop().run_in_executor(self._core_exec, fn, *args)
+
+    async def run_learn_thread(self, fn, *args):
+        """``fn(*args)`` on the learning thread (replays; never the live core)."""
+        return await asyncio.get_running_loop().run_in_executor(self._learn_exec, fn, *args)
 
     def control_channel(self, reply, *, name: str = "control", queue: int = 16,
                         timeout: float | None = 10.0) -> ControlChannel:
@@ -453,7 +480,12 @@ class Pipeline:
                 self._c["paused_steps"] += ev.n_steps
                 self._c["paused_blocks"] += 1
                 continue
-            out, dt = await loop.run_in_executor(self._core_exec, _timed, b.core.run, ev)
+            if self.learning.active:
+                ckpt = self.learning.wants_checkpoint(t0)
+                (out, state), dt = await loop.run_in_executor(self._core_exec, _timed, _run_keeping, b.core, ev, ckpt)
+                self.learning.add_block(b.generation, t0, ev, state)
+            else:
+                out, dt = await loop.run_in_executor(self._core_exec, _timed, b.core.run, ev)
             self._busy_core += dt
             await self._q_core.put(_CoreOut(b, t0, ev, out.spikes, out.cadc, out.n_spikes, t_in))
 
@@ -473,7 +505,9 @@ class Pipeline:
             if item is _EOS or isinstance(item, _ModelChange):
                 # the end of the stream, or of this model: a keyword still being decided is decided now
                 if last is not None:
-                    await self._emit_keywords(last[0], last[0].decider.flush(), last[1])
+                    kws = last[0].decider.flush()
+                    self.learning.add_stretches(last[0].generation, last[0].decider.take_stretches())
+                    await self._emit_keywords(last[0], kws, last[1])
                     last = None
             if item is _EOS:
                 for q in self._q_sinks:
@@ -488,6 +522,7 @@ class Pipeline:
                 continue
             b = item.bundle
             kws = b.decider.update(item.cadc, item.t0)
+            self.learning.add_stretches(b.generation, b.decider.take_stretches())
             last = (b, item.t_in)
             self._c["blocks"] += 1
             self._c["input_events"] += item.events.n_events
@@ -596,6 +631,8 @@ class Pipeline:
                            "keyword_p50": _pct(self._lat_kw, 50), "keyword_p99": _pct(self._lat_kw, 99)},
             "spikes_per_s": {"input": round((self._c["input_events"] - in_last) / dt, 1) if dt > 0 else None,
                              "hidden": round((self._c["hidden_spikes"] - hid_last) / dt, 1) if dt > 0 else None},
+            "learning": {"on": self.learning.active, **self.learning.counts,
+                         "buffer_steps": self.learning.buffer.steps},
             "source_counters": dict(self.source.counters),
             "sinks": {s.name: s.counters() for s in self.sinks},
         }
@@ -614,6 +651,7 @@ class Pipeline:
         self._q_sinks = [DropQueue(f"sink:{s.name}", sq) for s in self.sinks]
         self._fe_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-frontend")
         self._core_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-core")
+        self._learn_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-learn")
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(self.source)
@@ -662,6 +700,16 @@ class Pipeline:
             self._running = False
             self._fe_exec.shutdown(wait=False, cancel_futures=True)
             self._core_exec.shutdown(wait=False, cancel_futures=True)
+            self._learn_exec.shutdown(wait=True, cancel_futures=True)
+            self.learning.close()
+
+
+def _run_keeping(core, ev: Events, checkpoint: bool):
+    """Core.run on a block, with the CORE section of the state before it when ``checkpoint``."""
+    state = None
+    if checkpoint:
+        state = next(s.payload for s in _parse_state(core.save_state()) if s.tag == _CORE_TAG)
+    return core.run(ev), state
 
 
 def _raise_first(eg: BaseExceptionGroup) -> None:
