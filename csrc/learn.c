@@ -604,6 +604,21 @@ int sw_learn_set_last_spikes(sw_learn *L, const uint8_t *z, int32_t n_hid)
     return SW_OK;
 }
 
+/* The step and commit counters, e.g. from a checkpoint: the commit counter
+ * picks stochastic rounding's draws, so a resumed learner must continue it. */
+int sw_learn_set_counters(sw_learn *L, int64_t steps, int64_t commits)
+{
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (steps < 0 || commits < 0 || commits >= (INT64_C(1) << 24)) {
+        L->last_error = "counters must be >= 0 and commits < 2^24";
+        return SW_E_PARAM;
+    }
+    L->steps = steps;
+    L->commits = commits;
+    return SW_OK;
+}
+
 int sw_learn_set_target(sw_learn *L, const int8_t *modes, int32_t n_out)
 {
     int32_t k;

@@ -359,6 +359,8 @@ int sw_learn_get_trace(const sw_learn *learn, int32_t which, int32_t kind, int16
 int sw_learn_reset_traces(sw_learn *learn);
 /* The spikes before the next run's first step (0/1; default: the last run's). */
 int sw_learn_set_last_spikes(sw_learn *learn, const uint8_t *z, int32_t n_hid);
+/* Step and commit counters (a resumed checkpoint; commits < 2^24).         */
+int sw_learn_set_counters(sw_learn *learn, int64_t steps, int64_t commits);
 /* Target mode per readout unit: SW_TARGET_NONE / _HI / _LO.               */
 int sw_learn_set_target(sw_learn *learn, const int8_t *modes, int32_t n_out);
 /*

@@ -113,11 +113,13 @@ RUN_DEFAULTS: dict = {
     "model": "kws-digits", "source": "mic", "sink": ["stdout"], "fast": False, "speed": 1.0, "rate": None,
     "block_ms": None, "device_id": None, "broker": None, "spikes": False, "metrics_interval": 5.0,
     "snapshot_dir": ".", "drain_timeout": 5.0, "duration": None, "log_level": None, "mqtt": {}, "control": {},
+    "learn": False, "checkpoint": None, "checkpoint_s": 60.0,
 }
 _RUN_TYPES: dict = {"model": str, "source": str, "sink": (str, list), "fast": bool, "speed": (int, float),
                     "rate": int, "block_ms": (int, float), "device_id": str, "broker": str, "spikes": bool,
                     "metrics_interval": (int, float), "snapshot_dir": str, "drain_timeout": (int, float),
-                    "duration": (int, float), "log_level": str, "mqtt": dict, "control": dict}
+                    "duration": (int, float), "log_level": str, "mqtt": dict, "control": dict,
+                    "learn": bool, "checkpoint": str, "checkpoint_s": (int, float)}
 
 
 class _UsageError(ValueError):
@@ -196,9 +198,13 @@ def build_pipeline(cfg: dict, *, stream=None):
     mopts = _mqtt_options(cfg.get("mqtt") or {})
     sinks = [parse_sink(s, device_id=cfg["device_id"] or _default_device_id(), spikes=bool(cfg["spikes"]),
                         mqtt_options=mopts, stream=stream) for s in sinks_specs]
+    if not float(cfg.get("checkpoint_s", 60.0)) > 0:
+        raise _UsageError(f"--checkpoint-s must be > 0 seconds, got {cfg['checkpoint_s']}")
     return Pipeline(cfg["model"], source, sinks, metrics_interval=float(cfg["metrics_interval"]),
                     snapshot_dir=cfg["snapshot_dir"], drain_timeout=float(cfg["drain_timeout"]),
-                    device_id=cfg["device_id"], control=_control_policy(cfg.get("control") or {}))
+                    device_id=cfg["device_id"], control=_control_policy(cfg.get("control") or {}),
+                    learn=bool(cfg.get("learn")), checkpoint=cfg.get("checkpoint"),
+                    checkpoint_s=float(cfg.get("checkpoint_s", 60.0)))
 
 
 def _default_device_id() -> str:
@@ -302,6 +308,10 @@ def add_runtime_commands(sub) -> None:
     r.add_argument("--snapshot-dir", help="where 'snapshot' writes without a path (default .)")
     r.add_argument("--drain-timeout", type=float, help="seconds to drain on stop (default 5)")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.add_argument("--learn", action="store_true", default=None,
+                   help="on-line learning on from the start (label/reward over control; docs/learning.md)")
+    r.add_argument("--checkpoint", metavar="PATH", help="learnt weights: restored from / saved to this file")
+    r.add_argument("--checkpoint-s", type=float, help="seconds between checkpoints when weights changed (default 60)")
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="keyword spotting on a bundled recording of spoken digits (no mic, no broker)")

@@ -198,6 +198,12 @@ class Learner:
             _rc(_lib.sw_learn_set_last_spikes(p, _ffi.from_buffer("uint8_t[]", z), z.size),
                 "cannot set last spikes", p)
 
+    def set_counters(self, steps: int, commits: int) -> None:
+        """Restore the step and commit counters (a checkpoint; the commit counter seeds stochastic rounding)."""
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_set_counters(p, int(steps), int(commits)), "cannot set counters", p)
+
     def set_target(self, modes: np.ndarray) -> None:
         modes = np.ascontiguousarray(modes, np.int8)
         if modes.shape != (self.config.n_out,):

@@ -28,19 +28,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import stateblob
+from . import checkpoint as ckfile, stateblob
 from .control import CommandError
 from .core import Core
 from .events import Events
 from .learncore import LearningCore
 from .learning import MATRICES, LearningConfig, target_modes
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LearningSession", "OnlineLearner", "ReplayBuffer", "ReplayConfig", "ReplayError", "Stretch"]
 
@@ -257,6 +262,21 @@ class OnlineLearner:
         self.lcore = LearningCore(self.core, lc, kernel=self._kernel)
         self.lcore.set_weights(w)
 
+    def state(self) -> dict:
+        """What a checkpoint keeps: weights, accumulators and the learner's counters."""
+        L = self.lcore.learner
+        steps, commits = L.counters
+        return {"weights": {m: L.weights(m) for m in MATRICES}, "acc": {m: L.acc(m) for m in MATRICES},
+                "steps": steps, "commits": commits}
+
+    def restore(self, weights: Mapping[str, np.ndarray], acc: Mapping[str, np.ndarray], steps: int,
+                commits: int) -> None:
+        """Back to a :meth:`state` (e.g. from a checkpoint): learning continues exactly from there."""
+        self.lcore.set_weights(weights)
+        for m in MATRICES:
+            self.lcore.learner.set_acc(m, acc[m])
+        self.lcore.learner.set_counters(steps, commits)
+
     def revert(self) -> dict[str, np.ndarray]:
         """Back to the base weights (the model's); accumulators start again from them."""
         self.lcore.set_weights(self.base)
@@ -311,8 +331,12 @@ class LearningSession:
 
     MAX_STRETCHES = 64   # stretch ids remembered (labels may name any of them while buffered)
 
-    def __init__(self, lc: LearningConfig | None = None, replay: ReplayConfig | None = None):
+    def __init__(self, lc: LearningConfig | None = None, replay: ReplayConfig | None = None,
+                 checkpoint: str | os.PathLike | None = None):
         self.lc = lc or LearningConfig()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.dirty = False            # weights changed since the last checkpoint
+        self.restored: dict | None = None
         self.replay_config = replay or ReplayConfig()
         self.active = False
         self.buffer = ReplayBuffer(self.replay_config)
@@ -323,7 +347,7 @@ class LearningSession:
         self._gen = None
         self._lock = None
         self.counts = dict.fromkeys(("labels", "rewards", "replays", "replayed_steps", "refused",
-                                     "weights_changed", "reverts"), 0)
+                                     "weights_changed", "reverts", "checkpoints", "checkpoint_errors"), 0)
         self.last_update: dict | None = None
 
     # -- hooks called by the pipeline ---------------------------------------------------------
@@ -359,12 +383,75 @@ class LearningSession:
                           help="+1 / -1 for a decision (default: the last keyword)")
         registry.register("revert", self.cmd_revert, help="weights back to the model's")
         registry.register("stretches", self.cmd_stretches, help="the recent stretches of evidence and their ids")
+        registry.register("save", self.cmd_save, help="write a checkpoint of the learnt weights now")
 
     def status(self) -> dict:
         return {"on": self.active, "config": self.lc.to_dict(), "passes": self.replay_config.passes,
                 "buffer": {"steps": self.buffer.steps, "events": self.buffer.events, "bytes": self.buffer.nbytes,
                            "first_step": self.buffer.first_step, "restarts": self.buffer.restarts},
-                "counts": dict(self.counts), "last_update": self.last_update}
+                "counts": dict(self.counts), "last_update": self.last_update,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None, "restored": self.restored}
+
+    async def _ensure_learner(self, b) -> OnlineLearner:
+        """The learner of bundle ``b`` (made from the live core's weights the first time)."""
+        if self._learner is None or self._learner_gen != b.generation:
+            w = await self._pipe.run_core_thread(lambda: {m: b.core.get_weights(m) for m in MATRICES})
+            if self._learner is not None:
+                self._learner.close()
+            self._learner = OnlineLearner(b.model.core, b.model.params, w, self.lc, self.replay_config,
+                                          base_weights=b.model.weights)
+            self._learner_gen = b.generation
+        return self._learner
+
+    # -- checkpoints (runtime/checkpoint.py) -----------------------------------------------------
+    async def restore_at_start(self) -> None:
+        """Take the newest good checkpoint (if any) into the live core and the learner."""
+        if self.checkpoint is None:
+            return
+        b = self._pipe.learning_bundle()
+        c = b.model.core
+        ck, path, refused = await asyncio.to_thread(ckfile.read_newest, self.checkpoint, n_in=c.n_in,
+                                                    n_hid=c.n_hid, n_out=c.n_out, base=ckfile.model_id(b.model))
+        for r in refused:
+            log.warning("checkpoint refused: %s", r)
+        self.restored = {"path": str(path) if path else None, "refused": refused}
+        if ck is None:
+            return
+        self.lc = ck.learning
+        self.replay_config = dataclasses.replace(self.replay_config, passes=ck.meta["passes"])
+        self.buffer.config = self.replay_config
+        await self._pipe.run_core_thread(_apply, b.core, ck.weights)
+        learner = await self._ensure_learner(b)
+        if ck.acc is not None:
+            await self._pipe.run_learn_thread(learner.restore, ck.learner_weights, ck.acc, ck.steps, ck.commits)
+        for k, v in ck.meta.get("counts", {}).items():
+            if k in self.counts and isinstance(v, int) and not isinstance(v, bool):
+                self.counts[k] = v
+        log.info("learnt weights restored from %s", path)
+
+    async def save(self) -> dict:
+        """Write a checkpoint now (atomically; the previous one is kept as NAME.prev)."""
+        if self.checkpoint is None:
+            raise CommandError("save: no checkpoint file configured (Pipeline checkpoint=..., --checkpoint)")
+        b = self._pipe.learning_bundle()
+        blob = await self._pipe.run_core_thread(b.core.save_state)
+        state = None
+        if self._learner is not None and self._learner_gen == b.generation:
+            state = await self._pipe.run_learn_thread(self._learner.state)
+        data = ckfile.encode(blob, model_name=b.name, base=ckfile.model_id(b.model), lc=self.lc,
+                                 passes=self.replay_config.passes, learner=state, counts=self.counts)
+        try:
+            await asyncio.to_thread(ckfile.write_atomic, self.checkpoint, data)
+        except OSError as e:
+            self.counts["checkpoint_errors"] += 1
+            raise CommandError(f"save: cannot write {self.checkpoint}: {e}") from None
+        self.dirty = False
+        self.counts["checkpoints"] += 1
+        return {"path": str(self.checkpoint), "bytes": len(data)}
+
+    async def cmd_save(self) -> dict:
+        async with self._lock_():
+            return await self.save()
 
     def _lock_(self) -> asyncio.Lock:
         if self._lock is None:   # made on first use, inside the running loop
@@ -419,13 +506,7 @@ class LearningSession:
         except ReplayError as e:
             self.counts["refused"] += 1
             raise CommandError(f"{what}: stretch {st.id}: {e}") from None
-        if self._learner is None or self._learner_gen != b.generation:
-            w = await self._pipe.run_core_thread(lambda: {m: b.core.get_weights(m) for m in MATRICES})
-            if self._learner is not None:
-                self._learner.close()
-            self._learner = OnlineLearner(b.model.core, b.model.params, w, self.lc, self.replay_config,
-                                          base_weights=b.model.weights)
-            self._learner_gen = b.generation
+        await self._ensure_learner(b)
         t = time.perf_counter()
         new = await self._pipe.run_learn_thread(self._learner.learn, t_ck, ck, ev, st.start, st.end, modes)
         dt = time.perf_counter() - t
@@ -434,6 +515,7 @@ class LearningSession:
         self.counts["replays"] += self.replay_config.passes
         self.counts["replayed_steps"] += n * self.replay_config.passes
         self.counts["weights_changed"] += changed
+        self.dirty = True
         self.last_update = {"stretch": st.id, **info, "steps": st.end + 1 - st.start, "replayed_steps": n,
                             "weights_changed": changed, "replay_ms": round(dt * 1000, 1)}
         return self.last_update
@@ -484,6 +566,7 @@ class LearningSession:
                 await self._pipe.run_learn_thread(self._learner.revert)
             changed = await self._pipe.run_core_thread(_apply, b.core, base)
             self.counts["reverts"] += 1
+            self.dirty = True
             return {"model": b.name, "weights_changed": changed}
 
     def cmd_stretches(self) -> dict:

@@ -211,13 +211,18 @@ class Pipeline:
         Start with on-line learning on (the ``learn`` command switches it; docs/learning.md).
     learning, replay : LearningConfig, ReplayConfig
         The rule and the replay buffer's bounds for on-line learning.
+    checkpoint : path
+        Learnt weights and learning state are checkpointed there (atomically, the previous file
+        kept as ``NAME.prev``) every ``checkpoint_s`` seconds when they changed, on ``save`` and at
+        shutdown; at start the newest good checkpoint of this model is taken (docs/learning.md).
     """
 
     def __init__(self, model: Model | str | os.PathLike, source: Source, sinks: list[Sink], *,
                  metrics_interval: float = 5.0, snapshot_dir: str | os.PathLike = ".",
                  drain_timeout: float = 5.0, device_id: str | None = None, control: ControlPolicy | None = None,
                  audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256,
-                 learn: bool = False, learning: LearningConfig | None = None, replay: ReplayConfig | None = None):
+                 learn: bool = False, learning: LearningConfig | None = None, replay: ReplayConfig | None = None,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_s: float = 60.0):
         self.model_ref = str(model) if not isinstance(model, Model) else model.name
         self._initial_model = model
         self.source = source
@@ -228,7 +233,10 @@ class Pipeline:
         self.device_id = device_id or socket.gethostname().split(".")[0] or "spikewire"
         self.control = control if control is not None else ControlPolicy()
         self.commands = CommandRegistry()
-        self.learning = LearningSession(learning, replay)
+        self.learning = LearningSession(learning, replay, checkpoint)
+        if not checkpoint_s > 0:
+            raise ValueError(f"checkpoint_s must be > 0, got {checkpoint_s!r}")
+        self.checkpoint_s = float(checkpoint_s)
         self.learning.active = bool(learn)
         self._register_commands()
         if self.control.allow is not None:
@@ -557,6 +565,22 @@ class Pipeline:
         await asyncio.wait(tasks)
         self._done.set()
 
+    async def _checkpoint_stage(self) -> None:
+        """Learnt weights to the checkpoint file every ``checkpoint_s`` seconds when they changed."""
+        if self.learning.checkpoint is None:
+            return
+        while not self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.checkpoint_s):
+                    await self._done.wait()
+            if self._done.is_set():
+                return
+            if self.learning.dirty:
+                try:
+                    await self.learning.cmd_save()
+                except CommandError as e:
+                    log.error("checkpoint: %s", e)
+
     async def _metrics_stage(self) -> None:
         if self.metrics_interval <= 0:
             return
@@ -663,6 +687,7 @@ class Pipeline:
                 except (ValueError, RuntimeError) as e:
                     raise PipelineError(f"model {model.name!r} cannot run on source {self.source.spec}: {e}") from e
                 self._core_bundle = self._bundle
+                await self.learning.restore_at_start()
                 if hasattr(self.source, "n_in"):
                     self.source.n_in = model.core.n_in
                 for s in self.sinks:
@@ -682,6 +707,7 @@ class Pipeline:
                             tail.append(tg.create_task(self._sink_stage(s, q), name=f"sink:{s.name}"))
                         tg.create_task(self._join(tail), name="join")
                         tg.create_task(self._metrics_stage(), name="metrics")
+                        tg.create_task(self._checkpoint_stage(), name="checkpoint")
                         tg.create_task(self._watchdog(), name="watchdog")
                 except BaseExceptionGroup as eg:
                     drain, rest = eg.split(_DrainTimeout)
@@ -691,6 +717,11 @@ class Pipeline:
                     self._c["in_flight_dropped"] += n
                     log.warning("shutdown: drain did not finish within %.1f s; %d in-flight item(s) dropped",
                                 self.drain_timeout, n)
+                if self.learning.checkpoint is not None and self.learning.dirty:   # learnt weights survive
+                    try:
+                        await self.learning.cmd_save()
+                    except CommandError as e:
+                        log.error("shutdown: %s", e)
                 self.final_metrics = self.metrics_snapshot()
                 for s in self.sinks:  # the last metrics go out before the sinks close
                     with contextlib.suppress(RuntimeError, ValueError, TypeError):

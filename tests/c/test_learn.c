@@ -217,6 +217,8 @@ static void test_malformed(void)
     CHECK(sw_learn_set_last_spikes(L, z, 3) == SW_E_SIZE, "last spikes count");
     CHECK(sw_learn_set_last_spikes(L, NULL, 2) == SW_E_NULL, "NULL last spikes");
     CHECK(sw_learn_set_last_spikes(L, z, 2) == SW_OK, "last spikes");
+    CHECK(sw_learn_set_counters(L, -1, 0) == SW_E_PARAM, "negative steps");
+    CHECK(sw_learn_set_counters(L, 0, INT64_C(1) << 24) == SW_E_PARAM, "commits 2^24");
     {
         int64_t s = -1, k = -1;
         sw_learn_counters(L, &s, &k);
