@@ -337,6 +337,7 @@ class LearningSession:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.dirty = False            # weights changed since the last checkpoint
         self.restored: dict | None = None
+        self._restore_for = None      # (generation, Checkpoint) whose learner state waits for its learner
         self.replay_config = replay or ReplayConfig()
         self.active = False
         self.buffer = ReplayBuffer(self.replay_config)
@@ -401,7 +402,40 @@ class LearningSession:
             self._learner = OnlineLearner(b.model.core, b.model.params, w, self.lc, self.replay_config,
                                           base_weights=b.model.weights)
             self._learner_gen = b.generation
+            pending, self._restore_for = self._restore_for, None
+            if pending is not None and pending[0] == b.generation and pending[1].acc is not None:
+                ck = pending[1]
+                await self._pipe.run_learn_thread(self._learner.restore, ck.learner_weights, ck.acc, ck.steps,
+                                                  ck.commits)
         return self._learner
+
+    # -- reload: learnt weights are never lost by accident ---------------------------------------
+    async def before_reload(self, discard: bool = False) -> dict:
+        """Before a reload swaps the model: unsaved learnt weights are checkpointed, or (without a
+        checkpoint file) the reload is refused unless ``discard``."""
+        if not self.dirty:
+            return {}
+        if self.checkpoint is not None:
+            async with self._lock_():
+                return {"saved": (await self.save())["path"]}
+        if discard:
+            self.dirty = False
+            return {"discarded": True}
+        raise CommandError("reload: the learnt weights are not saved (no checkpoint file): 'snapshot' them, "
+                           "run with --checkpoint, or reload with discard=true")
+
+    async def onto_new_bundle(self, bundle) -> dict:
+        """A reloaded bundle (not streaming yet) takes the checkpoint learnt from the same model file."""
+        if self.checkpoint is None:
+            return {}
+        c = bundle.model.core
+        ck, path, refused = await asyncio.to_thread(ckfile.read_newest, self.checkpoint, n_in=c.n_in, n_hid=c.n_hid,
+                                                    n_out=c.n_out, base=ckfile.model_id(bundle.model))
+        if ck is None:
+            return {}
+        await asyncio.to_thread(_apply, bundle.core, ck.weights)   # nobody steps this core before it is adopted
+        self._restore_for = (bundle.generation, ck)
+        return {"restored": str(path)}
 
     # -- checkpoints (runtime/checkpoint.py) -----------------------------------------------------
     async def restore_at_start(self) -> None:
@@ -566,7 +600,7 @@ class LearningSession:
                 await self._pipe.run_learn_thread(self._learner.revert)
             changed = await self._pipe.run_core_thread(_apply, b.core, base)
             self.counts["reverts"] += 1
-            self.dirty = True
+            self.dirty = self.checkpoint is not None   # the checkpoint must forget what was learnt, too
             return {"model": b.name, "weights_changed": changed}
 
     def cmd_stretches(self) -> dict:

@@ -298,7 +298,8 @@ class Pipeline:
         r = self.commands
         r.register("pause", self.pause, help="stop feeding the core (audio is discarded, stream time goes on)")
         r.register("resume", self.resume, help="resume after pause")
-        r.register("reload", self.reload, optional={"path": str}, help="load a model (default: the current one)")
+        r.register("reload", self.reload, optional={"path": str, "discard": bool},
+                   help="load a model (default: the current one); learnt weights are saved first or kept")
         r.register("snapshot", self.snapshot, optional={"path": str}, help="write core state + counters")
         r.register("status", self.status, help="the current metrics")
         self.learning.register(r, self)
@@ -340,9 +341,11 @@ class Pipeline:
     def status(self) -> dict:
         return self.metrics_snapshot()
 
-    async def reload(self, path: str | None = None) -> dict:
+    async def reload(self, path: str | None = None, discard: bool = False) -> dict:
         """Load a model and swap it in between blocks: a shipped name, a ``.swm`` file inside
-        ``control.models_dir`` (symlinks resolved, no ``..``), or by default the current model."""
+        ``control.models_dir`` (symlinks resolved, no ``..``), or by default the current model.
+        Learnt weights are checkpointed first (or, without a checkpoint file, the reload is refused
+        unless ``discard``); the new model takes the checkpoint learnt from the same model file."""
         ref = await asyncio.to_thread(self._reload_ref, path)  # CommandError: not allowed
         try:
             model = await asyncio.to_thread(load_model, ref)
@@ -352,6 +355,8 @@ class Pipeline:
             bundle = await asyncio.to_thread(self._make_bundle, model, ref)
         except (ValueError, RuntimeError) as e:
             raise CommandError(f"reload: model {ref!r} does not fit this source: {e}") from None
+        learnt = await self.learning.before_reload(discard)
+        learnt.update(await self.learning.onto_new_bundle(bundle))
         self._pending = bundle
         self._adopted.clear()
         adopted = True
@@ -362,7 +367,7 @@ class Pipeline:
             adopted = False
         log.info("reload: model %s (generation %d) %s", model.name, bundle.generation,
                  "active" if adopted else "pending")
-        return {"model": model.name, "generation": bundle.generation, "adopted": adopted}
+        return {"model": model.name, "generation": bundle.generation, "adopted": adopted, **learnt}
 
     def _reload_ref(self, path: str | None) -> str:
         """What a reload request may load (control requests come from the network, so a path is

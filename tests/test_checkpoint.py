@@ -188,3 +188,39 @@ def test_pipeline_saves_restores_and_refuses(tiny_model_path, long_wav, tmp_path
     r, _ = _pipeline_run(tiny_model_path, long_wav, no_file)
     assert not r["ok"] and "no checkpoint file" in r["error"]
     assert json.dumps(st)   # JSON-able status
+
+
+def test_reload_never_loses_learnt_weights_by_accident(tiny_model_path, long_wav, tmp_path):  # noqa: F811
+    """Without a checkpoint file a reload after learning is refused unless discard=true; with one
+    the learnt weights are saved first and the reloaded model (same file) takes them back."""
+    async def learn_then_reload(pipe, call):
+        def buffered():
+            return [s for s in pipe.learning.stretches if s.start >= (pipe.learning.buffer.first_step or 0) + 10]
+        while not any(s.end - s.start >= 60 for s in buffered()):
+            await asyncio.sleep(0.02)
+        long = max(buffered(), key=lambda s: s.end - s.start)
+        r = {"label": await call("label", word="high" if long.unit != 1 else "low", stretch=long.id)}
+        core = pipe.learning_bundle().core
+        r["learnt"] = await pipe.run_core_thread(lambda: {m: core.get_weights(m) for m in MATRICES})
+        r["reload"] = await call("reload")
+        if not r["reload"]["ok"]:
+            r["discard"] = await call("reload", discard=True)
+        while pipe.learning_bundle() is not pipe._bundle or pipe.learning_bundle().generation == 0:
+            await asyncio.sleep(0.02)
+        core = pipe.learning_bundle().core
+        r["after"] = await pipe.run_core_thread(lambda: {m: core.get_weights(m) for m in MATRICES})
+        return r
+
+    kw = dict(learning=LearningConfig(rate_in=6, rate_out=3), replay=ReplayConfig(window_steps=20000))
+    r, pipe = _pipeline_run(tiny_model_path, long_wav, learn_then_reload, **kw)
+    model = pipe.learning_bundle().model
+    assert r["label"]["ok"] and r["label"]["result"]["weights_changed"] > 0
+    assert not r["reload"]["ok"] and "not saved" in r["reload"]["error"]
+    assert r["discard"]["ok"] and r["discard"]["result"]["discarded"] is True
+    assert all(np.array_equal(r["after"][m], model.weights[m]) for m in MATRICES)   # discarded on purpose
+
+    path = tmp_path / "keep.swst"
+    r, pipe = _pipeline_run(tiny_model_path, long_wav, learn_then_reload, checkpoint=path, **kw)
+    assert r["reload"]["ok"] and r["reload"]["result"]["saved"] == str(path), r["reload"]
+    assert r["reload"]["result"]["restored"] == str(path)
+    assert all(np.array_equal(r["after"][m], r["learnt"][m]) for m in MATRICES)     # kept
