@@ -229,6 +229,7 @@ def test_golden_numpy_and_c(name, seed, lc, target):
         L.kernel = kernel
         L.set_target(modes)
         L.run(ev, rec["z"], rec["v_pre"], rec["refr"], rec["y"])
+        L.flush()
         assert golden.acc_hash({m: L.acc(m) for m in MATRICES}) == h_acc
         L.commit()
         assert golden.weight_hash({m: L.weights(m) for m in MATRICES}) == h_w

@@ -43,7 +43,7 @@ static void run_case(const char *name)
     uint64_t want_acc, want_w;
     char hex[64];
     int kernel, m;
-    lc = read_i32("lconfig", 20);
+    lc = read_i32("lconfig", 21);
     memset(&c, 0, sizeof c);
     c.n_in = lc[0];
     c.n_hid = lc[1];
@@ -64,6 +64,7 @@ static void run_case(const char *name)
     c.post_G = lc[16];
     c.out_A = lc[17];
     c.out_G = lc[18];
+    c.eligibility = lc[20];
     pre_A = read_i32("pre_A", c.n_hid);
     pre_G = read_i32("pre_G", c.n_hid);
     g_hid = read_i32("g_hid", c.n_hid);
@@ -139,6 +140,7 @@ static void run_case(const char *name)
         CHECK(sw_learn_set_target(L, modes, c.n_out) == SW_OK, "%s: set_target", name);
         st = sw_learn_run(L, (int32_t)T, indptr, ch32, n_ev, z, vp, rf, y);
         CHECK(st == SW_OK, "%s: run: %s", name, sw_learn_last_error(L));
+        CHECK(sw_learn_flush(L) == SW_OK, "%s: flush", name);   /* the events form's pending steps */
         for (m = 0; m < 3; m++) {
             int32_t *acc = (int32_t *)golden_xmalloc((size_t)sizes[m] * 4);
             sw_learn_get_acc(L, m, acc, sizes[m]);

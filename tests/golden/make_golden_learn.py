@@ -11,6 +11,7 @@ C test needs no core.  Format ('#' lines are comments, otherwise whitespace-sepa
   case NAME
   lconfig n_in n_hid n_out rule learn_mask rate_in rate_rec rate_out signal_shift trace_shift
           surrogate_log2 target_hi target_lo weights sr_seed post_A post_G out_A out_G has_feedback
+          eligibility (0 traces, 1 events)
   pre_A <n_hid>  pre_G <n_hid>  g_hid <n_hid>  v_th <n_hid>  g_out <n_out>
   feedback <n_hid*n_out>                       (only when has_feedback)
   w_in <n_in*n_hid>  w_rec <n_hid*n_hid>  w_out <n_hid*n_out>  modes <n_out>
@@ -18,7 +19,8 @@ C test needs no core.  Format ('#' lines are comments, otherwise whitespace-sepa
   z <T*n_hid>  v_pre <T*n_hid>  refr <T*n_hid>  y <T*n_out>
   expect FNV1A64_ACC FNV1A64_WEIGHTS
   end
-FNV1A64_ACC is FNV-1a 64 over the accumulators in, rec, out (int32 little-endian) after the run;
+FNV1A64_ACC is FNV-1a 64 over the accumulators in, rec, out (int32 little-endian) after the run
+and a flush (which credits the events form's pending steps; nothing to do for traces);
 FNV1A64_WEIGHTS over the weights in, rec, out (int8) after one commit.
 """
 from __future__ import annotations
@@ -62,6 +64,14 @@ CASES = [
                                               weights="stochastic", sr_seed=7), "reward+"),
     ("eprop_uniform_saturating", 14, LearningConfig(learn=("in", "out"), rate_in=0, rate_out=0, signal_shift=0,
                                                     trace_shift=14, surrogate_log2=15, feedback="uniform"), "label"),
+    # the events form: short SuperSpike kernels (window < T: credited in the run and by the flush),
+    # and e-prop with each neuron's mismatched filters (window > T: credited by the flush)
+    ("superspike_events_short", 15, LearningConfig(rule="superspike", learn=("in", "rec", "out"), eligibility="events",
+                                                   ss_tau_rise_ms=1.0, ss_tau_decay_ms=2.0, rate_in=4, rate_rec=4,
+                                                   rate_out=6, signal_shift=2, feedback="random",
+                                                   feedback_seed=5), "label"),
+    ("eprop_events_mismatch", 16, LearningConfig(learn=("in", "rec"), eligibility="events", rate_in=8, rate_rec=8,
+                                                 signal_shift=4, weights="stochastic", sr_seed=3), "reward-"),
 ]
 
 
@@ -88,6 +98,7 @@ def build(seed: int, lc: LearningConfig, target: str):
         ref.step(counts[t], z_prev, v_pre, refr, z, y)
         for k, v in zip(rec, (z, v_pre, refr, y)):
             rec[k].append(v)
+    ref.flush()
     h_acc = acc_hash(ref.acc)
     ref.commit()
     h_w = weight_hash(ref.w)
@@ -105,7 +116,7 @@ def main() -> int:
                                      sum(MASK[m] for m in lc.learn), lc.rate_in, lc.rate_rec, lc.rate_out,
                                      lc.signal_shift, lc.trace_shift, lc.surrogate_log2, lc.target_hi,
                                      lc.target_lo, 0 if lc.weights == "shadow" else 1, lc.sr_seed, t.post_A,
-                                     t.post_G, t.out_A, t.out_G, int(has_fb)]),
+                                     t.post_G, t.out_A, t.out_G, int(has_fb), int(lc.eligibility == "events")]),
                   "pre_A " + ints(t.pre_A), "pre_G " + ints(t.pre_G), "g_hid " + ints(t.g_hid),
                   "v_th " + ints(t.v_th), "g_out " + ints(t.g_out)]
         if has_fb:
