@@ -59,11 +59,17 @@ class LearningCore:
         return self._learning
 
     def set_learning(self, on: bool) -> None:
-        """Learning on (traces start at zero, from the core's current state) or off."""
+        """Learning on (traces start at zero, from the core's current state) or off.
+
+        Switching off ends the learning stretch: the events form's pending steps are credited now
+        (``Learner.flush``), so a stretch's last window is not lost to the next ``reset_traces``;
+        commit after switching off to include them.  The traces form has nothing pending."""
         on = bool(on)
         if on and not self._learning:
             self.learner.reset_traces()
             self._sync_from_core()
+        elif not on and self._learning:
+            self.learner.flush()
         self._learning = on
 
     def set_target(self, modes: np.ndarray) -> None:

@@ -504,6 +504,8 @@ class ReferenceLearningCore:
     def set_learning(self, on: bool) -> None:
         if on and not self.learning:
             self.learner.reset_traces()
+        elif not on and self.learning:
+            self.learner.flush()          # the end of a stretch (LearningCore.set_learning)
         self.learning = bool(on)
 
     def set_target(self, modes: np.ndarray) -> None:

@@ -301,8 +301,9 @@ class OnlineLearner:
                 self.lcore.run(lead, record=("spikes",))     # to the state the stretch started from
             self.lcore.set_learning(True)
             self.lcore.set_target(modes)
-            self.lcore.run(word, record=("spikes",), commit=True)
-            self.lcore.set_learning(False)
+            self.lcore.run(word, record=("spikes",), commit=False)
+            self.lcore.set_learning(False)       # flushes the events form's last window of credit
+            self.lcore.commit()
             self.replays += 1
             self.replayed_steps += n
         return self.weights()

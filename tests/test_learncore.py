@@ -39,7 +39,8 @@ def _lc(rng, seed):
         rate_out=int(rng.integers(2, 10)), signal_shift=int(rng.integers(0, 8)),
         trace_shift=int(rng.integers(8, 13)), surrogate_log2=int(rng.integers(10, 14)),
         feedback=str(rng.choice(["symmetric", "random", "uniform"])), feedback_seed=seed,
-        weights=str(rng.choice(["shadow", "stochastic"])), sr_seed=seed + 3)
+        weights=str(rng.choice(["shadow", "stochastic"])), sr_seed=seed + 3,
+        eligibility="traces" if rule == "readout" or rng.random() < 0.5 else "events")
 
 
 def _pair(config, hid, out, w, lc, kernel="fast"):
@@ -75,6 +76,9 @@ def test_learning_core_equals_reference(seed):
             on = not lcore.learning if s != 1 else True
             lcore.set_learning(on)
             rcore.set_learning(on)
+            if not on:                                           # the stretch ended: nothing pending
+                assert not getattr(rcore.learner, "pending", [])
+                _same_state(lcore, rcore, ("off", s))
         if rng.random() < 0.5:
             kind = rng.integers(0, 3)
             modes = (target_modes(config.n_out, label=int(rng.integers(config.n_out))) if kind == 0 else
