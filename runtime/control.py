@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .ratelog import RateLimitedLog
 from .wire import PayloadError, decode_json_object, json_safe
 
 __all__ = [
@@ -289,8 +290,9 @@ class ControlChannel:
     ``busy`` and counted in ``dropped_commands``. :meth:`run` executes them one at a time, in arrival
     order ("pause" then "resume" must not overtake each other), each bounded by ``timeout`` seconds.
 
-    ``counts`` gets ``control_received``, ``control_errors`` and ``dropped_commands``; pass the
-    owner's counter dict to have them there.
+    ``counts`` gets ``control_received``, ``control_errors``, ``dropped_commands`` and
+    ``suppressed_warnings`` (warnings about bad requests are logged at most once a second); pass
+    the owner's counter dict to have them there.
     """
 
     def __init__(self, registry: CommandRegistry, reply: Callable[[bytes], None], *, name: str = "control",
@@ -307,6 +309,7 @@ class ControlChannel:
         self.counts = counts if counts is not None else {}
         for key in ("control_received", "control_errors", "dropped_commands"):
             self.counts.setdefault(key, 0)
+        self._warnings = RateLimitedLog(log, counts=self.counts)  # a flood of bad requests: one warning a second
 
     def submit(self, payload: bytes | str) -> None:
         """Take one raw request; malformed, invalid or over-capacity ones are answered at once."""
@@ -315,14 +318,14 @@ class ControlChannel:
             command = parse_control(payload)
         except ControlPayloadError as exc:
             self.counts["control_errors"] += 1
-            log.warning("%s: malformed control payload: %s", self.name, exc)
+            self._warnings.warning("%s: malformed control payload: %s", self.name, exc)
             self._reply(encode_reply(exc.request_id, False, error=str(exc)))
             return
         try:
             self.registry.validate(command)
         except CommandError as exc:
             self.counts["control_errors"] += 1
-            log.warning("%s: rejected control command: %s", self.name, exc)
+            self._warnings.warning("%s: rejected control command: %s", self.name, exc)
             self._reply(encode_reply(command.id, False, error=str(exc)))
             return
         if len(self._pending) >= self._cap:

@@ -41,6 +41,7 @@ from .control import (  # noqa: F401  (re-exported for old imports)
     parse_control,
 )
 from .credentials import with_password
+from .ratelog import RateLimitedLog
 from .events import Events
 from .sources import Emitter, Source, SourceError, SpikeBlock
 
@@ -238,14 +239,19 @@ class Reconnector:
     starting, so it can fail loudly. A fatal error on a later attempt (a broker being
     restarted or reconfigured may refuse for a while) is logged and retried like any other.
 
-    ``counts`` gets ``connect_failures`` (failed attempts) and ``reconnects`` (successful
-    connections after the first); pass the owner's counter dict to have them there.
+    Warnings (a failed attempt, a lost connection) are rate-limited: at most one per
+    ``log_interval`` seconds; the others go to the debug log and are counted, and the next
+    warning says how many were left out (a broker that stays down must not flood the log).
+
+    ``counts`` gets ``connect_failures`` (failed attempts), ``reconnects`` (successful
+    connections after the first) and ``suppressed_warnings``; pass the owner's counter dict
+    to have them there.
     """
 
     def __init__(self, url: MqttUrl, make_client: Callable[[], Any], *, what: str,
                  backoff: Backoff | None = None, rng: random.Random | None = None,
                  connect_timeout: float = 5.0, release_timeout: float = 5.0,
-                 counts: dict[str, int] | None = None) -> None:
+                 counts: dict[str, int] | None = None, log_interval: float = 1.0) -> None:
         self.url = url
         self.what = what
         self._make_client = make_client
@@ -256,6 +262,10 @@ class Reconnector:
         self.counts = counts if counts is not None else {}
         for key in ("connect_failures", "reconnects"):
             self.counts.setdefault(key, 0)
+        self._warnings = RateLimitedLog(log, interval=log_interval, counts=self.counts)
+
+    def _warn(self, msg: str, *args: Any) -> None:
+        self._warnings.warning(msg, *args)
 
     async def run(
         self,
@@ -296,8 +306,8 @@ class Reconnector:
                     log.error("%s: MQTT connect to %s failed: %s (not retrying)", self.what, self.url, error)
                     raise error
                 delay = self.backoff.delay(attempt, self._rng)
-                log.warning("%s: MQTT connect attempt %d to %s failed: %s; retrying in %.2f s",
-                            self.what, attempt, self.url, error, delay)
+                self._warn("%s: MQTT connect attempt %d to %s failed: %s; retrying in %.2f s",
+                           self.what, attempt, self.url, error, delay)
                 if await self._wait(wait, delay):
                     return
                 continue
@@ -312,7 +322,7 @@ class Reconnector:
             try:
                 finished = await session(client)
             except Exception as exc:
-                log.warning("%s: MQTT connection to %s lost: %s", self.what, self.url, exc or type(exc).__name__)
+                self._warn("%s: MQTT connection to %s lost: %s", self.what, self.url, exc or type(exc).__name__)
             finally:
                 if on_disconnect is not None:
                     on_disconnect()
@@ -441,7 +451,7 @@ class MqttSink:
             "published_keywords", "published_spike_batches", "published_metrics", "published_replies",
             "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
             "dropped_commands", "control_received", "control_errors", "ignored_retained", "reconnects",
-            "connect_failures",
+            "connect_failures", "suppressed_warnings",
         ), 0)
         self._control = ControlChannel(self.commands, self._queue_reply, name=f"mqtt {self.topics.control}",
                                        queue=command_queue, timeout=command_timeout, counts=self._counts)
@@ -630,7 +640,15 @@ class MqttSink:
         )
 
     async def _sleep_unless_closing(self, delay: float) -> bool:
-        """Sleep ``delay`` s; return True if the sink is closing with nothing left to deliver."""
+        """The wait between connect attempts: True (stop) if the sink is closing with nothing left to
+        deliver. A close request ends the wait early once (a last chance to flush); while closing, every
+        further wait is the full backoff delay (``aclose`` bounds the whole flush by ``close_timeout``),
+        so a broker that never comes up is not hammered with attempts."""
+        if self._close_requested.is_set():
+            if not self._kw:
+                return True
+            await asyncio.sleep(delay)
+            return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._close_requested.wait()
@@ -784,7 +802,8 @@ class MqttSpikeSource(Source):
         self.timeline = SpikeTimeline(max_gap_steps, resync_after)
         self.subscribed: asyncio.Event | None = None
         self.counters = {"batches": 0, "steps": 0, "events": 0, "malformed": 0, "bad_units": 0,
-                         "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0, "connect_failures": 0}
+                         "late": 0, "gap_steps": 0, "resyncs": 0, "reconnects": 0, "connect_failures": 0,
+                         "suppressed_warnings": 0}
         self._last_warn = 0.0
 
     @property

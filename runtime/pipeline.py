@@ -727,10 +727,13 @@ class Pipeline:
                         await self.learning.cmd_save()
                     except CommandError as e:
                         log.error("shutdown: %s", e)
-                self.final_metrics = self.metrics_snapshot()
+                last = self.metrics_snapshot()
                 for s in self.sinks:  # the last metrics go out before the sinks close
                     with contextlib.suppress(RuntimeError, ValueError, TypeError):
-                        s.metrics(self.final_metrics)
+                        s.metrics(last)
+            # taken again after the sinks closed: what their close dropped (e.g. keyword events an
+            # unreachable broker never took, counted by MqttSink.aclose) is in the returned metrics
+            self.final_metrics = self.metrics_snapshot()
             return self.final_metrics
         finally:
             self._running = False

@@ -129,8 +129,10 @@ def _channel(queue: int = 2, timeout: float | None = 5.0):
     return chan, replies, order, gate
 
 
-def test_control_channel_answers_bad_requests_at_once_and_counts():
+def test_control_channel_answers_bad_requests_at_once_and_counts(caplog):
+    caplog.set_level("DEBUG", logger="spikewire.control")
     chan, replies, _, _ = _channel()
+    chan._warnings.interval = 3600.0  # one warning per hour: the count below does not depend on speed
     chan.submit(b"{")  # no loop needed: bad requests never reach the queue
     chan.submit(b'{"id": 7, "cmd": "nope"}')
     chan.submit(b'{"id": 8, "cmd": "slow", "n": "x"}')
@@ -138,8 +140,12 @@ def test_control_channel_answers_bad_requests_at_once_and_counts():
     assert [r["id"] for r in replies] == [None, 7, 8, 9] and not any(r["ok"] for r in replies)
     assert "not JSON" in replies[0]["error"] and "unknown cmd 'nope'" in replies[1]["error"]
     assert "must be int" in replies[2]["error"] and "missing argument(s) n" in replies[3]["error"]
+    suppressed = chan.counts.pop("suppressed_warnings")
     assert chan.counts == {"control_received": 4, "control_errors": 4, "dropped_commands": 0}
     assert chan.pending == 0
+    # a flood of bad requests is one warning a second: every error is in the log, most only at debug level
+    levels = [r.levelname for r in caplog.records if r.name == "spikewire.control"]
+    assert len(levels) == 4 and levels[0] == "WARNING" and levels.count("DEBUG") == suppressed == 3
 
 
 def test_control_channel_runs_in_order_one_at_a_time_and_refuses_when_full():
@@ -164,7 +170,7 @@ def test_control_channel_runs_in_order_one_at_a_time_and_refuses_when_full():
     assert replies[0] == {"id": 3, "ok": False, "error": "busy: 2 commands pending"}
     assert [(r["id"], r["ok"], r.get("result")) for r in replies[1:]] == [(0, True, 0), (1, True, 1), (2, True, 2)]
     assert order == [("start", 0), ("start", 1), ("start", 2)]
-    assert chan.counts == {"control_received": 4, "control_errors": 0, "dropped_commands": 1}
+    assert chan.counts == {"control_received": 4, "control_errors": 0, "dropped_commands": 1, "suppressed_warnings": 0}
 
 
 def test_control_channel_times_out_a_hanging_command():

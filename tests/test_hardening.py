@@ -194,3 +194,53 @@ def test_hostile_batches_through_a_real_broker_leave_the_pipeline_running(tiny_m
     assert counters["malformed"] == 1 and counters["batches"] == 6 and counters["resyncs"] == 2
     assert counters["late"] == 0 and counters["steps"] == 5 * 100 + 5
     assert final["steps"] == 505  # every good batch reached the core; stream time did not jump
+
+
+# ---------------------------------------------------------------------------
+# A broker that never comes up (item 6): the closing flush backs off, the log is rate-limited,
+# and the final metrics count what the close dropped.
+
+
+def test_broker_never_up_backoff_while_closing_and_true_final_counts(caplog):
+    """The whole pipeline with an MQTT sink whose broker is never there. Each connect attempt after a
+    failure waits at least the delay it announced (read from the log records, debug ones included),
+    except one cut short by the close request, also during the closing flush, which used to retry
+    without any delay (6,573 attempts in 2 s);
+    every failure is either a warning or counted as suppressed; and the final metrics say how many
+    keyword events the close dropped, the same number the log says (it used to say 0)."""
+    import re
+
+    from conftest import DIGITS_WAV, free_port
+
+    from spikewire.mqtt import Backoff
+    from spikewire.pipeline import Pipeline
+    from spikewire.sinks import parse_sink
+    from spikewire.sources import WavSource
+
+    caplog.set_level("DEBUG", logger="spikewire.mqtt")
+    url = f"mqtt://127.0.0.1:{free_port()}/never"  # nothing listens there: every connect is refused at once
+    sink = parse_sink(url, device_id="lonely", mqtt_options={
+        "connect_timeout": 1.0, "close_timeout": 1.5, "backoff": Backoff(initial=0.05, maximum=0.4, jitter=0.5)})
+    pipe = Pipeline("kws-digits", WavSource(DIGITS_WAV, fast=True), [sink], metrics_interval=0)
+    final = run_bounded(pipe.run(), timeout=60)
+
+    m = final["sinks"][sink.name]
+    assert final["counts"]["keywords"] >= 9  # the demo recording: the digits are heard
+    closed = [int(re.search(r"closed with (\d+) undelivered", r.getMessage()).group(1))
+              for r in caplog.records if "undelivered keyword event" in r.getMessage()]
+    overflow = [r for r in caplog.records if "keyword buffer full" in r.getMessage()]
+    assert closed == [final["counts"]["keywords"]] and not overflow
+    assert m["dropped_keywords"] == closed[0] == final["counts"]["keywords"] and m["published_keywords"] == 0
+
+    failures = [r for r in caplog.records if "MQTT connect attempt" in r.getMessage() and "failed" in r.getMessage()]
+    assert len(failures) == m["connect_failures"] >= 3
+    warned = [r for r in failures if r.levelname == "WARNING"]
+    assert len(warned) + m["suppressed_warnings"] == len(failures)
+    attempts = [r for r in caplog.records if re.search(r"MQTT connect attempt \d+ to .* ?$", r.getMessage())
+                and "failed" not in r.getMessage()]
+    assert len(failures) <= len(attempts) <= len(failures) + 1  # + the one the close may cancel midway
+    # attempt k+1 starts after the delay failure k announced; the one exception allowed is the wait that
+    # the close request cut short (one last flush attempt at once)
+    early = [(fail.getMessage(), nxt.created - fail.created) for fail, nxt in zip(failures, attempts[1:])
+             if nxt.created - fail.created < 0.95 * fail.args[4]]  # args: what, attempt, url, error, delay[, n]
+    assert len(early) <= 1, early
