@@ -81,6 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "e2e":
         from . import bench_e2e
         return bench_e2e.run(args.json, args.model)
+    if args.what == "soak":
+        from . import bench_soak
+        return bench_soak.main(["--seconds", str(args.seconds)] + (["--json", args.json] if args.json else []))
     if args.what == "cpu":
         from . import bench_cpu
         argv = ["--rate", str(args.rate), "--model", args.model or "kws-digits"]
@@ -377,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_core_demo)
 
     b = sub.add_parser("bench", help="benchmarks (print JSON; never part of the tests)")
-    b.add_argument("what", choices=["core", "e2e", "cpu"],
+    b.add_argument("what", choices=["core", "e2e", "cpu", "soak"],
                    help="cpu: instructions per step and per second of audio (callgrind; --aarch64: qemu)")
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--runs", type=int, default=5)
@@ -388,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--aarch64", action="store_true", help="cpu: A64 instructions under qemu (needs a checkout)")
     b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")
     b.add_argument("--rate", type=int, default=16000, help="cpu: input sample rate (default 16000)")
+    b.add_argument("--seconds", type=float, default=60.0, help="soak: seconds of hostile traffic (default 60)")
     b.add_argument("--learn", action="store_true",
                    help="core: the e-prop learning workload (mode C; JSON learn_steps_per_s)")
     b.add_argument("--surrogate-log2", type=int, default=12, help="core --learn: surrogate width 2^k (default 12)")
