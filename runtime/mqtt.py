@@ -24,7 +24,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from .control import (  # noqa: F401  (re-exported for old imports)
 from .credentials import with_password
 from .ratelog import RateLimitedLog
 from .events import Events
+from .hass import Discovery, check_device_id, discovery_messages
 from .sources import Emitter, Source, SourceError, SpikeBlock
 
 # The codecs moved to wire.py and the control protocol to control.py; re-exported for old imports.
@@ -411,9 +412,16 @@ class MqttSink:
         client_id: str | None = None,
         rng: random.Random | None = None,
         control: bool = True,
+        homeassistant: Discovery | Mapping[str, Any] | None = None,
+        vocabulary: Sequence[str] = (),
     ) -> None:
         self.url = url if isinstance(url, MqttUrl) else parse_mqtt_url(url)
         self.topics = Topics(self.url.prefix, device_id)
+        #: Home Assistant discovery (runtime/hass.py): None = publish nothing under the HA prefix
+        self.homeassistant = Discovery.from_options(homeassistant)
+        if self.homeassistant is not None:
+            check_device_id(device_id)
+        self.vocabulary = list(vocabulary)
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
         for name, value in (("keyword_buffer", keyword_buffer), ("spike_queue", spike_queue),
@@ -465,6 +473,7 @@ class MqttSink:
         self._runner: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._discovery_pending = False
 
     def __repr__(self) -> str:
         return f"MqttSink({self.url.redacted()!r}, device_id={self.device_id!r}, model={self.model_name!r})"
@@ -484,6 +493,27 @@ class MqttSink:
         c["spike_queue"] = len(self._spikes)
         c["connected"] = int(self.connected)
         return c
+
+    def set_model(self, name: str, vocabulary: Sequence[str] | None = None) -> None:
+        """A new model (reload): its name goes into every keyword from now on; with Home Assistant
+        discovery on, a changed name or vocabulary is announced again (the event types)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"model_name must be a non-empty string, got {name!r}")
+        words = self.vocabulary if vocabulary is None else list(vocabulary)
+        changed = (name, words) != (self.model_name, self.vocabulary)
+        self.model_name, self.vocabulary = name, words
+        if changed and self.homeassistant is not None and self.homeassistant.discovery:
+            self._discovery_pending = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def discovery_messages(self) -> list[tuple[str, bytes]]:
+        """The retained Home Assistant discovery messages published on every connection (none if off)."""
+        if self.homeassistant is None:
+            return []
+        from . import __version__
+        return discovery_messages(self.homeassistant, self.topics, model=self.model_name,
+                                  vocabulary=self.vocabulary, version=__version__)
 
     async def publish_keyword(self, event: Mapping[str, Any]) -> int:
         """Queue a keyword event (``word, score, t_start, t_end``) for QoS-1 delivery; returns its seq.
@@ -675,6 +705,8 @@ class MqttSink:
 
     async def _session(self, client: Any) -> bool:
         """Run one connection; True when it ended because the sink closed, else raises."""
+        self._discovery_pending = False
+        await self._publish_discovery(client)
         await client.publish(self.topics.status, b"online", qos=1, retain=True, timeout=self._publish_timeout)
         if self.control_enabled:
             await client.subscribe(self.topics.control, qos=1, timeout=self._publish_timeout)
@@ -691,6 +723,10 @@ class MqttSink:
         task = writer if writer in done else reader
         exc = task.exception()
         raise exc if exc is not None else ConnectionError("MQTT reader ended")
+
+    async def _publish_discovery(self, client: Any) -> None:
+        for topic, payload in self.discovery_messages():  # retained: HA finds them after its own restart
+            await client.publish(topic, payload, qos=1, retain=True, timeout=self._publish_timeout)
 
     async def _reader(self, client: Any) -> None:
         async for message in client.messages:
@@ -710,7 +746,10 @@ class MqttSink:
         t = self._publish_timeout
         while True:
             self._wake.clear()
-            if self._replies:
+            if self._discovery_pending:
+                self._discovery_pending = False
+                await self._publish_discovery(client)
+            elif self._replies:
                 await client.publish(self.topics.control_reply, self._replies[0], qos=1, timeout=t)
                 self._replies.popleft()
                 self._counts["published_replies"] += 1

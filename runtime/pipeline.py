@@ -530,7 +530,7 @@ class Pipeline:
                 doc = {"event": "model", "name": item.bundle.name, "ref": item.bundle.ref,
                        "generation": item.bundle.generation, "step": item.step}
                 for s, q in zip(self.sinks, self._q_sinks):
-                    s.model_changed(item.bundle.name)
+                    s.model_changed(item.bundle.name, item.bundle.model.vocabulary)
                     await q.put(("marker", doc))
                 continue
             b = item.bundle

@@ -112,7 +112,7 @@ class Sink:
     def metrics(self, doc: dict) -> None:
         """A periodic metrics snapshot (never blocks)."""
 
-    def model_changed(self, name: str) -> None:
+    def model_changed(self, name: str, vocabulary: list[str] | None = None) -> None:
         pass
 
     def counters(self) -> dict:
@@ -195,10 +195,16 @@ class MqttOut(Sink):
         from .credentials import with_password
         from .wire import parse_mqtt_url
 
+        from .hass import Discovery, check_device_id
+
         self.options = dict(options or {})
         try:
             # the password may come from [mqtt] password_file or SPIKEWIRE_MQTT_PASSWORD
             self.url = with_password(parse_mqtt_url(url), password_file=self.options.pop("password_file", None))
+            # [mqtt.homeassistant]: checked here, so a bad table or device id is a config error (exit 2)
+            self.options["homeassistant"] = Discovery.from_options(self.options.get("homeassistant"))
+            if self.options["homeassistant"] is not None:
+                check_device_id(device_id)
         except ValueError as e:
             raise SinkError(f"mqtt sink: {e}") from None
         from .mqtt import MqttTlsError, tls_context
@@ -213,18 +219,20 @@ class MqttOut(Sink):
         self._commands = None
         self._control = True
         self._model = "unknown"
+        self._vocabulary: list[str] = []
 
     def attach(self, pipeline: Any) -> None:
         self._commands = pipeline.commands
         self._model = pipeline.model_name
         policy = getattr(pipeline, "control", None)
         self._control = policy.enabled if policy is not None else True
+        self._vocabulary = list(pipeline.model.vocabulary)
 
     async def __aenter__(self) -> "MqttOut":
         from .mqtt import MqttSink
 
         self.sink = MqttSink(self.url, self.device_id, self._model, commands=self._commands,
-                             control=self._control, **self.options)
+                             control=self._control, vocabulary=self._vocabulary, **self.options)
         await self.sink.__aenter__()
         return self
 
@@ -232,9 +240,10 @@ class MqttOut(Sink):
         if self.sink is not None:
             await self.sink.aclose()
 
-    def model_changed(self, name: str) -> None:
+    def model_changed(self, name: str, vocabulary: list[str] | None = None) -> None:
         if self.sink is not None:
-            self.sink.model_name = name  # used for every keyword published from now on
+            # the name goes into every keyword from now on; Home Assistant discovery is re-announced
+            self.sink.set_model(name, vocabulary)
 
     async def keyword(self, item: KeywordItem) -> None:
         e = item.event

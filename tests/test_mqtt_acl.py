@@ -23,7 +23,7 @@ from spikewire.mqtt import MqttSink
 aiomqtt = pytest.importorskip("aiomqtt")
 
 PREFIX = "fleet"
-USERS = {"operator": "op-pw", "pi-01": "pw-01", "pi-02": "pw-02"}
+USERS = {"operator": "op-pw", "homeassistant": "ha-pw", "pi-01": "pw-01", "pi-02": "pw-02"}
 pytestmark = pytest.mark.mqtt
 
 
@@ -76,6 +76,7 @@ async def wait_until(pred, event: asyncio.Event, timeout: float = 5.0):
 
 def test_docs_acl_is_the_recipe():
     assert "pattern write fleet/%u/#" in ACL and "topic write fleet/+/control" in ACL, ACL
+    assert "pattern write homeassistant/+/%u/+/config" in ACL.splitlines(), ACL
 
 
 def test_device_publishes_only_under_its_prefix(acl_broker):
@@ -133,3 +134,40 @@ def test_operator_commands_devices_devices_read_only_their_control(acl_broker):
     got = run_bounded(go())
     assert got == [(f"{PREFIX}/pi-02/control", b'{"cmd": "resume"}'),
                    (f"{PREFIX}/pi-02/control", b'{"cmd": "marker"}')]
+
+
+def test_device_writes_only_its_own_home_assistant_discovery(acl_broker):
+    """The sink as pi-01 with discovery on: Home Assistant's login gets its retained configs; pi-01
+    cannot write pi-02's discovery configs (the ACL line ``pattern write homeassistant/+/%u/+/config``)."""
+    from spikewire.hass import SENSORS
+
+    async def go():
+        url = f"mqtt://pi-01:{USERS['pi-01']}@{acl_broker.host}:{acl_broker.port}/{PREFIX}"
+        seen: list = []
+        new = asyncio.Event()
+        async with MqttSink(url, "pi-01", "m", vocabulary=["yes"], homeassistant={"discovery": True}):
+            async with client(acl_broker, "operator") as op:  # the sink says online after its configs
+                await op.subscribe(f"{PREFIX}/pi-01/status", qos=1)
+                task = asyncio.create_task(collect(op, seen, new))
+                await wait_until(lambda: (f"{PREFIX}/pi-01/status", b"online") in seen, new)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            seen.clear()
+            async with client(acl_broker, "pi-01") as rogue:
+                await rogue.publish("homeassistant/sensor/pi-02/rtf/config", b'{"name": "forged"}', qos=1,
+                                    retain=True)
+            async with client(acl_broker, "homeassistant") as ha:  # HA connects later: retained configs
+                # retained messages come after each SUBACK, in subscription order: once the device's
+                # retained status is in, every retained config (allowed or forged) has arrived
+                await ha.subscribe("homeassistant/#", qos=1)
+                await ha.subscribe(f"{PREFIX}/pi-01/status", qos=1)
+                task = asyncio.create_task(collect(ha, seen, new))
+                await wait_until(lambda: any(t == f"{PREFIX}/pi-01/status" for t, _ in seen), new)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return [(t, p) for t, p in seen if t.startswith("homeassistant/")]
+
+    seen = run_bounded(go())
+    assert all(t.split("/")[2] == "pi-01" for t, _ in seen), seen
+    assert {t.split("/")[3] for t, _ in seen} == {"keyword", "status", *SENSORS}
+    assert all(json.loads(p)["device"]["identifiers"] == ["spikewire_pi-01"] for _, p in seen)

@@ -55,3 +55,19 @@ def test_device_toml_example_is_a_valid_run_config(tmp_path):
     assert cfg["device_id"] == "pi-kitchen" and cfg["mqtt"]["password_file"]
     user_part = cfg["sink"][0].split("://", 1)[1].split("@", 1)[0]
     assert user_part == "pi-kitchen"  # the user only: no password in the URL
+
+
+def test_home_assistant_snippets_are_valid_settings():
+    """The [mqtt.homeassistant] tables shown here and in docs/mqtt.md are accepted, and the ACL line
+    this doc names is in the ACL that tests/test_mqtt_acl.py runs."""
+    import tomllib
+
+    from spikewire.hass import Discovery
+
+    mqtt_doc = (REPO / "docs" / "mqtt.md").read_text()
+    blocks = [b for text in (DOC, mqtt_doc) for b in re.findall(r"```toml\n(.*?)```", text, re.S)
+              if "[mqtt.homeassistant]" in b]
+    assert len(blocks) == 2
+    for b in blocks:
+        assert Discovery.from_options(tomllib.loads(b)["mqtt"]["homeassistant"]) == Discovery(True)
+    assert "pattern write homeassistant/+/%u/+/config" in DOC and "pattern write homeassistant/+/%u/+/config\n" in mqtt_doc
