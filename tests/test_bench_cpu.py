@@ -61,6 +61,27 @@ def test_workload_is_the_demo_audio():
     assert w["steps"] == 2721 and w["keywords"] == 10 and w["core_kernel"] == "fast"
     w16 = bench_cpu.workload(rate=16000, block_ms=10.0)
     assert w16["steps"] == 2721 and w16["blocks"] == w["blocks"]
+    # the learning phases really learn: one stretch and one commit per block, accumulators moved
+    for phase in bench_cpu.LEARN_PHASES:
+        got = w16["learning"][phase]
+        assert got["stretches"] == got["commits"] == w16["blocks"]  # (the flush block has no steps)
+        assert got["accumulators_moved"] > 0
+
+
+def test_phase_marks_follow_the_workload():
+    """The mark bookkeeping the counters use matches the marks the workload makes (counted here)."""
+    import os as _os
+
+    seen = []
+    real = _os.getpgid
+    _os.getpgid = lambda pid: seen.append(pid) or real(pid)
+    try:
+        bench_cpu.workload(rate=8000, block_ms=10.0)
+    finally:
+        _os.getpgid = real
+    starts, n_marks = bench_cpu._phase_marks(False)
+    assert len(seen) == n_marks and set(starts) == set(bench_cpu.PHASES)
+    assert sorted(starts.values()) == [0, 1, 2, 3, 4, 6, 8] and n_marks == 10
 
 
 def test_summary_and_estimate_arithmetic():
@@ -69,6 +90,9 @@ def test_summary_and_estimate_arithmetic():
     s = bench_cpu.summarize(res)
     assert s["inference_per_audio_s"] == 3_000_000  # frontend + core + decision, 10 s
     assert s["python_overhead_per_audio_s"] == {"frontend": 0, "core": 0}
+    assert s["learning_on_per_audio_s"] == {p: 3_000_000 for p in bench_cpu.LEARN_PHASES}
+    assert s["estimate"][0]["learning_on_load_pct"]["core_learn_eprop"] == [pytest.approx(0.11),
+                                                                             pytest.approx(0.25)]
     pi4 = s["estimate"][0]
     # 3e6 instr/s at IPC 1.5 x 1.8 GHz = 0.11 %, at IPC 0.8 x 1.5 GHz = 0.25 %
     assert pi4["load_pct_of_one_core"] == [pytest.approx(0.11), pytest.approx(0.25)]
