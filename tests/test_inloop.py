@@ -19,8 +19,8 @@ from spikewire.events import Events
 from spikewire.frontend import FrontEndConfig
 from spikewire.model import Model
 from spikewire.reference import cadc
-from spikewire.tools.inloop import (FinetuneConfig, VirtualChip, chip_forward, decode_cadc, evaluate_on_chip,
-                                    finetune, hidden_adc_range)
+from spikewire.tools.inloop import (FinetuneConfig, ThresholdEstimate, VirtualChip, chip_forward, decode_cadc,
+                                    evaluate_on_chip, finetune, free_from_spikes, hidden_adc_range)
 from spikewire.tools.snn import SNN
 from spikewire.tools.train import Sample, TrainConfig, dense_batch, loss_terms
 
@@ -60,18 +60,58 @@ def test_forward_values_are_the_cores_output_exactly():
     n_spikes = 0
     for b in range(x.shape[0]):
         core.reset()
-        r = core.run(Events.from_raster(x[b].numpy().astype(np.int64)), record_hidden_v=True)
+        r = core.run_ex(Events.from_raster(x[b].numpy().astype(np.int64)))
         assert np.array_equal(out.spikes[b].detach().numpy(), r.spikes.astype(np.float64))
         assert np.array_equal(out.out_v[b].detach().numpy(), decode_cadc(r.cadc, cfg.cadc_base, cfg.cadc_shift))
         assert np.array_equal(obs.out_code[b], r.cadc)
-        # hidden membranes as the chip's CADC reads them (where a neuron spiked: its threshold or above)
-        quiet = r.spikes == 0
-        assert np.array_equal(obs.hid_code[b][quiet], cadc(r.hid_v, hb, hs)[quiet])
-        assert np.all(obs.hid_code[b][~quiet] >= cadc(np.full(1, cfg.hidden.v_th), hb, hs)[0])
+        # hidden membranes before reset, as the chip's CADC reads them; refractory state of every step
+        assert np.array_equal(obs.hid_code[b], cadc(r.hid_v_pre, hb, hs))
+        assert np.array_equal(obs.free[b][1:], (r.hid_ref[:-1] == 0).astype(np.uint8))
+        assert np.all(obs.free[b][0] == 1)
+        assert np.array_equal(obs.free[b], free_from_spikes(r.spikes[None], cfg.t_ref_steps)[0])
         n_spikes += int(r.spikes.sum())
     assert n_spikes > 0  # the case is not trivial
     # the mismatch matters: the ideal chip's software model gives other spikes
     assert not torch.equal(net(x).spikes, out.spikes)
+
+
+def test_hidden_adc_covers_every_chips_threshold():
+    cfg = _cfg()
+    base, shift = hidden_adc_range(cfg)
+    d = cfg.hidden.v_th - cfg.hidden.v_leak
+    assert base <= cfg.hidden.v_leak - d and base + 256 * (1 << shift) >= cfg.hidden.v_leak + 3 * d
+    th = apply_chip(fixed_params(cfg)[0], Chip(seed=9, threshold=0.5), 0).v_th  # the widest spread there is
+    code = cadc(th, base, shift)
+    assert code.min() > 0 and code.max() < 255
+
+
+def test_thresholds_are_inferred_from_what_the_chip_shows():
+    cfg = _cfg(n_hid=40)
+    net = _net(cfg, seed=2)
+    chip = Chip(seed=6, **SPREAD20)
+    vc = VirtualChip(cfg, fixed_params(cfg), chip)
+    nominal = fixed_params(cfg)[0].v_th.astype(np.float64)
+    est = ThresholdEstimate(nominal, vc.hid_range)
+    assert np.array_equal(est.values(), nominal) and not est.known.any()  # nothing seen: the nominal ones
+    for k in range(3):
+        chip_forward(net, vc, _x(10 + k, B=8, T=150), est)  # the estimate is updated from each observation
+    true = apply_chip(fixed_params(cfg)[0], chip, 0).v_th.astype(np.float64)  # only the test knows these
+    _, shift = vc.hid_range
+    k = est.known
+    assert k.sum() >= 20, k.sum()
+    assert np.all(est.lo[k] < true[k]) and np.all(true[k] < est.hi[k])  # the bounds hold
+    err = np.abs(est.values() - true)
+    assert np.all(err[k] <= 0.5 * (est.hi - est.lo)[k])  # the middle of bounds that hold
+    tight = k & (est.hi - est.lo <= 2 * (1 << shift))
+    assert tight.sum() >= 10 and np.all(err[tight] <= (1 << shift))  # most within one CADC bin
+    err_nominal = np.abs(nominal[k] - true[k]).mean()
+    assert np.abs(est.values()[k] - true[k]).mean() < 0.25 * err_nominal
+    # neurons with one side only keep the nominal value moved inside that side
+    one = ~k & (np.isfinite(est.lo) | np.isfinite(est.hi))
+    v = est.values()
+    assert np.all((v[one] >= est.lo[one]) & (v[one] <= est.hi[one]))
+    with pytest.raises(ValueError, match="thresholds must be"):
+        chip_forward(net, vc, _x(0), np.zeros(3))
 
 
 def test_ideal_chip_spikes_equal_the_software_model_and_the_readout_gradient_is_the_same():

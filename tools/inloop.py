@@ -50,7 +50,8 @@ from spikewire.tools.trainer import flush_denormals
 
 log = logging.getLogger("spikewire.tools.inloop")
 
-__all__ = ["VirtualChip", "Observation", "chip_forward", "InLoopNet", "hidden_adc_range", "decode_cadc",
+__all__ = ["VirtualChip", "Observation", "ThresholdEstimate", "chip_forward", "InLoopNet", "hidden_adc_range",
+           "decode_cadc", "free_from_spikes",
            "net_from_model", "finetune", "FinetuneConfig", "evaluate_on_chip", "main"]
 
 
@@ -65,11 +66,12 @@ def decode_cadc(code: np.ndarray, base: int, shift: int) -> np.ndarray:
 
 
 def hidden_adc_range(config: CoreConfig) -> tuple[int, int]:
-    """CADC range of the hidden membranes: two nominal thresholds wide around the leak potential
-    (``v_leak - d .. v_leak + d``, d = v_th - v_leak) in 256 codes."""
+    """CADC range of the hidden membranes: four nominal thresholds wide, from one below the leak
+    potential to three above (``v_leak - d .. v_leak + 3d``, d = v_th - v_leak) in 256 codes, so
+    the membranes around every chip's threshold (and above it, before the reset) are inside."""
     h = config.hidden
     d = max(1, h.v_th - h.v_leak)
-    shift = max(0, math.ceil(math.log2(2 * d / 256)))
+    shift = max(0, math.ceil(math.log2(4 * d / 256)))
     base = max(-32768, h.v_leak - d)
     return int(base), int(min(8, shift))
 
@@ -78,10 +80,11 @@ class Observation(NamedTuple):
     """What the chip shows for a batch of B samples of T steps."""
 
     spikes: np.ndarray  # uint8 [B, T, n_hid]
-    hid_code: np.ndarray  # uint8 [B, T, n_hid] CADC code of the hidden membranes (before reset where it spiked)
+    hid_code: np.ndarray  # uint8 [B, T, n_hid] CADC code of the hidden membranes before reset
     out_code: np.ndarray  # uint8 [B, T, n_out] CADC code of the readout membranes
     hid_range: tuple  # (base, shift) of the hidden CADC
     out_range: tuple  # (base, shift) of the readout CADC
+    free: np.ndarray  # uint8 [B, T, n_hid] 1 where the neuron was not refractory in that step
 
 
 class VirtualChip:
@@ -119,12 +122,15 @@ class VirtualChip:
 
     def observe(self, weights: dict[str, np.ndarray], events: Sequence[Events], n_steps: int) -> Observation:
         """Run every sample from rest for ``n_steps`` steps (shorter event lists are padded with empty
-        steps) with the int8 ``weights`` and return what the chip shows."""
+        steps) with the int8 ``weights`` and return what the chip shows: spikes, the CADC codes of the
+        hidden membranes before reset (``Core.run_ex``'s ``hid_v_pre``: what was compared with the
+        chip's threshold) and of the readout membranes, and the refractory state of every step."""
         c = self._config
         B, T = len(events), int(n_steps)
         spikes = np.zeros((B, T, c.n_hid), np.uint8)
         out_code = np.zeros((B, T, c.n_out), np.uint8)
         hid_v = np.zeros((B, T, c.n_hid), np.int16)
+        free = np.ones((B, T, c.n_hid), np.uint8)
         core = self._core
         if core is not None:
             for k in ("in", "rec", "out"):
@@ -141,23 +147,65 @@ class VirtualChip:
                     core.set_weights(k, weights[k])
             try:
                 core.reset()
-                r = core.run(Events(ip, ev.channels), record_hidden_v=True)
+                r = core.run_ex(Events(ip, ev.channels), record=("spikes", "hid_v_pre", "hid_ref", "cadc"))
             finally:
                 if core is not self._core:
                     core.close()
             spikes[b] = r.spikes
             out_code[b] = r.cadc
-            hid_v[b] = r.hid_v
-        # hid_v is the membrane after the step; where a neuron spiked the core reports the reset value,
-        # so the membrane before reset is taken as the nominal threshold (at least that, it spiked)
+            hid_v[b] = r.hid_v_pre
+            if T > 1:
+                free[b, 1:] = r.hid_ref[:-1] == 0  # refractory in step t: counter left by step t-1
         hb, hs = self.hid_range
-        hid_code = cadc_code(np.where(spikes.astype(bool), np.int16(c.hidden.v_th), hid_v), hb, hs)
         self.samples_run += B
-        return Observation(spikes, hid_code, out_code, self.hid_range, self.out_range)
+        return Observation(spikes, cadc_code(hid_v, hb, hs), out_code, self.hid_range, self.out_range, free)
 
     def close(self) -> None:
         if self._core is not None:
             self._core.close()
+
+
+class ThresholdEstimate:
+    """Per-neuron firing thresholds of a chip, inferred from what it shows (never from its parameters).
+
+    In a step where a neuron was free, it spiked exactly when its membrane before reset reached its
+    threshold.  A spike read at CADC code k bounds the threshold from above (below the upper edge of
+    bin k), a free step without a spike read at code k > 0 bounds it from below (above the lower edge
+    of bin k); saturated codes (0 without, 255 with a spike) say nothing.  :meth:`update` tightens
+    the bounds with every observation; :meth:`values` is the middle of the bounds, and where a neuron
+    has only one side (or none) yet, the nominal threshold moved inside them.
+    """
+
+    def __init__(self, nominal: np.ndarray, hid_range: tuple[int, int]):
+        self.nominal = np.asarray(nominal, np.float64).copy()
+        self.hid_range = tuple(hid_range)
+        self.lo = np.full(self.nominal.shape, -np.inf)
+        self.hi = np.full(self.nominal.shape, np.inf)
+
+    def update(self, obs: Observation) -> None:
+        if tuple(obs.hid_range) != self.hid_range:
+            raise ValueError(f"observation's hidden CADC range {obs.hid_range} is not {self.hid_range}")
+        H = self.nominal.shape[0]
+        code = obs.hid_code.reshape(-1, H).astype(np.int32)
+        z = obs.spikes.reshape(-1, H).astype(bool)
+        quiet = obs.free.reshape(-1, H).astype(bool) & ~z
+        k_spk = np.where(z & (code < 255), code, 256).min(0)  # lowest code a spike was read at
+        k_quiet = np.where(quiet & (code > 0), code, -1).max(0)  # highest code without a spike
+        base, shift = self.hid_range
+        hi = np.where(k_spk <= 255, base + (k_spk + 1.0) * (1 << shift), np.inf)
+        lo = np.where(k_quiet >= 0, base + k_quiet * float(1 << shift), -np.inf)
+        self.hi = np.minimum(self.hi, hi)
+        self.lo = np.maximum(self.lo, lo)
+
+    def values(self) -> np.ndarray:
+        both = self.known
+        mid = 0.5 * (np.where(both, self.lo, 0.0) + np.where(both, self.hi, 0.0))
+        return np.where(both, mid, np.clip(self.nominal, self.lo, self.hi))
+
+    @property
+    def known(self) -> np.ndarray:
+        """Neurons with both bounds (spiked and stayed quiet at some point)."""
+        return np.isfinite(self.lo) & np.isfinite(self.hi)
 
 
 # ---------------------------------------------------------------------------
@@ -215,10 +263,15 @@ def _dense_to_events(x: torch.Tensor) -> list[Events]:
     return [Events.from_raster(counts[b].astype(np.int64)) for b in range(counts.shape[0])]
 
 
-def chip_forward(net: SNN, chip: VirtualChip, x: torch.Tensor) -> tuple[SNNOutput, Observation]:
+def chip_forward(net: SNN, chip: VirtualChip, x: torch.Tensor, thresholds=None) -> tuple[SNNOutput, Observation]:
     """The in-the-loop forward pass on input counts ``x`` [B, T, n_in]: returns the graph's output
     (readout membranes decoded from the chip's CADC codes, the chip's hidden spikes) and the
-    observation it came from.  ``net`` must be in fixed mode (6-bit weights, float64)."""
+    observation it came from.  ``net`` must be in fixed mode (6-bit weights, float64).
+
+    The backward pass evaluates the surrogate derivative at the chip's membranes before reset (the
+    middle of each CADC bin), relative to ``thresholds``: per hidden neuron in membrane units, or a
+    :class:`ThresholdEstimate` of this chip (updated with this observation first, then used), or,
+    when None, the model's nominal thresholds."""
     if net.mode != "fixed":
         raise ValueError("in-the-loop training needs the network in fixed mode (the chip runs 6-bit weights)")
     c = net.config
@@ -226,34 +279,47 @@ def chip_forward(net: SNN, chip: VirtualChip, x: torch.Tensor) -> tuple[SNNOutpu
     obs = chip.observe(net.int_weights(), _dense_to_events(x), T)
     dt, dev = net.dtype, net.w_in.device
     hp, op = net.neuron_params()  # the nominal parameters the model was built with, not the chip's
+    if isinstance(thresholds, ThresholdEstimate):
+        thresholds.update(obs)
+        thresholds = thresholds.values()
+    if thresholds is not None:
+        th = np.asarray(thresholds, np.float64)
+        if th.shape != (c.n_hid,) or not np.all(np.isfinite(th)):
+            raise ValueError(f"thresholds must be {c.n_hid} finite values, got shape {th.shape}")
+        hp = {**hp, "v_th": torch.as_tensor(th, dtype=dt, device=dev)}
     w_in, w_rec, w_out = net.effective_weights()
     tot_in = torch.matmul(x.to(dt), w_in) * float(1 << c.shift_in)
     hb, hs = obs.hid_range
     ob, os_ = obs.out_range
     codes = np.arange(256)
-    h_lut = torch.as_tensor(decode_cadc(codes, hb, hs).astype(np.float64), dtype=dt, device=dev)
+    h_lut = torch.as_tensor(decode_cadc(codes, hb, hs) + 0.5 * (1 << hs), dtype=dt, device=dev)  # bin middles
     o_lut = torch.as_tensor(decode_cadc(codes, ob, os_).astype(np.float64), dtype=dt, device=dev)
     z = torch.as_tensor(obs.spikes, device=dev).to(dt)
     v = h_lut[torch.as_tensor(obs.hid_code, device=dev).long()]
     ov = o_lut[torch.as_tensor(obs.out_code, device=dev).long()]
-    free = torch.as_tensor(free_from_spikes(obs.spikes, c.t_ref_steps), device=dev).to(dt)
+    free = torch.as_tensor(obs.free, device=dev).to(dt)
     out_v, spikes = _ChipLoopFn.apply(tot_in, w_rec, w_out, c, hp, op, z, v, free, ov, net.surrogate, net.beta)
     return SNNOutput(out_v, spikes), obs
 
 
 class InLoopNet:
     """Calls like an :class:`SNN` (``net(x)`` -> SNNOutput) but runs the forward pass on ``chip``;
-    so the training loss (``spikewire.tools.train.loss_terms``) works unchanged."""
+    so the training loss (``spikewire.tools.train.loss_terms``) works unchanged.
 
-    def __init__(self, net: SNN, chip: VirtualChip):
+    With ``estimate_thresholds`` (default) every observation refines a :class:`ThresholdEstimate`
+    of the chip, and the surrogate is centred on it."""
+
+    def __init__(self, net: SNN, chip: VirtualChip, estimate_thresholds: bool = True):
         self.net, self.chip = net, chip
         self.config = net.config
         self.last: Optional[Observation] = None
+        self.thresholds = (ThresholdEstimate(net.neuron_params()[0]["v_th"].cpu().numpy(), chip.hid_range)
+                           if estimate_thresholds else None)
 
     def __call__(self, x: torch.Tensor, chip=None) -> SNNOutput:
         if chip is not None:
             raise ValueError("the in-the-loop forward pass runs on its own chip; pass no software chip")
-        out, self.last = chip_forward(self.net, self.chip, x)
+        out, self.last = chip_forward(self.net, self.chip, x, self.thresholds)
         return out
 
 
@@ -282,6 +348,7 @@ class FinetuneConfig:
     variant_offset: int = 0  # epoch e uses augmented training copy (offset + e) mod variants
     max_batches: Optional[int] = None  # cap per epoch (tests)
     threads: int = 1
+    estimate_thresholds: bool = True  # centre the surrogate on the chip's thresholds inferred from its spikes
 
     def __post_init__(self) -> None:
         if self.forward not in FORWARDS:
@@ -334,7 +401,8 @@ def finetune(model: Model, data, tcfg, fcfg: FinetuneConfig, chip: Optional[Virt
     """Fine-tune ``model`` on ``data`` (a ``spikewire.tools.train.Data``) with the loss of ``tcfg``.
 
     Returns the new model (int8 weights; everything else as ``model``) and the per-epoch history
-    (loss terms, training accuracy, wall time of the epoch and of its chip runs).
+    (loss terms, training accuracy, wall and CPU time of the epoch, wall time of its forward passes
+    and losses).
     ``on_epoch(epoch, model)`` is called after each epoch (e.g. to evaluate).
     """
     if fcfg.forward == "chip" and chip is None:
@@ -351,7 +419,7 @@ def _finetune(model, data, tcfg, fcfg, chip, on_epoch):
     net = net_from_model(model, tcfg.surrogate, tcfg.beta)
     opt = torch.optim.Adam([{"params": [net.w_in, net.w_out], "scale": 1.0},
                             {"params": [net.w_rec], "scale": tcfg.rec_lr_scale}], lr=fcfg.lr)
-    fwd = InLoopNet(net, chip) if fcfg.forward == "chip" else net
+    fwd = InLoopNet(net, chip, fcfg.estimate_thresholds) if fcfg.forward == "chip" else net
     history: list[dict] = []
     n_train = len(data.train_variant(fcfg.variant_offset % tcfg.variants))
     per_epoch = math.ceil(n_train / fcfg.batch_size)
@@ -360,7 +428,7 @@ def _finetune(model, data, tcfg, fcfg, chip, on_epoch):
     total, step = per_epoch * fcfg.epochs, 0
     current = model
     for epoch in range(fcfg.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_set = data.train_variant((fcfg.variant_offset + epoch) % tcfg.variants)
         rng = np.random.default_rng([fcfg.seed, 13, epoch])
         bl = batches(train_set, fcfg.batch_size, rng)[:per_epoch]
@@ -390,7 +458,8 @@ def _finetune(model, data, tcfg, fcfg, chip, on_epoch):
         n = sum(len(i) for i in bl)
         rec = {k: v / max(n, 1) for k, v in agg.items()}
         rec.update(epoch=epoch, forward=fcfg.forward, lr=_lr_at(fcfg, step, total),
-                   time_s=time.perf_counter() - t0, forward_loss_s=t_chip, samples=n)
+                   time_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, forward_loss_s=t_chip,
+                   samples=n)
         current = dataclasses.replace(model, weights=net.int_weights())
         if on_epoch is not None:
             rec.update(on_epoch(epoch, current) or {})
