@@ -237,7 +237,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cache", default="")
     p.add_argument("--report", default="", metavar="PNG", help="print the table of OUT/results.json, write the plot")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     if a.report:
         res = json.loads((Path(a.out) / "results.json").read_text())
         for split in ("test", "val"):
@@ -254,6 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--data is needed to run the study")
     if any(not 0 <= s <= 0.5 for s in a.spreads):
         p.error("spreads must be in 0..0.5")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the study's progress
     Study(a).run()
     return 0
 
