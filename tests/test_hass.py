@@ -7,12 +7,12 @@ device's ``status`` (its last will included), a reload re-announces the event ty
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
 import pytest
 
+from conftest import Subscriber, run_bounded
 from spikewire import __version__
 from spikewire.hass import EVENT_TEMPLATE, SENSORS, Discovery, discovery_messages
 from spikewire.mqtt import MqttSink
@@ -22,46 +22,6 @@ aiomqtt = pytest.importorskip("aiomqtt")
 pytestmark = pytest.mark.mqtt
 
 WORDS = ["zero", "one", "two"]
-
-
-def run(coro, timeout: float = 20.0):
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
-
-
-class Retained:
-    """Subscribe, collect (topic, payload, retain) until ``wait_for`` holds."""
-
-    def __init__(self, broker, *topics):
-        self.client = aiomqtt.Client(**broker.client_kwargs())
-        self.topics, self.messages, self._new, self._task = topics, [], asyncio.Event(), None
-
-    async def __aenter__(self):
-        await self.client.__aenter__()
-        for t in self.topics:
-            await self.client.subscribe(t, qos=1)
-        self._task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.client.__aexit__(None, None, None)
-
-    async def _collect(self):
-        async for m in self.client.messages:
-            self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))
-            self._new.set()
-
-    async def wait_for(self, pred, timeout: float = 5.0):
-        async with asyncio.timeout(timeout):
-            while not (r := pred(self.messages)):
-                self._new.clear()
-                await self._new.wait()
-        return r
 
 
 @pytest.fixture
@@ -86,23 +46,23 @@ def test_discovery_retained_configs_events_and_availability(mqtt_broker, ids):
 
     async def go():
         url = mqtt_broker.url(prefix)
-        async with Retained(mqtt_broker, f"{prefix}/{dev}/keyword") as kws, \
+        async with Subscriber(mqtt_broker, f"{prefix}/{dev}/keyword") as kws, \
                 MqttSink(url, dev, "kws-test", vocabulary=WORDS,
                          homeassistant={"discovery": True, "prefix": ha}) as sink:
             kw = await sink.publish_keyword({"word": "two", "score": 0.5, "t_start": 1.0, "t_end": 1.25})
             # keywords go out after the discovery configs and status of the connection
             await kws.wait_for(lambda m: m)
             # HA starts after the device: it sees the retained configs and status
-            async with Retained(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as sub:
+            async with Subscriber(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as sub:
                 await sub.wait_for(lambda m: any(t.endswith("/status") for t, _, _ in m))
                 during = list(sub.messages) + kws.messages
-        async with Retained(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as sub:
+        async with Subscriber(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as sub:
             await sub.wait_for(lambda m: any(p == b"offline" for _, p, _ in m)
                                and sum(t.startswith(ha) for t, _, _ in m) == 2 + len(SENSORS))
             after = list(sub.messages)
         return sink, kw, during, after
 
-    sink, kw, during, after = run(go())
+    sink, kw, during, after = run_bounded(go())
     topics = Topics(prefix, dev)
     configs = {t: (json.loads(p), r) for t, p, r in during if t.startswith(ha)}
     expected_topics = {f"{ha}/event/{dev}/keyword/config", f"{ha}/binary_sensor/{dev}/status/config"} | {
@@ -157,7 +117,7 @@ def test_reload_reannounces_and_disable_removes(mqtt_broker, ids):
 
     async def go():
         url = mqtt_broker.url(prefix)
-        async with Retained(mqtt_broker, f"{ha}/#") as sub:
+        async with Subscriber(mqtt_broker, f"{ha}/#") as sub:
             async with MqttSink(url, dev, "m1", vocabulary=WORDS, homeassistant={"discovery": True,
                                                                                   "prefix": ha}) as sink:
                 await sub.wait_for(lambda m: [t for t, _, _ in m].count(event_topic) == 1)
@@ -168,14 +128,14 @@ def test_reload_reannounces_and_disable_removes(mqtt_broker, ids):
         # the same device started with discovery = false removes all its entities
         async with MqttSink(url, dev, "m2", homeassistant={"discovery": False, "prefix": ha}):
             pass
-        async with Retained(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as late:
+        async with Subscriber(mqtt_broker, f"{ha}/#", f"{prefix}/{dev}/status") as late:
             # retained messages come after each SUBACK, in subscription order: once the status is in,
             # anything still retained under the HA prefix would have arrived before it
             await late.wait_for(lambda m: any(t.endswith("/status") for t, _, _ in m))
             left = [(t, p) for t, p, _ in late.messages if t.startswith(ha)]
         return reannounced, left
 
-    reannounced, left = run(go())
+    reannounced, left = run_bounded(go())
     assert [c["event_types"] for c in reannounced] == [WORDS, ["yes", "no"]]
     assert [c["device"]["model"] for c in reannounced] == ["m1", "m2"]
     assert left == []
@@ -231,14 +191,14 @@ def test_run_config_announces_the_models_vocabulary(mqtt_broker, ids):
                sink=[mqtt_broker.url("spikewire")], mqtt={"homeassistant": {"discovery": True, "prefix": ha}})
 
     async def go():
-        async with Retained(mqtt_broker, f"spikewire/{dev}/keyword") as kws:
+        async with Subscriber(mqtt_broker, f"spikewire/{dev}/keyword") as kws:
             await run_pipeline(build_pipeline(cfg))
             await kws.wait_for(lambda m: len(m) >= 9)
-        async with Retained(mqtt_broker, f"{ha}/event/{dev}/keyword/config") as sub:
+        async with Subscriber(mqtt_broker, f"{ha}/event/{dev}/keyword/config") as sub:
             await sub.wait_for(lambda m: m)
         return kws.messages, sub.messages
 
-    kws, configs = run(go(), timeout=60)
+    kws, configs = run_bounded(go(), timeout=60)
     vocabulary = Model.load(resolve("kws-digits")).vocabulary
     (config,) = [json.loads(p) for _, p, _ in configs]
     assert config["event_types"] == vocabulary and config["device"]["model"] == "kws-digits"
