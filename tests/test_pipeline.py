@@ -410,6 +410,9 @@ def test_control_pause_resume_reload_snapshot_and_malformed(tiny_model_path, mqt
             assert r["ok"] and not r["result"]["paused"]
             n_resumed = len(sub.on(f"{dev}/spikes/hidden"))
             await sub.wait_for(lambda: len(sub.on(f"{dev}/spikes/hidden")) > n_resumed + 3, 10)
+            # the first model must have spoken before the reload (the assertion on `models` below);
+            # waiting for it here, not for a fixed time, keeps the test independent of the machine's load
+            await sub.wait_for(lambda: len(sub.on(f"{dev}/keyword")) > 0, 20)
             snap = await request(sub, base, {"cmd": "snapshot", "id": "s"})
             escape = await request(sub, base, {"cmd": "snapshot", "id": "e", "path": "../evil.npz"})
             assert not escape["ok"] and "outside the snapshot directory" in escape["error"], escape
