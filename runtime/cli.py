@@ -341,6 +341,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main(args.train_args)
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """``spikewire adapt``: personalisation through the runtime (tools/adapt.py; no torch needed)."""
+    from .tools import adapt
+    return adapt.main(args.adapt_args, prog="spikewire adapt")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """``spikewire deploy bundle``: a Raspberry Pi bundle (runtime/deploy.py, docs/raspberry-pi.md)."""
     from .deploy import DeployError, build_bundle
@@ -443,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "`spikewire train --help` lists the options; docs/training.md)")
     t.set_defaults(fn=cmd_train)
 
+    a = sub.add_parser("adapt", add_help=False, help="personalise a model: K labelled utterances per word "
+                       "learnt through the runtime, accuracy before/after (`spikewire adapt --help`; "
+                       "docs/learning.md)")
+    a.set_defaults(fn=cmd_adapt)
+
     add_runtime_commands(sub)
     add_deploy_commands(sub)
     return p
@@ -453,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.cmd == "train":  # tools/train.py parses its own options (and --help)
         args.train_args = extra
+    elif args.cmd == "adapt":  # so does tools/adapt.py
+        args.adapt_args = extra
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
     _setup_logging(args.log_level)

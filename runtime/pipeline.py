@@ -255,6 +255,7 @@ class Pipeline:
         self._t_start = 0.0
         self._seq = 0
         self._step = 0  # next stream step (core stage)
+        self._decided_step = 0  # the step after the last block the decision stage has seen
         self._c = dict.fromkeys(("audio_blocks", "audio_samples", "blocks", "input_events", "hidden_spikes",
                                  "keywords", "paused_steps", "paused_blocks", "sink_errors", "in_flight_dropped"),
                                 0)
@@ -290,6 +291,11 @@ class Pipeline:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def running(self) -> bool:
+        """True from when the source, model and sinks are up until :meth:`run` ends."""
+        return self._running
+
     # -- control ------------------------------------------------------------------------
     def _register_commands(self) -> None:
         """The standard commands. More (e.g. on-line learning: ``learn``, ``label``,
@@ -323,6 +329,20 @@ class Pipeline:
         opens its own over :attr:`commands`). ``reply(bytes)`` receives every encoded reply; run the
         channel's :meth:`ControlChannel.run` in a task while it is in use."""
         return ControlChannel(self.commands, reply, name=name, queue=queue, timeout=timeout)
+
+    async def until_decided(self, audio_samples: int, poll_s: float = 0.002) -> int:
+        """Wait until the front end has taken ``audio_samples`` samples in all and the decision has seen
+        every step the core ran from them; returns that stream step (the next step to come).  For a
+        driver that feeds an audio source itself and must know what was decided before it goes on
+        (``spikewire adapt`` plays a shot, then labels its stretch).  Not while paused."""
+        while not (self._c["audio_samples"] >= audio_samples and self._q_events.qsize() == 0
+                   and self._q_core.qsize() == 0 and self._decided_step == self._step):
+            if self._done.is_set() or self._stop.is_set():
+                raise PipelineError(f"the pipeline stopped before {audio_samples} audio samples were decided")
+            if self._paused:
+                raise PipelineError("until_decided: the pipeline is paused")
+            await asyncio.sleep(poll_s)
+        return self._step
 
     def pause(self) -> dict:
         if not self._paused:
@@ -536,6 +556,7 @@ class Pipeline:
             b = item.bundle
             kws = b.decider.update(item.cadc, item.t0)
             self.learning.add_stretches(b.generation, b.decider.take_stretches())
+            self._decided_step = item.t0 + item.events.n_steps
             last = (b, item.t_in)
             self._c["blocks"] += 1
             self._c["input_events"] += item.events.n_events
