@@ -35,6 +35,8 @@
 #define SW_LEARN_MAX_EVENTS_PER_STEP (1 << 20)
 #define SHADOW_BITS 16
 #define PSI_BITS 8
+#define SI_ONE (INT64_C(1) << 16)          /* 1.0 of Omega and of the pull's strength k */
+#define SI_MAX INT64_C(2147483647)         /* omega saturates at +-SI_MAX, Omega at SI_MAX */
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SW_NO_CLONES)
 #define SW_LCLONES __attribute__((target_clones("avx2", "default")))
@@ -69,6 +71,10 @@ struct sw_learn {
     int64_t ev_t, n_pend;         /* steps seen since reset, of them pending   */
     int64_t *lam;                 /* scratch [n_hid]                           */
     int32_t *u;                   /* scratch [n_hid]                           */
+    /* synaptic intelligence (docs/learning.md "Consolidation"): [matrix][SW_SI_*], NULL when
+     * si is off or the matrix does not learn */
+    int32_t *si[3][4];
+    int64_t theta_max;
     /* scratch */
     int32_t *psi, *Lq, *eq, *errg, *counts, *zpre;
 };
@@ -223,6 +229,10 @@ static int validate(const sw_learn_config *c)
         return bad("unknown weights mode");
     if (c->eligibility != SW_LEARN_TRACES && c->eligibility != SW_LEARN_EVENTS)
         return bad("unknown eligibility form");
+    if (c->si != 0 && c->si != 1)
+        return bad("si must be 0 or 1");
+    if (c->si_c_log2 < -16 || c->si_c_log2 > 16 || c->si_xi_log2 < -16 || c->si_xi_log2 > 8)
+        return bad("si_c_log2 outside -16..16 or si_xi_log2 outside -16..8");
     if (c->post_A < 0 || c->post_A > SW_Q15_ONE || c->post_G < 0 || c->post_G > SW_Q15_ONE ||
         c->out_A < 0 || c->out_A > SW_Q15_ONE || c->out_G < 0 || c->out_G > SW_Q15_ONE)
         return bad("a filter constant is outside 0..32768");
@@ -325,6 +335,10 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
                  PAD((size_t)R * 2 * 4) + PAD(n_hid * 8) + PAD(n_hid * 4);
     total += 2 * PAD(n_hid * 2) + PAD(n_hid) + PAD(n_out);
     total += 3 * PAD(n_hid * 4) + 2 * PAD(n_out * 4) + PAD(n_in * 4);
+    if (cfg->si)
+        for (m = 0; m < 3; m++)
+            if (cfg->learn_mask & (1 << m))
+                total += 4 * PAD(rows[m < 2 ? m : 1] * (m < 2 ? n_hid : n_out) * 4);
     p = (uint8_t *)calloc(1, total);
     if (!p) {
         create_err = "out of memory";
@@ -408,6 +422,13 @@ int sw_learn_create(const sw_learn_config *cfg, sw_learn **out)
     L->errg = (int32_t *)carve(&p, n_out * 4);
     L->counts = (int32_t *)carve(&p, n_in * 4);
     L->zpre = (int32_t *)carve(&p, n_hid * 4);
+    L->theta_max = cfg->weights == SW_LEARN_SHADOW ? (INT64_C(63) << SHADOW_BITS)
+                                                   : (INT64_C(63) << SHADOW_BITS) + L->acc_max;
+    if (cfg->si)
+        for (m = 0; m < 3; m++)
+            if (cfg->learn_mask & (1 << m))
+                for (k = 0; k < 4; k++)
+                    L->si[m][k] = (int32_t *)carve(&p, rows[m < 2 ? m : 1] * (m < 2 ? n_hid : n_out) * 4);
     L->last_error = "";
     L->magic = SW_LEARN_MAGIC;
     *out = L;
@@ -439,6 +460,15 @@ static int64_t mat_size(const sw_learn *L, int32_t which)
     if (which == SW_W_OUT)
         return (int64_t)c->n_hid * c->n_out;
     return -1;
+}
+
+/* The parameter synaptic intelligence follows (Q16): the shadow weight, or the weight plus the
+ * pending gradient (stochastic rounding).  |theta| <= theta_max < 2^24. */
+static int64_t theta_of(const sw_learn *L, int32_t m, int64_t i)
+{
+    if (L->cfg.weights == SW_LEARN_SHADOW)
+        return L->acc[m][i];
+    return ((int64_t)L->w[m][i] << SHADOW_BITS) + L->acc[m][i];
 }
 
 static int check_mat(sw_learn *L, int32_t which, const void *p, int64_t n)
@@ -477,6 +507,12 @@ int sw_learn_set_weights(sw_learn *L, int32_t which, const int8_t *w, int64_t n)
         memcpy(L->w[which], w, (size_t)n);
     for (i = 0; i < n; i++)
         L->acc[which][i] = L->cfg.weights == SW_LEARN_SHADOW ? (int32_t)w[i] * (1 << SHADOW_BITS) : 0;
+    if (L->si[which][0])    /* the path starts here; the importance is kept */
+        for (i = 0; i < n; i++) {
+            L->si[which][SW_SI_PREV][i] = L->acc[which][i];
+            L->si[which][SW_SI_ANCHOR][i] = (int32_t)theta_of(L, which, i);
+            L->si[which][SW_SI_OMEGA][i] = 0;
+        }
     return SW_OK;
 }
 
@@ -1162,6 +1198,28 @@ int sw_learn_run(sw_learn *L, int32_t T, const int64_t *indptr, const int32_t *c
 }
 
 /* ---- commit ---------------------------------------------------------------------------- */
+/* Synaptic intelligence before a commit (docs/learning.md "Consolidation"): the pull
+ * acc <- clamp(acc - rhu(k (theta - anchor), 16)), k = min(Omega 2^c, 2^16), then
+ * omega <- sat(omega + rhu(u d, 8)) (Q24) with u the accumulator's change since the last commit
+ * before the pull and d after it.  |theta - anchor| < 2^25, k <= 2^16, |u|, |d| <= 2 ACC < 2^25:
+ * every product fits int64. */
+static void si_pull(sw_learn *L, int32_t m, int64_t n)
+{
+    int32_t **st = L->si[m], c = L->cfg.si_c_log2;
+    int64_t i, lo = -L->acc_max, hi = L->acc_max;
+    for (i = 0; i < n; i++) {
+        int64_t imp = st[SW_SI_IMPORTANCE][i], a = L->acc[m][i], prev = st[SW_SI_PREV][i];
+        int64_t k = c >= 0 ? imp << c : imp >> -c, u, d, om;
+        k = k > SI_ONE ? SI_ONE : k;
+        u = a - prev;
+        a = clamp64(a - rhu64(k * (theta_of(L, m, i) - st[SW_SI_ANCHOR][i]), 16), lo, hi);
+        L->acc[m][i] = (int32_t)a;
+        d = a - prev;
+        om = st[SW_SI_OMEGA][i] + rhu64(u * d, 8);
+        st[SW_SI_OMEGA][i] = (int32_t)clamp64(om, -SI_MAX, SI_MAX);
+    }
+}
+
 int sw_learn_commit(sw_learn *L)
 {
     int32_t m;
@@ -1173,6 +1231,8 @@ int sw_learn_commit(sw_learn *L)
         if (!(L->cfg.learn_mask & bit))
             continue;
         n = mat_size(L, m);
+        if (L->si[m][0])
+            si_pull(L, m, n);
         for (i = 0; i < n; i++) {
             int64_t a = L->acc[m][i], w;
             if (L->cfg.weights == SW_LEARN_SHADOW) {
@@ -1185,7 +1245,96 @@ int sw_learn_commit(sw_learn *L)
             }
             L->w[m][i] = (int8_t)clamp64(w, -SW_WEIGHT_MAX, SW_WEIGHT_MAX);
         }
+        if (L->si[m][0])
+            memcpy(L->si[m][SW_SI_PREV], L->acc[m], (size_t)n * 4);
     }
     L->commits++;
+    return SW_OK;
+}
+
+/* ---- synaptic intelligence (docs/learning.md "Consolidation") --------------------------- */
+int sw_learn_consolidate(sw_learn *L)
+{
+    int32_t m;
+    int64_t i, n, xi;
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (!L->cfg.si) {
+        L->last_error = "consolidate needs si = 1";
+        return SW_E_PARAM;
+    }
+    xi = INT64_C(1) << (32 + L->cfg.si_xi_log2);
+    for (m = 0; m < 3; m++) {
+        int32_t **st = L->si[m];
+        if (!st[0])
+            continue;
+        n = mat_size(L, m);
+        for (i = 0; i < n; i++) {
+            int64_t th = theta_of(L, m, i), d = th - st[SW_SI_ANCHOR][i];
+            int64_t om = st[SW_SI_OMEGA][i] > 0 ? st[SW_SI_OMEGA][i] : 0;
+            /* omega Q24, Delta^2 + xi Q32 (exact, <= 2^51), Omega Q16: omega 2^24 <= 2^55 */
+            int64_t imp = st[SW_SI_IMPORTANCE][i] + (om << 24) / (d * d + xi);
+            st[SW_SI_IMPORTANCE][i] = (int32_t)(imp > SI_MAX ? SI_MAX : imp);
+            st[SW_SI_OMEGA][i] = 0;
+            st[SW_SI_ANCHOR][i] = (int32_t)th;
+        }
+    }
+    return SW_OK;
+}
+
+int sw_learn_set_si(sw_learn *L, int32_t c_log2, int32_t xi_log2)
+{
+    if (!live_ctx(L))
+        return SW_E_BADCTX;
+    if (c_log2 < -16 || c_log2 > 16 || xi_log2 < -16 || xi_log2 > 8) {
+        L->last_error = "si_c_log2 outside -16..16 or si_xi_log2 outside -16..8";
+        return SW_E_PARAM;
+    }
+    L->cfg.si_c_log2 = c_log2;
+    L->cfg.si_xi_log2 = xi_log2;
+    return SW_OK;
+}
+
+static int check_si(sw_learn *L, int32_t which, int32_t kind, const void *v, int64_t n)
+{
+    int st = check_mat(L, which, v, n);
+    if (st != SW_OK)
+        return st;
+    if (kind < SW_SI_PREV || kind > SW_SI_ANCHOR) {
+        L->last_error = "unknown synaptic intelligence state";
+        return SW_E_PARAM;
+    }
+    if (!L->si[which][0]) {
+        L->last_error = "no synaptic intelligence state: si is off or the matrix does not learn";
+        return SW_E_PARAM;
+    }
+    return SW_OK;
+}
+
+int sw_learn_get_si(const sw_learn *L, int32_t which, int32_t kind, int32_t *v, int64_t n)
+{
+    int st = check_si((sw_learn *)L, which, kind, v, n);
+    if (st != SW_OK)
+        return st;
+    if (n)
+        memcpy(v, L->si[which][kind], (size_t)n * 4);
+    return SW_OK;
+}
+
+int sw_learn_set_si_state(sw_learn *L, int32_t which, int32_t kind, const int32_t *v, int64_t n)
+{
+    int64_t i, lo, hi;
+    int st = check_si(L, which, kind, v, n);
+    if (st != SW_OK)
+        return st;
+    lo = kind == SW_SI_PREV ? -L->acc_max : (kind == SW_SI_ANCHOR ? -L->theta_max : (kind == SW_SI_OMEGA ? -SI_MAX : 0));
+    hi = kind == SW_SI_PREV ? L->acc_max : (kind == SW_SI_ANCHOR ? L->theta_max : SI_MAX);
+    for (i = 0; i < n; i++)
+        if (v[i] < lo || v[i] > hi) {
+            L->last_error = "synaptic intelligence state outside its range";
+            return SW_E_PARAM;
+        }
+    if (n)
+        memcpy(L->si[which][kind], v, (size_t)n * 4);
     return SW_OK;
 }

@@ -18,7 +18,7 @@
 #ifndef SPIKEWIRE_H
 #define SPIKEWIRE_H
 
-#define SW_ABI_VERSION 2
+#define SW_ABI_VERSION 3
 
 /* The SW_ABI_VERSION this library was compiled with; the binding
  * (runtime/core.py) refuses to load a library whose value differs.  Every
@@ -318,6 +318,10 @@ int sw_fe_counters(const sw_fe *fe, int64_t *n_in, int64_t *n_internal, int64_t 
 #define SW_TRACE_FV 3
 #define SW_LEARN_TRACES 0          /* eligibility: per-synapse traces every step */
 #define SW_LEARN_EVENTS 1          /* eligibility: the events form (docs/learning.md) */
+#define SW_SI_PREV 0               /* synaptic intelligence state (sw_learn_get_si): acc at the last commit */
+#define SW_SI_OMEGA 1              /* path integral since the last consolidation, Q24 weight steps^2 */
+#define SW_SI_IMPORTANCE 2         /* Omega, Q16 (65536 = 1.0), 0..2^31-1       */
+#define SW_SI_ANCHOR 3             /* the parameter at the last consolidation, Q16 */
 
 typedef struct sw_learn_config {
     int32_t n_in, n_hid, n_out;
@@ -339,6 +343,9 @@ typedef struct sw_learn_config {
     const int32_t *g_out;     /* [n_out] Q14 0..32767                     */
     const int8_t *feedback;   /* [n_hid x n_out] -63..63, NULL = symmetric (W_out) */
     int32_t eligibility;      /* SW_LEARN_TRACES (0) / SW_LEARN_EVENTS    */
+    int32_t si;               /* 1 = synaptic intelligence (docs/learning.md "Consolidation") */
+    int32_t si_c_log2;        /* consolidation strength c = 2^k, -16..16  */
+    int32_t si_xi_log2;       /* damping xi = 2^k weight steps^2, -16..8  */
 } sw_learn_config;
 
 typedef struct sw_learn sw_learn;
@@ -380,6 +387,19 @@ int sw_learn_run(sw_learn *learn, int32_t T, const int64_t *indptr,
 int sw_learn_flush(sw_learn *learn);
 /* Accumulators -> int8 weights of every learning matrix (docs/learning.md). */
 int sw_learn_commit(sw_learn *learn);
+/* Synaptic intelligence (cfg.si = 1; docs/learning.md "Consolidation").
+ * Every commit first pulls each learning synapse toward its anchor by
+ * min(c Omega, 1) (theta - anchor) and adds its step's path integral to
+ * omega; sw_learn_consolidate ends a task: Omega += max(0, omega) /
+ * (Delta^2 + xi), omega = 0, anchor = theta.  Setting weights restarts the
+ * path (prev = acc, anchor = theta, omega = 0) and keeps Omega.  The state
+ * (SW_SI_*) of a learning matrix can be read and set (checkpoints, a base
+ * model's importance); SW_E_PARAM without si or for a matrix that does not
+ * learn.  sw_learn_set_si changes c and xi.                                */
+int sw_learn_consolidate(sw_learn *learn);
+int sw_learn_set_si(sw_learn *learn, int32_t c_log2, int32_t xi_log2);
+int sw_learn_get_si(const sw_learn *learn, int32_t which, int32_t kind, int32_t *v, int64_t n);
+int sw_learn_set_si_state(sw_learn *learn, int32_t which, int32_t kind, const int32_t *v, int64_t n);
 /* 0 = optimised (default), 1 = plain reference loop.                       */
 int sw_learn_set_kernel(sw_learn *learn, int32_t kernel);
 int sw_learn_counters(const sw_learn *learn, int64_t *steps, int64_t *commits);

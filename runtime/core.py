@@ -38,7 +38,7 @@ class CoreInputError(CoreError, ValueError):
 
 
 # The C ABI this binding was written for (csrc/spikewire.h SW_ABI_VERSION).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def _check_abi(got: int, expected: int = ABI_VERSION) -> None:

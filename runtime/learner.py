@@ -16,7 +16,7 @@ from ._spikewire_c import ffi as _ffi, lib as _lib
 from .config import CoreConfig, FixedPopulation
 from .core import CoreBusyError, CoreError, CoreInputError
 from .events import Events, as_channels as _as_channels
-from .learning import MATRICES, LearningConfig, feedback_matrix, tables
+from .learning import MATRICES, SI_KINDS, LearningConfig, feedback_matrix, tables
 
 _WHICH = {"in": _lib.SW_W_IN, "rec": _lib.SW_W_REC, "out": _lib.SW_W_OUT}
 _RULE = {"eprop": _lib.SW_LEARN_EPROP, "superspike": _lib.SW_LEARN_SUPERSPIKE, "readout": _lib.SW_LEARN_READOUT}
@@ -55,6 +55,7 @@ class Learner:
         c.weights = _lib.SW_LEARN_SHADOW if lc.weights == "shadow" else _lib.SW_LEARN_STOCHASTIC
         c.sr_seed = lc.sr_seed
         c.eligibility = _lib.SW_LEARN_EVENTS if lc.eligibility == "events" else _lib.SW_LEARN_TRACES
+        c.si, c.si_c_log2, c.si_xi_log2 = int(lc.si), lc.si_c_log2, lc.si_xi_log2
         keep = []
 
         def arr(a, dtype, ctype):
@@ -244,6 +245,48 @@ class Learner:
             p = self._live()
             _rc(_lib.sw_learn_commit(p), "cannot commit", p)
         return {m: self.weights(m) for m in self.lc.learn}
+
+    # -- synaptic intelligence (docs/learning.md "Consolidation") ---------------------------------
+    def consolidate(self) -> None:
+        """The end of a task: omega into the importance, the anchor moves to the current parameters."""
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_consolidate(p), "cannot consolidate", p)
+
+    def set_si(self, c_log2: int, xi_log2: int) -> None:
+        """Change the consolidation strength c = 2^c_log2 and the damping xi = 2^xi_log2."""
+        import dataclasses
+        lc = dataclasses.replace(self.lc, si_c_log2=c_log2, si_xi_log2=xi_log2)   # validates
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_set_si(p, lc.si_c_log2, lc.si_xi_log2), "cannot set si", p)
+            self.lc = lc
+
+    def si_state(self, m: str, kind: str) -> np.ndarray:
+        """One synaptic-intelligence array of a learning matrix: prev, omega, importance, anchor (int32)."""
+        if kind not in SI_KINDS:
+            raise ValueError(f"si state must be one of {SI_KINDS}, got {kind!r}")
+        a = np.zeros(self._shape(m), np.int32)
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_get_si(p, _WHICH[m], SI_KINDS.index(kind),
+                                     _ffi.from_buffer("int32_t[]", a, require_writable=True), a.size),
+                "cannot read si state", p)
+        return a
+
+    def set_si_state(self, m: str, kind: str, v: np.ndarray) -> None:
+        if kind not in SI_KINDS:
+            raise ValueError(f"si state must be one of {SI_KINDS}, got {kind!r}")
+        v = np.asarray(v)
+        if v.shape != self._shape(m) or not np.issubdtype(v.dtype, np.integer):
+            raise ValueError(f"si {kind} of {m!r} must be integers of shape {self._shape(m)}, got {v.dtype} {v.shape}")
+        if v.size and (v.min() < -2**31 or v.max() >= 2**31):
+            raise ValueError(f"si {kind} of {m!r} must be int32")
+        v = np.ascontiguousarray(v, np.int32)
+        with self._guard():
+            p = self._live()
+            _rc(_lib.sw_learn_set_si_state(p, _WHICH[m], SI_KINDS.index(kind), _ffi.from_buffer("int32_t[]", v),
+                                           v.size), "cannot set si state", p)
 
     @property
     def counters(self) -> tuple[int, int]:

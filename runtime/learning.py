@@ -41,6 +41,14 @@ UNIFORM_FEEDBACK = 31                 # every uniform feedback weight
 EVENT_WINDOW_MAX = 512                # longest impulse response of the events form (steps)
 EVENT_U_MAX = 1 << 25                 # |u| bound of the events form (> 2 ACC: the clamp is exact)
 
+# synaptic intelligence (docs/learning.md "Consolidation"): anchor and prev are Q16 of a weight
+# step like the accumulators, omega is Q24 of a weight step^2, the importance Omega is Q16
+SI_ONE = 1 << 16                      # 1.0 of the importance and of the pull's strength
+SI_OMEGA_SHIFT = 8                    # omega += rhu(u * d, 8): Q32 -> Q24
+SI_MAX = (1 << 31) - 1                # omega saturates at +-SI_MAX, Omega at SI_MAX
+THETA_MAX = {"shadow": 63 << SHADOW_BITS, "stochastic": (63 << SHADOW_BITS) + ACC_MAX["stochastic"]}
+SI_KINDS = ("prev", "omega", "importance", "anchor")
+
 # target modes of a readout unit for one step
 TARGET_NONE, TARGET_HI, TARGET_LO = 0, 1, -1
 
@@ -75,6 +83,10 @@ class LearningConfig:
     eligibility     "traces" (per-synapse traces every step) | "events" (the same filters as
                     impulse responses; each presynaptic event is credited once its window is
                     complete: docs/learning.md "The events form")
+    si              synaptic intelligence (docs/learning.md "Consolidation"): importance is
+                    accumulated at every commit and important weights are pulled toward their anchor
+    si_c_log2       consolidation strength c = 2^si_c_log2 (-16..16)
+    si_xi_log2      damping xi = 2^si_xi_log2 weight steps^2 (-16..8)
     """
 
     rule: str = "eprop"
@@ -94,6 +106,9 @@ class LearningConfig:
     ss_tau_rise_ms: float = 5.0
     ss_tau_decay_ms: float = 10.0
     eligibility: str = "traces"
+    si: bool = False
+    si_c_log2: int = 0
+    si_xi_log2: int = -2
 
     def __post_init__(self) -> None:
         _require(self.rule in RULES, f"learning rule must be one of {RULES}, got {self.rule!r}")
@@ -127,6 +142,11 @@ class LearningConfig:
                  f"target_lo ({self.target_lo}) must be below target_hi ({self.target_hi})")
         _require(self.eligibility in ELIGIBILITY,
                  f"eligibility must be one of {ELIGIBILITY}, got {self.eligibility!r}")
+        _require(isinstance(self.si, bool), f"si must be true or false, got {self.si!r}")
+        _require(_is_int(self.si_c_log2) and -16 <= self.si_c_log2 <= 16,
+                 f"si_c_log2 must be an integer -16..16, got {self.si_c_log2!r}")
+        _require(_is_int(self.si_xi_log2) and -16 <= self.si_xi_log2 <= 8,
+                 f"si_xi_log2 must be an integer -16..8, got {self.si_xi_log2!r}")
         _require(self.weights in WEIGHT_MODES, f"weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
         for name in ("ss_tau_rise_ms", "ss_tau_decay_ms"):
             v = getattr(self, name)
@@ -329,6 +349,24 @@ class ReferenceLearner:
         self.updates = 0
         self.reset_traces()
         self.reset_accumulators()
+        # synaptic intelligence: state only for the matrices that learn, only with si on
+        self.si_importance = {m: np.zeros(self.shape[m], _I64) for m in lc.learn} if lc.si else {}
+        self.si_start()
+
+    def theta(self, m: str) -> np.ndarray:
+        """The parameter synaptic intelligence follows, Q16: the shadow weight, or (stochastic)
+        the weight plus the pending gradient."""
+        if self.lc.weights == "shadow":
+            return self.acc[m].copy()
+        return (self.w[m].astype(_I64) << SHADOW_BITS) + self.acc[m]
+
+    def si_start(self) -> None:
+        """After new weights (create, set_weights): the path starts here (prev = acc, anchor =
+        theta, omega = 0); the importance is kept."""
+        ms = self.lc.learn if self.lc.si else ()
+        self.si_prev = {m: self.acc[m].copy() for m in ms}
+        self.si_anchor = {m: self.theta(m) for m in ms}
+        self.si_omega = {m: np.zeros(self.shape[m], _I64) for m in ms}
 
     # -- state ------------------------------------------------------------
     def reset_traces(self) -> None:
@@ -438,6 +476,8 @@ class ReferenceLearner:
         for mi, m in enumerate(MATRICES):
             if m not in lc.learn:
                 continue
+            if lc.si:
+                self._si_commit(m)
             a = self.acc[m]
             if lc.weights == "shadow":
                 w = np.clip(rhu_shr(a, SHADOW_BITS), -63, 63)
@@ -449,8 +489,42 @@ class ReferenceLearner:
                 w = np.clip(self.w[m].astype(_I64) + step, -63, 63)
                 self.acc[m] = np.zeros_like(a)
             self.w[m] = w.astype(np.int8)
+            if lc.si:
+                self.si_prev[m] = self.acc[m].copy()
         self.commits += 1
         return {m: self.w[m].copy() for m in lc.learn}
+
+    # -- synaptic intelligence (docs/learning.md "Consolidation") ------------------------------
+    def _si_commit(self, m: str) -> None:
+        """Before a commit turns matrix m's accumulator into weights: the pull toward the anchor,
+        then the path integral of this commit's step (one stretch = one SGD step)."""
+        lc = self.lc
+        imp = self.si_importance[m]
+        k = imp << lc.si_c_log2 if lc.si_c_log2 >= 0 else imp >> -lc.si_c_log2
+        k = np.minimum(k, SI_ONE)
+        u = self.acc[m] - self.si_prev[m]
+        pull = rhu_shr(k * (self.theta(m) - self.si_anchor[m]), 16)
+        lim = ACC_MAX[lc.weights]
+        self.acc[m] = np.clip(self.acc[m] - pull, -lim, lim)
+        d = self.acc[m] - self.si_prev[m]
+        self.si_omega[m] = np.clip(self.si_omega[m] + rhu_shr(u * d, SI_OMEGA_SHIFT), -SI_MAX, SI_MAX)
+
+    def consolidate(self) -> None:
+        """The end of a task: Omega += max(0, omega) / (Delta^2 + xi), omega = 0, anchor = theta,
+        for every learning matrix (docs/learning.md).  In integers: Omega (Q16) +=
+        floor(max(0, omega) * 2^24 / (Delta^2 + xi * 2^32)), Delta Q16 so Delta^2 is Q32, exact."""
+        lc = self.lc
+        if not lc.si:
+            raise ValueError("consolidate needs si = true in the learning config")
+        xi = 1 << (32 + lc.si_xi_log2)
+        for m in lc.learn:
+            th = self.theta(m)
+            delta = th - self.si_anchor[m]
+            den = delta * delta + xi
+            add = (np.maximum(self.si_omega[m], 0) << (16 + 16 - SI_OMEGA_SHIFT)) // den
+            self.si_importance[m] = np.minimum(self.si_importance[m] + add, SI_MAX)
+            self.si_omega[m] = np.zeros_like(self.si_omega[m])
+            self.si_anchor[m] = th
 
 
 def reference_step_pre(core: ReferenceCore, channels: np.ndarray):

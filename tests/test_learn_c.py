@@ -344,3 +344,210 @@ def test_events_form_tables_and_errors():
     assert ref.events and ref.window == hpre.shape[0] + len(h) - 1
     with pytest.raises(ValueError, match="eligibility"):
         LearningConfig(eligibility="lazy")
+
+
+# -- synaptic intelligence (docs/learning.md "Consolidation") ------------------------------------
+def _si_arrays(L, m):
+    if isinstance(L, ReferenceLearner):
+        return {"prev": L.si_prev[m], "omega": L.si_omega[m], "importance": L.si_importance[m],
+                "anchor": L.si_anchor[m]}
+    return {k: L.si_state(m, k) for k in ("prev", "omega", "importance", "anchor")}
+
+
+def _assert_same(ref, learners, lc, where):
+    for name, L in learners.items():
+        for m in MATRICES:
+            assert np.array_equal(L.acc(m), ref.acc[m]), (where, name, m)
+            assert np.array_equal(L.weights(m), ref.w[m]), (where, name, m)
+        for m in lc.learn:
+            got, want = _si_arrays(L, m), _si_arrays(ref, m)
+            for k in want:
+                assert np.array_equal(got[k], want[k]), (where, name, m, k)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_si_c_equals_reference(seed):
+    """Four stretches (rounds over the recorded trajectory) with a commit each and consolidations
+    after the first and third, strengths and damping drawn at random, every rule, weight mode and
+    eligibility form: accumulators, weights and every SI array equal, both C kernels."""
+    config, hid, out, w, lc, counts, rng = _case(seed)
+    lc = dataclasses.replace(lc, si=True, si_c_log2=int(rng.integers(-4, 12)), si_xi_log2=int(rng.integers(-8, 4)),
+                             eligibility=str(rng.choice(["traces", "events"])), rate_in=min(lc.rate_in, 14),
+                             rate_rec=min(lc.rate_rec, 14), rate_out=min(lc.rate_out, 8),
+                             signal_shift=min(lc.signal_shift, 6))
+    ev, tr = _trajectory(config, hid, out, w, counts)
+    T = counts.shape[0]
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    learners = {k: Learner(config, hid, out, lc, w) for k in ("fast", "reference")}
+    for k, L in learners.items():
+        L.kernel = k
+    omega_seen = False
+    for r in range(4):
+        label = int(rng.integers(0, config.n_out))
+        modes = (target_modes(config.n_out, label=label) if r % 2 == 0 else
+                 target_modes(config.n_out, reward=-1, decided=label))
+        ref.reset_traces()                 # each stretch from rest (the recorded z_prev[0] is 0)
+        ref.set_target(modes)
+        for t in range(T):
+            ref.step(counts[t], tr["z_prev"][t], tr["v_pre"][t], tr["refr"][t], tr["z"][t], tr["y"][t])
+        ref.flush()
+        ref.commit()
+        for L in learners.values():
+            L.reset_traces()
+            L.set_target(modes)
+            L.run(ev, tr["z"], tr["v_pre"], tr["refr"], tr["y"])
+            L.flush()
+            L.commit()
+        omega_seen |= any(ref.si_omega[m].any() for m in lc.learn)
+        _assert_same(ref, learners, lc, f"commit {r}")
+        if r in (0, 2):
+            ref.consolidate()
+            for L in learners.values():
+                L.consolidate()
+            _assert_same(ref, learners, lc, f"consolidate {r}")
+    assert omega_seen and any(ref.si_importance[m].any() for m in lc.learn), "no importance: nothing exercised"
+
+
+def _si_small(weights="shadow", c=0, xi=-2, learn=("in", "out")):
+    config = CoreConfig(n_in=5, n_hid=6, n_out=3, shift_in=7, t_ref_steps=1)
+    hid, out = fixed_params(config, Chip(seed=3, threshold=0.1))
+    rng = np.random.default_rng(8)
+    w = {"in": rng.integers(0, 64, (5, 6)).astype(np.int8), "rec": np.zeros((6, 6), np.int8),
+         "out": rng.integers(-40, 41, (6, 3)).astype(np.int8)}
+    lc = LearningConfig(learn=learn, rate_in=18, rate_out=12, signal_shift=4, weights=weights, si=True,
+                        si_c_log2=c, si_xi_log2=xi)
+    counts = rng.poisson(0.8, (60, 5))
+    ev, tr = _trajectory(config, hid, out, w, counts)
+    return config, hid, out, w, lc, ev, tr
+
+
+def _stretch(L, ev, tr, label, n_out):
+    L.reset_traces()
+    L.set_target(target_modes(n_out, label=label))
+    L.run(ev, tr["z"], tr["v_pre"], tr["refr"], tr["y"])
+    L.commit()
+
+
+def test_si_without_importance_learns_as_without_si():
+    """Omega = 0 (the first task): the pull is zero, learning is that of si = false; omega is the
+    path integral u * d of every commit, >= 0 on a path without pull."""
+    config, hid, out, w, lc, ev, tr = _si_small()
+    plain = Learner(config, hid, out, dataclasses.replace(lc, si=False), w)
+    si = Learner(config, hid, out, lc, w)
+    steps = {m: [] for m in lc.learn}
+    for label in (0, 1, 0):
+        prev = {m: si.acc(m).astype(np.int64) for m in lc.learn}
+        _stretch(plain, ev, tr, label, 3)
+        _stretch(si, ev, tr, label, 3)
+        for m in lc.learn:
+            steps[m].append(si.acc(m).astype(np.int64) - prev[m])
+    for m in MATRICES:
+        assert np.array_equal(plain.acc(m), si.acc(m)) and np.array_equal(plain.weights(m), si.weights(m))
+    for m in lc.learn:
+        want = sum(((u * u + (1 << 7)) >> 8) for u in steps[m])
+        assert np.array_equal(si.si_state(m, "omega"), want) and want.any()
+        assert np.array_equal(si.si_state(m, "prev"), si.acc(m))
+        assert np.array_equal(si.si_state(m, "anchor"), w[m].astype(np.int64) << 16)
+        assert not si.si_state(m, "importance").any()
+
+
+def test_consolidate_formula_and_full_pull():
+    """Omega += omega * 2^16 // (rhu(Delta^2, 16) + xi) (checked in float too); then with
+    c Omega >= 1 a second task's commits leave the important synapses exactly at their anchor,
+    and with a weaker c they end between the anchor and where they would go without SI."""
+    for weights in ("shadow", "stochastic"):
+        config, hid, out, w, lc, ev, tr = _si_small(weights=weights)
+        L = Learner(config, hid, out, lc, w)
+        for label in (0, 0, 1):
+            _stretch(L, ev, tr, label, 3)
+        th = {m: (L.acc(m).astype(np.int64) if weights == "shadow" else
+                  (L.weights(m).astype(np.int64) << 16) + L.acc(m)) for m in lc.learn}
+        om = {m: L.si_state(m, "omega").astype(np.int64) for m in lc.learn}
+        L.consolidate()
+        for m in lc.learn:
+            delta = th[m] - (w[m].astype(np.int64) << 16)
+            den = delta * delta + (1 << 30)
+            imp = L.si_state(m, "importance")
+            assert np.array_equal(imp, (np.maximum(om[m], 0) << 24) // den)
+            f = np.maximum(om[m], 0) / 2**24 / ((delta / 2**16) ** 2 + 0.25)
+            assert np.allclose(imp / 2**16, f, atol=1e-3, rtol=1e-3) and imp.any()
+            assert np.array_equal(L.si_state(m, "anchor"), th[m]) and not L.si_state(m, "omega").any()
+        if weights == "stochastic":
+            continue
+        # task 2 (another label) with three strengths: full pull, some pull, none
+        finals = {}
+        state = {m: {k: L.si_state(m, k) for k in ("prev", "omega", "importance", "anchor")} for m in lc.learn}
+        for c in (16, -2, None):
+            L2 = Learner(config, hid, out, dataclasses.replace(lc, si=c is not None, si_c_log2=c or 0), w)
+            for m in lc.learn:
+                L2.set_acc(m, L.acc(m))
+                if c is not None:
+                    for k, v in state[m].items():
+                        L2.set_si_state(m, k, v)
+            for label in (2, 2):
+                _stretch(L2, ev, tr, label, 3)
+            finals[c] = {m: L2.acc(m).astype(np.int64) for m in lc.learn}
+        for m in lc.learn:
+            anchor = state[m]["anchor"].astype(np.int64)
+            full = state[m]["importance"] >= 1       # c = 2^16: k = min(Omega * 2^16, 1.0) = 1.0
+            assert full.any()
+            assert np.array_equal(finals[16][m][full], anchor[full])
+            free = np.abs(finals[None][m] - anchor)
+            mid = np.abs(finals[-2][m] - anchor)
+            moved = free > 0
+            assert (mid[moved] <= free[moved]).all() and (mid[moved] < free[moved]).any()
+
+
+def test_si_errors():
+    config, hid, out, w, lc, ev, tr = _si_small()
+    off = Learner(config, hid, out, dataclasses.replace(lc, si=False), w)
+    with pytest.raises(CoreInputError, match="si = 1"):
+        off.consolidate()
+    with pytest.raises(CoreInputError, match="si is off"):
+        off.si_state("in", "omega")
+    L = Learner(config, hid, out, lc, w)
+    with pytest.raises(CoreInputError, match="does not learn"):
+        L.si_state("rec", "omega")
+    with pytest.raises(CoreInputError, match="outside its range"):
+        L.set_si_state("in", "importance", np.full((5, 6), -1))
+    with pytest.raises(CoreInputError, match="outside its range"):
+        L.set_si_state("in", "anchor", np.full((5, 6), 64 << 16))
+    with pytest.raises(ValueError, match="si state"):
+        L.si_state("in", "Omega")
+    with pytest.raises(ValueError, match="si_c_log2"):
+        L.set_si(17, 0)
+    with pytest.raises(ValueError, match="si_xi_log2"):
+        LearningConfig(si=True, si_xi_log2=9)
+    with pytest.raises(ValueError, match="si must be"):
+        LearningConfig(si=1)
+    L.set_si(3, -5)
+    assert (L.lc.si_c_log2, L.lc.si_xi_log2) == (3, -5)
+    with pytest.raises(ValueError, match="needs si"):
+        ReferenceLearner(config, hid, out, dataclasses.replace(lc, si=False), w).consolidate()
+
+
+def _golden_si_expect() -> dict[str, tuple[int, int, int]]:
+    out, name = {}, None
+    with open(golden.OUT_SI, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("case "):
+                name = line.split()[1]
+            elif line.startswith("expect "):
+                out[name] = tuple(int(x, 16) for x in line.split()[1:4])
+    return out
+
+
+@pytest.mark.parametrize("name,seed,lc,target", golden.SI_CASES, ids=[c[0] for c in golden.SI_CASES])
+def test_golden_si_numpy_and_c(name, seed, lc, target):
+    """tests/golden/learn_si_v1.txt: four stretches with two consolidations; numpy and both C kernels."""
+    expect = _golden_si_expect()
+    assert name in expect and len(expect) == len(golden.SI_CASES)
+    config, hid, out, w, modes, ev, rec, h_acc, h_w, h_si = golden.build_si(seed, lc, target)
+    assert (h_acc, h_w, h_si) == expect[name]                 # the numpy reference
+    for kernel in ("fast", "reference"):
+        L = Learner(config, hid, out, lc, w)
+        L.kernel = kernel
+        golden.si_rounds(L, modes, ev, rec)
+        assert golden.acc_hash({m: L.acc(m) for m in MATRICES}) == h_acc
+        assert golden.weight_hash({m: L.weights(m) for m in MATRICES}) == h_w
+        assert golden.si_hash(L) == h_si

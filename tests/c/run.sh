@@ -66,23 +66,24 @@ else
     echo "== C core tests: aarch64 SKIPPED (no aarch64-linux-gnu-gcc / qemu-aarch64)"
 fi
 
-# The learning kernels (csrc/learn.c) against tests/golden/learn_v1.txt, both kernels each time.
+# The learning kernels (csrc/learn.c) against tests/golden/learn_v1.txt and the synaptic
+# intelligence cases of learn_si_v1.txt, both kernels each time.
 LEARN_SRC=(tests/c/test_learn.c csrc/learn.c)
-LEARN_GOLD=tests/golden/learn_v1.txt
+LEARN_GOLD=(tests/golden/learn_v1.txt tests/golden/learn_si_v1.txt)
 echo "== C learning tests: native, ASan + UBSan; baseline ISA"
 cc "${FLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all "${LEARN_SRC[@]}" -o "$out/test_learn_asan"
-ASAN_OPTIONS=detect_leaks=1 "$out/test_learn_asan" "$LEARN_GOLD"
+ASAN_OPTIONS=detect_leaks=1 "$out/test_learn_asan" "${LEARN_GOLD[@]}"
 cc "${FLAGS[@]}" -O3 -DSW_NO_CLONES "${LEARN_SRC[@]}" -o "$out/test_learn_base"
-"$out/test_learn_base" "$LEARN_GOLD"
+"$out/test_learn_base" "${LEARN_GOLD[@]}"
 cc "${FLAGS[@]}" -O3 "${LEARN_SRC[@]}" -o "$out/test_learn"
-"$out/test_learn" "$LEARN_GOLD"
+"$out/test_learn" "${LEARN_GOLD[@]}"
 if command -v clang >/dev/null; then
     echo "== C learning tests: clang"
     clang "${FLAGS[@]}" -O3 "${LEARN_SRC[@]}" -o "$out/test_learn_clang"
-    "$out/test_learn_clang" "$LEARN_GOLD"
+    "$out/test_learn_clang" "${LEARN_GOLD[@]}"
 fi
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
     echo "== C learning tests: aarch64 under qemu"
     aarch64-linux-gnu-gcc "${FLAGS[@]}" -O3 "${LEARN_SRC[@]}" -o "$out/test_learn_a64"
-    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_learn_a64" "$LEARN_GOLD"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_learn_a64" "${LEARN_GOLD[@]}"
 fi

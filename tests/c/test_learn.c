@@ -5,7 +5,7 @@
  *
  *   cc -std=c99 -fsigned-char -ffp-contract=off -fwrapv -Icsrc -Itests/c \
  *      tests/c/test_learn.c csrc/learn.c -o test_learn
- *   ./test_learn tests/golden/learn_v1.txt
+ *   ./test_learn tests/golden/learn_v1.txt tests/golden/learn_si_v1.txt
  *
  * Built by tests/c/run.sh natively with the sanitizers, with clang, with the
  * baseline ISA and for aarch64 under qemu.  Exit status 1 on failure.
@@ -20,6 +20,10 @@
 #include "golden.h"
 
 SW_CHECK_COUNTERS;
+
+/* 1 while reading learn_si_v1.txt: an `si` line after lconfig, four stretches with two
+ * consolidations, a third hash over the SI state (tests/golden/make_golden_learn.py) */
+static int g_si;
 
 static int32_t *read_i32(const char *label, int64_t n)
 {
@@ -40,7 +44,7 @@ static void run_case(const char *name)
     uint8_t *z, *rf;
     int16_t *vp, *y;
     int64_t *indptr, n_ev, T, i, sizes[3];
-    uint64_t want_acc, want_w;
+    uint64_t want_acc, want_w, want_si = 0;
     char hex[64];
     int kernel, m;
     lc = read_i32("lconfig", 21);
@@ -65,6 +69,12 @@ static void run_case(const char *name)
     c.out_A = lc[17];
     c.out_G = lc[18];
     c.eligibility = lc[20];
+    if (g_si) {
+        golden_expect("si");
+        c.si = 1;
+        c.si_c_log2 = (int32_t)golden_ll();
+        c.si_xi_log2 = (int32_t)golden_ll();
+    }
     pre_A = read_i32("pre_A", c.n_hid);
     pre_G = read_i32("pre_G", c.n_hid);
     g_hid = read_i32("g_hid", c.n_hid);
@@ -125,6 +135,10 @@ static void run_case(const char *name)
     want_acc = strtoull(hex, NULL, 16);
     golden_need(hex, sizeof hex);
     want_w = strtoull(hex, NULL, 16);
+    if (g_si) {
+        golden_need(hex, sizeof hex);
+        want_si = strtoull(hex, NULL, 16);
+    }
     golden_expect("end");
 
     for (kernel = 0; kernel < 2; kernel++) {
@@ -138,9 +152,35 @@ static void run_case(const char *name)
         for (m = 0; m < 3; m++)
             CHECK(sw_learn_set_weights(L, m, w[m], sizes[m]) == SW_OK, "%s: set_weights", name);
         CHECK(sw_learn_set_target(L, modes, c.n_out) == SW_OK, "%s: set_target", name);
-        st = sw_learn_run(L, (int32_t)T, indptr, ch32, n_ev, z, vp, rf, y);
-        CHECK(st == SW_OK, "%s: run: %s", name, sw_learn_last_error(L));
-        CHECK(sw_learn_flush(L) == SW_OK, "%s: flush", name);   /* the events form's pending steps */
+        if (g_si) {   /* four stretches, consolidations after the first and the third */
+            int r;
+            for (r = 0; r < 4; r++) {
+                CHECK(sw_learn_reset_traces(L) == SW_OK, "%s: reset_traces", name);
+                st = sw_learn_run(L, (int32_t)T, indptr, ch32, n_ev, z, vp, rf, y);
+                CHECK(st == SW_OK, "%s: run: %s", name, sw_learn_last_error(L));
+                CHECK(sw_learn_flush(L) == SW_OK && sw_learn_commit(L) == SW_OK, "%s: flush, commit", name);
+                if (r == 0 || r == 2)
+                    CHECK(sw_learn_consolidate(L) == SW_OK, "%s: consolidate", name);
+            }
+            for (m = 0; m < 3; m++) {
+                int k;
+                if (!(c.learn_mask & (1 << m)))
+                    continue;
+                for (k = SW_SI_PREV; k <= SW_SI_ANCHOR; k++) {
+                    int32_t *v = (int32_t *)golden_xmalloc((size_t)sizes[m] * 4);
+                    CHECK(sw_learn_get_si(L, m, k, v, sizes[m]) == SW_OK, "%s: get_si", name);
+                    h = fnv_i32le(h, v, (size_t)sizes[m]);
+                    free(v);
+                }
+            }
+            CHECK(h == want_si, "%s kernel %d: si state %016llx != golden %016llx", name, kernel,
+                  (unsigned long long)h, (unsigned long long)want_si);
+            h = UINT64_C(0xCBF29CE484222325);
+        } else {
+            st = sw_learn_run(L, (int32_t)T, indptr, ch32, n_ev, z, vp, rf, y);
+            CHECK(st == SW_OK, "%s: run: %s", name, sw_learn_last_error(L));
+            CHECK(sw_learn_flush(L) == SW_OK, "%s: flush", name);   /* the events form's pending steps */
+        }
         for (m = 0; m < 3; m++) {
             int32_t *acc = (int32_t *)golden_xmalloc((size_t)sizes[m] * 4);
             sw_learn_get_acc(L, m, acc, sizes[m]);
@@ -149,7 +189,7 @@ static void run_case(const char *name)
         }
         CHECK(h == want_acc, "%s kernel %d: accumulators %016llx != golden %016llx", name, kernel,
               (unsigned long long)h, (unsigned long long)want_acc);
-        CHECK(sw_learn_commit(L) == SW_OK, "%s: commit", name);
+        CHECK(g_si || sw_learn_commit(L) == SW_OK, "%s: commit", name);
         h = UINT64_C(0xCBF29CE484222325);
         for (m = 0; m < 3; m++) {
             int8_t *wo = (int8_t *)golden_xmalloc((size_t)sizes[m]);
@@ -227,6 +267,26 @@ static void test_malformed(void)
         CHECK(s == 0 && k == 0, "rejected runs change nothing (steps %lld)", (long long)s);
     }
     CHECK(sw_learn_run(L, 2, indptr, ch, 2, z, v, z, y) == SW_OK, "good run");
+    {   /* synaptic intelligence: off here; bad settings refused */
+        int32_t st4[4] = {0, 0, 0, 0}, neg[4] = {0, -1, 0, 0};
+        CHECK(sw_learn_consolidate(L) == SW_E_PARAM, "consolidate without si");
+        CHECK(sw_learn_get_si(L, SW_W_IN, SW_SI_OMEGA, st4, 4) == SW_E_PARAM, "si state without si");
+        CHECK(sw_learn_destroy(L) == SW_OK, "destroy");
+        c.si = 2;
+        CHECK(sw_learn_create(&c, &L) == SW_E_PARAM, "si = 2");
+        c.si = 1;
+        c.si_c_log2 = 17;
+        CHECK(sw_learn_create(&c, &L) == SW_E_PARAM, "si_c_log2 17");
+        c.si_c_log2 = 3;
+        CHECK(sw_learn_create(&c, &L) == SW_OK, "create with si");
+        CHECK(sw_learn_set_si(L, 0, 9) == SW_E_PARAM, "si_xi_log2 9");
+        CHECK(sw_learn_set_si_state(L, SW_W_IN, SW_SI_IMPORTANCE, neg, 4) == SW_E_PARAM, "negative importance");
+        CHECK(sw_learn_set_si_state(L, SW_W_IN, 4, st4, 4) == SW_E_PARAM, "unknown si kind");
+        CHECK(sw_learn_get_si(L, SW_W_REC, SW_SI_OMEGA, st4, 4) == SW_E_PARAM, "si of a matrix that does not learn");
+        CHECK(sw_learn_get_si(L, SW_W_IN, SW_SI_OMEGA, st4, 3) == SW_E_SIZE, "si count");
+        CHECK(sw_learn_set_si_state(L, SW_W_IN, SW_SI_IMPORTANCE, st4, 4) == SW_OK, "si state");
+        CHECK(sw_learn_consolidate(L) == SW_OK, "consolidate");
+    }
     CHECK(sw_learn_destroy(L) == SW_OK, "destroy");
     CHECK(sw_learn_destroy(NULL) == SW_OK, "destroy NULL");
 }
@@ -240,6 +300,13 @@ int main(int argc, char **argv)
     if (cases < 0)
         return 2;
     CHECK(cases >= 4, "golden file has %d cases", cases);
+    if (argc > 2) {   /* the synaptic intelligence cases (learn_si_v1.txt) */
+        g_si = 1;
+        cases = golden_each_case(argv[2], run_case);
+        if (cases < 0)
+            return 2;
+        CHECK(cases >= 3, "si golden file has %d cases", cases);
+    }
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

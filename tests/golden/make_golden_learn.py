@@ -1,6 +1,7 @@
-"""Generate tests/golden/learn_v1.txt: golden vectors that pin the learning rules' arithmetic.
+"""Generate tests/golden/learn_v1.txt (and with --si learn_si_v1.txt): golden vectors that pin the
+learning rules' arithmetic (and synaptic intelligence's, docs/learning.md "Consolidation").
 
-Run from the repository root:  python tests/golden/make_golden_learn.py
+Run from the repository root:  python tests/golden/make_golden_learn.py [--si]
 Regenerate ONLY when the rules are changed on purpose (docs/learning.md), and say so in the
 commit message.  Read by tests/test_learn_c.py (numpy reference and C) and by tests/c/test_learn.c
 (natively, under the sanitizers, with clang, and on aarch64 under qemu).
@@ -22,9 +23,18 @@ C test needs no core.  Format ('#' lines are comments, otherwise whitespace-sepa
 FNV1A64_ACC is FNV-1a 64 over the accumulators in, rec, out (int32 little-endian) after the run
 and a flush (which credits the events form's pending steps; nothing to do for traces);
 FNV1A64_WEIGHTS over the weights in, rec, out (int8) after one commit.
+
+learn_si_v1.txt has the same cases with synaptic intelligence on: one more line after lconfig,
+  si si_c_log2 si_xi_log2
+the trajectory is learnt four times (each time: traces reset, run, flush, commit), with a
+consolidation after the first and the third, and the expect line has three hashes:
+  expect FNV1A64_ACC FNV1A64_WEIGHTS FNV1A64_SI
+over the final accumulators, weights, and the SI state: for each learning matrix in, rec, out
+its prev, omega, importance, anchor (int32 little-endian).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -41,6 +51,7 @@ from spikewire.reference import ReferenceCore  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "learn_v1.txt")
+OUT_SI = os.path.join(HERE, "learn_si_v1.txt")
 RULES = {"eprop": 0, "superspike": 1, "readout": 2}
 MASK = {"in": 1, "rec": 2, "out": 4}
 
@@ -75,6 +86,71 @@ CASES = [
 ]
 
 
+SI_CASES = [
+    ("si_eprop_shadow_traces", 21, LearningConfig(learn=("in", "rec", "out"), rate_in=12, rate_rec=12, rate_out=9,
+                                                  signal_shift=5, trace_shift=11, si=True, si_c_log2=4,
+                                                  si_xi_log2=-2), "label"),
+    ("si_superspike_events_stochastic", 22, LearningConfig(rule="superspike", learn=("in", "out"), eligibility="events",
+                                                           ss_tau_rise_ms=1.0, ss_tau_decay_ms=2.0, rate_in=7,
+                                                           rate_out=8, signal_shift=3, weights="stochastic", sr_seed=9,
+                                                           si=True, si_c_log2=12, si_xi_log2=-6), "reward-"),
+    ("si_readout_shadow", 23, LearningConfig(rule="readout", learn=("out",), rate_out=7, signal_shift=2, si=True,
+                                             si_c_log2=-2, si_xi_log2=0), "reward+"),
+]
+SI_ROUNDS, SI_CONSOLIDATE_AFTER = 4, (0, 2)
+
+
+def si_hash(learner) -> int:
+    """prev, omega, importance, anchor of every learning matrix (in, rec, out), int32 little-endian;
+    ``learner`` is a ReferenceLearner or a C Learner."""
+    chunks = []
+    for m in ("in", "rec", "out"):
+        if m not in learner.lc.learn:
+            continue
+        for k in ("prev", "omega", "importance", "anchor"):
+            if isinstance(learner, ReferenceLearner):
+                a = {"prev": learner.si_prev, "omega": learner.si_omega, "importance": learner.si_importance,
+                     "anchor": learner.si_anchor}[k][m]
+            else:
+                a = learner.si_state(m, k)
+            chunks.append(np.ascontiguousarray(a, "<i4").tobytes())
+    return fnv1a64(*chunks)
+
+
+def si_rounds(learner, modes, ev, rec, step=None) -> None:
+    """The SI cases' procedure: SI_ROUNDS stretches over the recorded trajectory (traces reset, run,
+    flush, commit), a consolidation after the rounds in SI_CONSOLIDATE_AFTER.  ``step`` drives a
+    ReferenceLearner one step at a time; without it ``learner`` is a C Learner."""
+    for r in range(SI_ROUNDS):
+        learner.reset_traces()
+        learner.set_target(modes)
+        if step is not None:
+            step(learner)
+        else:
+            learner.run(ev, rec["z"], rec["v_pre"], rec["refr"], rec["y"])
+        learner.flush()
+        learner.commit()
+        if r in SI_CONSOLIDATE_AFTER:
+            learner.consolidate()
+
+
+def build_si(seed: int, lc: LearningConfig, target: str):
+    config, hid, out, w, modes, ev, rec, _, _ = build(seed, dataclasses.replace(lc, si=False), target)
+    ip, ch = np.asarray(ev.indptr), np.asarray(ev.channels)
+    T = len(ip) - 1
+
+    def step(ref):
+        for t in range(T):
+            counts = np.bincount(ch[ip[t]:ip[t + 1]], minlength=config.n_in)
+            z_prev = rec["z"][t - 1] if t else np.zeros(config.n_hid, bool)
+            ref.step(counts, z_prev, rec["v_pre"][t], rec["refr"][t], rec["z"][t], rec["y"][t])
+
+    ref = ReferenceLearner(config, hid, out, lc, w)
+    si_rounds(ref, modes, ev, rec, step)
+    assert any(ref.si_importance[m].any() for m in lc.learn), "an SI case without importance pins nothing"
+    return config, hid, out, w, modes, ev, rec, acc_hash(ref.acc), weight_hash(ref.w), si_hash(ref)
+
+
 def build(seed: int, lc: LearningConfig, target: str):
     rng = np.random.default_rng([seed, 5])
     config = CoreConfig(n_in=9, n_hid=7, n_out=3, shift_in=7, shift_rec=5, t_ref_steps=1, noise_amp=200,
@@ -105,10 +181,14 @@ def build(seed: int, lc: LearningConfig, target: str):
     return config, hid, out, w, modes, ev, {k: np.array(v) for k, v in rec.items()}, h_acc, h_w
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    si = "--si" in (sys.argv[1:] if argv is None else argv)
     lines = []
-    for name, seed, lc, target in CASES:
-        config, hid, out, w, modes, ev, rec, h_acc, h_w = build(seed, lc, target)
+    for name, seed, lc, target in (SI_CASES if si else CASES):
+        if si:
+            config, hid, out, w, modes, ev, rec, h_acc, h_w, h_si = build_si(seed, lc, target)
+        else:
+            config, hid, out, w, modes, ev, rec, h_acc, h_w = build(seed, lc, target)
         t = tables(config, hid, out, lc)
         has_fb = lc.feedback != "symmetric"
         lines += [f"case {name}",
@@ -116,8 +196,10 @@ def main() -> int:
                                      sum(MASK[m] for m in lc.learn), lc.rate_in, lc.rate_rec, lc.rate_out,
                                      lc.signal_shift, lc.trace_shift, lc.surrogate_log2, lc.target_hi,
                                      lc.target_lo, 0 if lc.weights == "shadow" else 1, lc.sr_seed, t.post_A,
-                                     t.post_G, t.out_A, t.out_G, int(has_fb), int(lc.eligibility == "events")]),
-                  "pre_A " + ints(t.pre_A), "pre_G " + ints(t.pre_G), "g_hid " + ints(t.g_hid),
+                                     t.post_G, t.out_A, t.out_G, int(has_fb), int(lc.eligibility == "events")])]
+        if si:
+            lines.append(f"si {lc.si_c_log2} {lc.si_xi_log2}")
+        lines += ["pre_A " + ints(t.pre_A), "pre_G " + ints(t.pre_G), "g_hid " + ints(t.g_hid),
                   "v_th " + ints(t.v_th), "g_out " + ints(t.g_out)]
         if has_fb:
             lines.append("feedback " + ints(feedback_matrix(lc, w["out"])))
@@ -125,10 +207,15 @@ def main() -> int:
                   "modes " + ints(modes),
                   f"events {ev.n_steps} " + ints(ev.indptr) + (" " + ints(ev.channels) if ev.n_events else ""),
                   "z " + ints(rec["z"]), "v_pre " + ints(rec["v_pre"]), "refr " + ints(rec["refr"]),
-                  "y " + ints(rec["y"]), f"expect {h_acc:016x} {h_w:016x}", "end"]
-    write_golden(OUT, "spikewire learning golden vectors v1 -- pins the learning rules (docs/learning.md)",
-                 "make_golden_learn.py", "from the numpy reference", lines)
-    print(f"wrote {OUT} ({len(CASES)} cases)")
+                  "y " + ints(rec["y"]),
+                  f"expect {h_acc:016x} {h_w:016x}" + (f" {h_si:016x}" if si else ""), "end"]
+    if si:
+        write_golden(OUT_SI, "spikewire learning golden vectors, synaptic intelligence, v1 -- pins docs/learning.md "
+                     "\"Consolidation\"", "make_golden_learn.py", "from the numpy reference", lines)
+    else:
+        write_golden(OUT, "spikewire learning golden vectors v1 -- pins the learning rules (docs/learning.md)",
+                     "make_golden_learn.py", "from the numpy reference", lines)
+    print(f"wrote {OUT_SI if si else OUT} ({len(SI_CASES if si else CASES)} cases)")
     return 0
 
 
