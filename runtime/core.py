@@ -105,7 +105,18 @@ class RunOutputEx(NamedTuple):
 _C_TYPES = {np.uint8: "uint8_t[]", np.int16: "int16_t[]"}
 # bound once for Core.step (attribute lookups are a good part of a step's Python cost)
 _I32 = np.dtype(np.int32)
+_I64 = np.dtype(np.int64)
 _sw_core_step, _from_buffer, _NULL, _SW_OK = _lib.sw_core_step, _ffi.from_buffer, _ffi.NULL, _lib.SW_OK
+_sw_core_run_ex = _lib.sw_core_run_ex
+# run_ex's outputs: the sw_run_out field, the population (row length) and dtype of each RUN_FIELDS name
+_RUN_C_FIELD = {"spikes": "hid_spikes", "hid_v": "hid_v", "hid_v_pre": "hid_v_pre", "hid_ref": "hid_ref",
+                "hid_cadc": "hid_cadc", "out_v": "out_v", "cadc": "out_cadc"}
+_RUN_POP = {name: "out" if name in ("out_v", "cadc") else "hid" for name in RUN_FIELDS}
+_RUN_DTYPE = {"spikes": np.dtype(np.uint8), "hid_v": np.dtype(np.int16), "hid_v_pre": np.dtype(np.int16),
+              "hid_ref": np.dtype(np.uint8), "hid_cadc": np.dtype(np.uint8), "out_v": np.dtype(np.int16),
+              "cadc": np.dtype(np.uint8)}
+_RUN_PLAIN = ("spikes", "out_v", "cadc")  # what Core.run returns
+_RUN_HV = _RUN_PLAIN + ("hid_v",)
 
 
 class Core:
@@ -135,6 +146,7 @@ class Core:
         self.params = (hid, out)
         self._lock = threading.Lock()
         self._ptr = None
+        self._plans: dict = {}  # run_ex: record choice -> (fields, sw_run_out)
 
         c = _ffi.new("sw_config *")
         c.abi_version, c.struct_size = ABI_VERSION, _ffi.sizeof("sw_config")
@@ -347,43 +359,82 @@ class Core:
         ``events``: an :class:`Events` (CSR, or any ``(indptr, channels)`` pair)
         or a dense [T x n_in] raster of event counts.  ``n_steps`` checks T.
         """
-        out = self.run_ex(events, n_steps=n_steps,
-                          record=("spikes", "out_v", "cadc") + (("hid_v",) if record_hidden_v else ()))
+        out = self.run_ex(events, n_steps=n_steps, record=_RUN_HV if record_hidden_v else _RUN_PLAIN)
         return RunOutput(out.spikes, out.out_v, out.cadc, out.hid_v, out.n_spikes)
+
+    def _plan(self, record) -> tuple:
+        """(fields, cached sw_run_out) for one ``record`` choice: made once per choice and core.
+        fields: (position in RunOutputEx, sw_run_out field, row length, dtype, cffi type)."""
+        key = record if type(record) is tuple else tuple(record)
+        plan = self._plans.get(key)
+        if plan is None:
+            want = set(key)
+            unknown = want - set(RUN_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {list(RUN_FIELDS)}")
+            c = self.config
+            fields = tuple((i, _RUN_C_FIELD[name], c.n_hid if _RUN_POP[name] == "hid" else c.n_out,
+                            _RUN_DTYPE[name], _C_TYPES[_RUN_DTYPE[name].type])
+                           for i, name in enumerate(RUN_FIELDS) if name in want)
+            o = _ffi.new("sw_run_out *")  # fields not in the plan stay NULL
+            o.struct_size = _ffi.sizeof("sw_run_out")
+            if len(self._plans) >= 64:  # bounded whatever callers pass
+                self._plans.clear()
+            plan = self._plans[key] = (fields, o)
+        return plan
 
     def run_ex(self, events, n_steps: int | None = None, record=RUN_FIELDS) -> RunOutputEx:
         """Run a block of steps in one C call (``sw_core_run_ex``) and return every
         per-step observable named in ``record`` (default: all of :data:`RUN_FIELDS`;
         the others are None): hidden spikes, membranes after and before reset,
         refractory counters, hidden CADC codes, readout membranes and CADC codes."""
-        want = set(record)
-        unknown = want - set(RUN_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {list(RUN_FIELDS)}")
-        T, indptr, ch = self._events(events, n_steps)
-        c = self.config
-        shapes = {"spikes": (c.n_hid, np.uint8), "hid_v": (c.n_hid, np.int16),
-                  "hid_v_pre": (c.n_hid, np.int16), "hid_ref": (c.n_hid, np.uint8),
-                  "hid_cadc": (c.n_hid, np.uint8), "out_v": (c.n_out, np.int16), "cadc": (c.n_out, np.uint8)}
-        arrays = {k: np.zeros((T, n), dt) if k in want else None for k, (n, dt) in shapes.items()}
-        o = _ffi.new("sw_run_out *")
-        o.struct_size, o.max_steps = _ffi.sizeof("sw_run_out"), T
-        keep = []
-        for name, field in (("spikes", "hid_spikes"), ("hid_v", "hid_v"), ("hid_v_pre", "hid_v_pre"),
-                            ("hid_ref", "hid_ref"), ("hid_cadc", "hid_cadc"), ("out_v", "out_v"),
-                            ("cadc", "out_cadc")):
-            a = arrays[name]
-            if a is not None and a.size:
-                buf = _ffi.from_buffer(_C_TYPES[a.dtype.type], a, require_writable=True)
-                keep.append(buf)
+        fields, o = self._plan(record)
+        # The streaming case (an Events of the front end: int64 indptr, int32 channels, both 1-D and
+        # contiguous) goes to C unchecked: sw_core_run_ex validates every event before it changes
+        # any state, and a refusal is explained by the checks in _events (the same errors as
+        # before). Anything else is checked and converted here first.
+        trusted = False
+        if type(events) is Events:
+            indptr, ch = events
+            if (type(indptr) is np.ndarray and type(ch) is np.ndarray and indptr.dtype is _I64
+                    and ch.dtype is _I32 and indptr.ndim == 1 and ch.ndim == 1 and indptr.shape[0] >= 1
+                    and indptr.flags.c_contiguous and ch.flags.c_contiguous):
+                T = indptr.shape[0] - 1
+                trusted = T < 2**31 and (n_steps is None or n_steps == T)
+        if not trusted:
+            T, indptr, ch = self._events(events, n_steps)
+        arrays = [None] * 7
+        bufs = []
+        for i, field, n, dt, ctype in fields:
+            a = arrays[i] = np.zeros((T, n), dt)
+            bufs.append((field, _from_buffer(ctype, a, require_writable=True) if a.size else _NULL))
+        n_ev = ch.shape[0]
+        err = None
+        lock = self._lock
+        if not lock.acquire(False):
+            raise CoreBusyError("Core is being used from another thread")
+        try:
+            ptr = self._ptr
+            if ptr is None:
+                raise CoreError(_lib.SW_E_BADCTX, "core is closed")
+            o.max_steps = T
+            for field, buf in bufs:
                 setattr(o, field, buf)
-        with self._guard():
-            ptr = self._live()
-            st = _lib.sw_core_run_ex(ptr, T, _ffi.from_buffer("int64_t[]", indptr),
-                                     _ffi.from_buffer("int32_t[]", ch) if ch.size else _ffi.NULL,
-                                     ch.shape[0], o)
-            _check_rc(st, "run failed", ptr)
-        return RunOutputEx(n_spikes=int(o.n_spikes), **arrays)
+            st = _sw_core_run_ex(ptr, T, _from_buffer("int64_t[]", indptr),
+                                 _from_buffer("int32_t[]", ch) if n_ev else _NULL, n_ev, o)
+            if st != _SW_OK:
+                try:
+                    _check_rc(st, "run failed", ptr)
+                except CoreError as e:
+                    err = e
+            n_spikes = o.n_spikes
+        finally:
+            lock.release()
+        if err is not None:
+            if trusted and st in _INPUT_CODES:
+                self._events(events, n_steps)  # raises the clear message for what C refused
+            raise err
+        return RunOutputEx(*arrays, n_spikes=int(n_spikes))
 
     # -- state ----------------------------------------------------------------
     def save_state(self) -> bytes:

@@ -127,6 +127,10 @@ class Keyword:
                 "t_end": round(self.t_end, 4)}
 
 
+#: blocks of at most this many steps are decided on Python ints, longer ones with numpy first
+_SMALL_BLOCK = 32
+
+
 class Decider:
     """Streaming keyword decisions; feed it CADC blocks in time order, and call
     :meth:`flush` at the end of the stream.
@@ -207,36 +211,43 @@ class Decider:
 
     # -- segment rule --------------------------------------------------------------
     def _update_segment(self, c: np.ndarray, t0: int) -> list[Keyword]:
+        # Python ints row by row: a runtime block is 2-3 steps, where numpy's per-call cost is most
+        # of the work; long blocks find their active rows with numpy first and read rows lazily.
         cfg = self.config
-        active = c[:, :self.n_words].max(axis=1) >= cfg.threshold
+        nw, thr, hold, max_steps = self.n_words, cfg.threshold, cfg.hold_steps, cfg.max_steps
+        n = c.shape[0]
+        if n <= _SMALL_BLOCK:
+            rows = c.tolist()
+            active = [max(r[:nw]) >= thr for r in rows]
+        else:
+            rows = None
+            active = (c[:, :nw].max(axis=1) >= thr).tolist()
         out: list[Keyword] = []
-        i, n = 0, c.shape[0]
-        while i < n:
-            if self._seg_start < 0:  # skip to the next active step
-                nz = np.flatnonzero(active[i:])
-                if nz.size == 0:
-                    break
-                i += int(nz[0])
+        for i in range(n):
+            if self._seg_start < 0:
+                if not active[i]:
+                    continue
                 self._seg_start = self._seg_last = t0 + i
-                self._seg_max = c[i].copy()
+                self._seg_max = rows[i][:] if rows is not None else c[i].tolist()
             else:
                 if active[i]:
                     self._seg_last = t0 + i
-                np.maximum(self._seg_max, c[i], out=self._seg_max)
+                row = rows[i] if rows is not None else c[i].tolist()
+                self._seg_max = [a if a >= b else b for a, b in zip(self._seg_max, row)]
             step = t0 + i
-            if step - self._seg_last > cfg.hold_steps or step - self._seg_start + 1 >= cfg.max_steps:
+            if step - self._seg_last > hold or step - self._seg_start + 1 >= max_steps:
                 out += self._close(step)
-            i += 1
         return out
 
     def _close(self, step: int) -> list[Keyword]:
         """Decide the open segment at ``step`` and close it."""
         cfg = self.config
-        m = self._seg_max.astype(np.int16)
+        m = self._seg_max  # per-unit max codes (ints)
         start, span = self._seg_start, self._seg_last - self._seg_start + 1
         self._seg_start, self._seg_max = -1, None
-        w = int(m[:self.n_words].argmax())
-        other = int(np.delete(m, w).max()) if self.n_units > 1 else -1
+        words = m[:self.n_words]
+        w = words.index(max(words))  # the first maximum, as argmax
+        other = max(m[:w] + m[w + 1:]) if self.n_units > 1 else -1
         if span < cfg.min_steps or m[w] < cfg.peak or m[w] - other < cfg.margin:
             self._stretches.append((start, step, w, False))
             return []
@@ -255,23 +266,42 @@ class Decider:
             self._stretches.append((self._run_start, last, self._run_word, self._run_fired))
             self._run_noted = True
 
-    def _update_run(self, c: np.ndarray, t0: int) -> list[Keyword]:
+    def _run_evidence(self, c: np.ndarray) -> tuple[list, list, list]:
+        """Per row: the best word, its code, and whether the row is evidence for it (the code
+        reaches the threshold and beats every other unit by the margin)."""
         cfg = self.config
+        nw, thr, mg = self.n_words, cfg.threshold, cfg.margin
+        if c.shape[0] <= _SMALL_BLOCK:  # Python ints (see _update_segment)
+            best, c_best, evid = [], [], []
+            for r in c.tolist():
+                words = r[:nw]
+                cb = max(words)
+                w = words.index(cb)
+                other = max(r[:w] + r[w + 1:]) if self.n_units > 1 else -1
+                best.append(w)
+                c_best.append(cb)
+                evid.append(cb >= thr and cb - other >= mg)
+            return best, c_best, evid
         ci = c.astype(np.int16)
-        words = ci[:, :self.n_words]
+        words = ci[:, :nw]
         best = words.argmax(axis=1)
         c_best = words[np.arange(len(best)), best]
         masked = ci.copy()
         masked[np.arange(len(best)), best] = -1
         other = masked.max(axis=1) if self.n_units > 1 else np.full(len(best), -1, np.int16)
-        evid = (c_best >= cfg.threshold) & (c_best - other >= cfg.margin)
+        evid = (c_best >= thr) & (c_best - other >= mg)
+        return best.tolist(), c_best.tolist(), evid.tolist()
+
+    def _update_run(self, c: np.ndarray, t0: int) -> list[Keyword]:
+        cfg = self.config
+        best, c_best, evid = self._run_evidence(c)
         out: list[Keyword] = []
         for i in range(c.shape[0]):
             if not evid[i]:
                 self._note_run(t0 + i - 1)
                 self._run_word, self._run_len = -1, 0
                 continue
-            w = int(best[i])
+            w = best[i]
             step = t0 + i
             if w != self._run_word:
                 self._note_run(step - 1)

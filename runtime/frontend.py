@@ -727,6 +727,8 @@ class _CKernel:
         self._n_events = ffi.new("int64_t *")
         self._indptr = np.zeros(1, dtype=np.int64)
         self._channels = np.zeros(0, dtype=np.int32)
+        self._views = None  # cffi views of the two buffers (_buffers)
+        self._E_BUFFER = lib.SW_E_BUFFER
 
     def _check_status(self, status: int, what: str) -> None:
         if status != 0:
@@ -741,17 +743,23 @@ class _CKernel:
         return int(self._steps[0])
 
     def _buffers(self, steps: int):
-        """Reusable output buffers with room for `steps` steps."""
+        """Reusable output buffers with room for `steps` steps, and their cffi views (made once
+        per size: process() passes them to C without asking for the block's steps first)."""
         need_ev = steps * self.kp.n_channels * self.kp.max_spikes
+        grown = False
         if self._indptr.shape[0] < steps + 1:
             self._indptr = np.empty(max(steps + 1, 2 * self._indptr.shape[0]), dtype=np.int64)
+            grown = True
         if self._channels.shape[0] < need_ev:
             self._channels = np.empty(max(need_ev, 2 * self._channels.shape[0]), dtype=np.int32)
-        ffi = self._ffi
-        return (ffi.from_buffer("int64_t[]", self._indptr, require_writable=True),
-                self._indptr.shape[0] - 1,
-                ffi.from_buffer("int32_t[]", self._channels, require_writable=True),
-                self._channels.shape[0])
+            grown = True
+        if grown or self._views is None:
+            ffi = self._ffi
+            self._views = (ffi.from_buffer("int64_t[]", self._indptr, require_writable=True),
+                           self._indptr.shape[0] - 1,
+                           ffi.from_buffer("int32_t[]", self._channels, require_writable=True),
+                           self._channels.shape[0])
+        return self._views
 
     def _result(self) -> Events:
         ns, ne = int(self._n_steps[0]), int(self._n_events[0])
@@ -761,11 +769,18 @@ class _CKernel:
         # caller guarantees: 1-D, int16, C-contiguous, len <= _CHUNK
         if x.dtype != np.int16 or x.ndim != 1 or not x.flags.c_contiguous:
             raise TypeError(f"internal: C kernel needs contiguous 1-D int16, got {x.dtype} {x.shape}")
-        steps = self.block_steps(x.shape[0])
-        ip, max_steps, ch, max_ev = self._buffers(steps)
+        # the buffers as they are first: sw_fe_process checks their room before it changes any state
+        # and refuses with SW_E_BUFFER, and only then are they sized for this block
         xp = self._ffi.from_buffer("int16_t[]", x)
-        self._check_status(self._lib.sw_fe_process(self._fe, xp, x.shape[0], ip, max_steps, ch, max_ev,
-                                            self._n_steps, self._n_events), "sw_fe_process")
+        ip, max_steps, ch, max_ev = self._views or self._buffers(0)
+        st = self._lib.sw_fe_process(self._fe, xp, x.shape[0], ip, max_steps, ch, max_ev,
+                                     self._n_steps, self._n_events)
+        if st == self._E_BUFFER:
+            ip, max_steps, ch, max_ev = self._buffers(self.block_steps(x.shape[0]))
+            st = self._lib.sw_fe_process(self._fe, xp, x.shape[0], ip, max_steps, ch, max_ev,
+                                         self._n_steps, self._n_events)
+        if st != 0:
+            self._check_status(st, "sw_fe_process")
         return self._result()
 
     def flush(self) -> Events:

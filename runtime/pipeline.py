@@ -3,7 +3,7 @@
 Named tasks under one :class:`asyncio.TaskGroup`, joined by bounded queues::
 
     source:SPEC ──audio q──> frontend ──events q──> core ──core q──> decision ──sink q──> sink:NAME (one per sink)
-      (mic cb thread            (C, own thread)     (C, own thread)   (Decider)              stdout / mqtt / file
+      (mic cb thread            (C, own lane)       (C, own lane)     (Decider)              stdout / mqtt / file
        or file/stdin/mqtt)
                        metrics (every N s)   watchdog (drain deadline after a stop request)
 
@@ -23,13 +23,17 @@ sink:NAME  256      keyword events and markers: back-pressure (never dropped
 So for a live source the only place audio is lost is the head of the
 pipeline, where losing the oldest audio keeps latency bounded.
 
-Blocking work stays off the event loop: the front end and the core run in
-two single-thread executors (their C code releases the GIL, so they overlap
-with each other and with the loop); the Core is only ever touched from its
-executor thread (snapshots too), so it never sees two threads.  On-line
-learning (``learn``/``label``/``reward``, runtime/onlinelearn.py) replays
-stretches on a third thread with its own core; only the copy of the new
-weights into the live core runs on the core thread.
+Compute runs in *lanes* (:class:`_Lane`), one for the front end, one for the
+core: a call runs on the event loop while the lane's previous call took less
+than ``inline_ms`` (5 ms; a 10 ms block costs ~0.1 ms, and a thread handoff
+about as much again), else on the lane's own single-thread executor, so long
+calls (large blocks, a slow CPU) never hold the loop for long.  The calls of
+one lane never overlap, whichever thread runs them, so a Core never sees two
+threads (snapshots and learnt-weight copies go through the core's lane too).
+On-line learning (``learn``/``label``/``reward``, runtime/onlinelearn.py)
+replays stretches on a third lane that always uses its thread, with its own
+core; only the copy of the new weights into the live core runs in the core's
+lane.
 
 Model reload swaps front end + core + decider *between blocks*: the new
 bundle is adopted by the front-end stage at its next block and travels with
@@ -181,6 +185,56 @@ def _timed(fn, *args):
     return r, time.perf_counter() - t
 
 
+#: Pipeline(inline_ms=): a stage call whose previous call took less runs on the event loop
+INLINE_MS = 5.0
+
+
+class _Lane:
+    """Where one stage's compute runs (the front end's, the core's, the learner's): on the event
+    loop while its calls are short, else on the lane's own single-thread executor.
+
+    A 10 ms block costs ~0.1 ms of front end + core here, a thread handoff (submit, wake the worker,
+    wake the loop through its self-pipe) about as much again: inline, the runtime's per-block cost
+    halves (docs/raspberry-pi.md, "CPU budget"). A call runs on the loop when the lane's previous
+    call took less than ``inline_s`` (0: always the thread), so a long call (large blocks, learning
+    on a slow CPU) sends the next ones to the thread and the loop stays responsive. Calls of one
+    lane never overlap (an asyncio lock), so what a lane owns (a FrontEnd, a Core) is used by one
+    call at a time whichever thread runs it. Results do not depend on where a call ran."""
+
+    def __init__(self, name: str, inline_s: float):
+        self.name = name
+        self.inline_s = float(inline_s)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"spikewire-{name}")
+        self._lock = asyncio.Lock()
+        self._last = 0.0
+        self._thread_call = None  # the last call given to the thread (a concurrent Future)
+        self.calls = {"inline": 0, "thread": 0}
+
+    async def call(self, fn, *args):
+        """``(fn(*args), seconds of compute)``."""
+        async with self._lock:
+            prev = self._thread_call
+            if prev is not None and not prev.done():
+                # its caller was cancelled, but a call cannot be stopped once it runs on the thread:
+                # the lane stays taken until it has finished
+                await asyncio.wait([asyncio.wrap_future(prev)])
+            self._thread_call = None
+            if self._last < self.inline_s:
+                t = time.perf_counter()
+                r = fn(*args)
+                dt = time.perf_counter() - t
+                self.calls["inline"] += 1
+            else:
+                self._thread_call = self.executor.submit(_timed, fn, *args)
+                self.calls["thread"] += 1
+                r, dt = await asyncio.wrap_future(self._thread_call)
+            self._last = dt
+            return r, dt
+
+    def shutdown(self, wait: bool) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+
+
 def _pct(values, q: float) -> float | None:
     if not values:
         return None
@@ -215,6 +269,10 @@ class Pipeline:
         Learnt weights and learning state are checkpointed there (atomically, the previous file
         kept as ``NAME.prev``) every ``checkpoint_s`` seconds when they changed, on ``save`` and at
         shutdown; at start the newest good checkpoint of this model is taken (docs/learning.md).
+    inline_ms : float
+        Front-end and core calls run on the event loop while the previous call of that stage took
+        less than this (milliseconds), else on the stage's own thread; 0: always the threads
+        (:class:`_Lane`). Results are the same either way; replays always run on their thread.
     """
 
     def __init__(self, model: Model | str | os.PathLike, source: Source, sinks: list[Sink], *,
@@ -222,7 +280,8 @@ class Pipeline:
                  drain_timeout: float = 5.0, device_id: str | None = None, control: ControlPolicy | None = None,
                  audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256,
                  learn: bool = False, learning: LearningConfig | None = None, replay: ReplayConfig | None = None,
-                 checkpoint: str | os.PathLike | None = None, checkpoint_s: float = 60.0):
+                 checkpoint: str | os.PathLike | None = None, checkpoint_s: float = 60.0,
+                 inline_ms: float = INLINE_MS):
         self.model_ref = str(model) if not isinstance(model, Model) else model.name
         self._initial_model = model
         self.source = source
@@ -237,6 +296,9 @@ class Pipeline:
         if not checkpoint_s > 0:
             raise ValueError(f"checkpoint_s must be > 0, got {checkpoint_s!r}")
         self.checkpoint_s = float(checkpoint_s)
+        if not inline_ms >= 0:
+            raise ValueError(f"inline_ms must be >= 0, got {inline_ms!r}")
+        self.inline_ms = float(inline_ms)
         self.learning.active = bool(learn)
         self._register_commands()
         if self.control.allow is not None:
@@ -316,12 +378,12 @@ class Pipeline:
         return self._core_bundle or self._bundle
 
     async def run_core_thread(self, fn, *args):
-        """``fn(*args)`` on the core's own thread (between two blocks)."""
-        return await asyncio.get_running_loop().run_in_executor(self._core_exec, fn, *args)
+        """``fn(*args)`` in the core's lane (between two blocks; never beside a core call)."""
+        return (await self._core_lane.call(fn, *args))[0]
 
     async def run_learn_thread(self, fn, *args):
         """``fn(*args)`` on the learning thread (replays; never the live core)."""
-        return await asyncio.get_running_loop().run_in_executor(self._learn_exec, fn, *args)
+        return (await self._learn_lane.call(fn, *args))[0]
 
     def control_channel(self, reply, *, name: str = "control", queue: int = 16,
                         timeout: float | None = 10.0) -> ControlChannel:
@@ -402,8 +464,7 @@ class Pipeline:
     async def snapshot(self, path: str | None = None) -> dict:
         """Core state (``Core.save_state``) + counters to an ``.npz`` (no pickle); returns the path."""
         b = self._core_bundle or self._bundle
-        loop = asyncio.get_running_loop()
-        state = await loop.run_in_executor(self._core_exec, b.core.save_state)  # the core's own thread
+        state = await self.run_core_thread(b.core.save_state)  # in the core's lane
         meta = {"model": b.name, "model_ref": b.ref, "generation": b.generation, "step": self._step,
                 "core_steps": None, "metrics": self.metrics_snapshot(), "t_unix": time.time()}
         if path:
@@ -466,7 +527,7 @@ class Pipeline:
             await self._q_audio.put(_EOS)
 
     async def _frontend_stage(self) -> None:
-        loop = asyncio.get_running_loop()
+        lane = self._fe_lane
         last_t_in = time.monotonic()
         while True:
             item = await self._q_audio.get()
@@ -478,14 +539,14 @@ class Pipeline:
             b = self._bundle
             if item is _EOS:
                 if b.frontend is not None:
-                    ev, dt = await loop.run_in_executor(self._fe_exec, _timed, b.frontend.flush)
+                    ev, dt = await lane.call(b.frontend.flush)
                     self._busy_fe += dt
                     if ev.n_steps:
                         await self._q_events.put((b, ev, last_t_in))
                 await self._q_events.put(_EOS)
                 return
             if isinstance(item, AudioBlock):
-                ev, dt = await loop.run_in_executor(self._fe_exec, _timed, b.frontend.process, item.samples)
+                ev, dt = await lane.call(b.frontend.process, item.samples)
                 self._busy_fe += dt
                 self._c["audio_blocks"] += 1
                 self._c["audio_samples"] += item.samples.size
@@ -496,7 +557,7 @@ class Pipeline:
                 await self._q_events.put((b, item.events, item.t_in))
 
     async def _core_stage(self) -> None:
-        loop = asyncio.get_running_loop()
+        lane = self._core_lane
         while True:
             item = await self._q_events.get()
             if item is _EOS:
@@ -515,10 +576,10 @@ class Pipeline:
                 continue
             if self.learning.active:
                 ckpt = self.learning.wants_checkpoint(t0)
-                (out, state), dt = await loop.run_in_executor(self._core_exec, _timed, _run_keeping, b.core, ev, ckpt)
+                (out, state), dt = await lane.call(_run_keeping, b.core, ev, ckpt)
                 self.learning.add_block(b.generation, t0, ev, state)
             else:
-                out, dt = await loop.run_in_executor(self._core_exec, _timed, b.core.run, ev)
+                out, dt = await lane.call(b.core.run, ev)
             self._busy_core += dt
             await self._q_core.put(_CoreOut(b, t0, ev, out.spikes, out.cadc, out.n_spikes, t_in))
 
@@ -639,6 +700,9 @@ class Pipeline:
         except TimeoutError:
             raise _DrainTimeout(self._in_flight()) from None
 
+    def _lanes(self) -> list:
+        return [getattr(self, a) for a in ("_fe_lane", "_core_lane", "_learn_lane") if hasattr(self, a)]
+
     def _in_flight(self) -> int:
         return (self._q_audio.qsize() + self._q_events.qsize() + self._q_core.qsize()
                 + sum(q.qsize() for q in self._q_sinks))
@@ -669,6 +733,7 @@ class Pipeline:
             "paused": self._paused,
             "rtf": round(busy / stream_s, 5) if stream_s > 0 else None,
             "busy_s": {"frontend": round(self._busy_fe, 4), "core": round(self._busy_core, 4)},
+            "calls": {lane.name: dict(lane.calls) for lane in self._lanes()},
             "counts": dict(self._c),
             "queues": queues,
             "dropped": {
@@ -699,9 +764,9 @@ class Pipeline:
         self._q_audio, self._q_events, self._q_core = DropQueue("audio", aq), DropQueue("events", eq), \
             DropQueue("core", cq)
         self._q_sinks = [DropQueue(f"sink:{s.name}", sq) for s in self.sinks]
-        self._fe_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-frontend")
-        self._core_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-core")
-        self._learn_exec = ThreadPoolExecutor(1, thread_name_prefix="spikewire-learn")
+        self._fe_lane = _Lane("frontend", self.inline_ms / 1000.0)
+        self._core_lane = _Lane("core", self.inline_ms / 1000.0)
+        self._learn_lane = _Lane("learn", 0.0)  # replays: always on their own thread
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(self.source)
@@ -758,9 +823,9 @@ class Pipeline:
             return self.final_metrics
         finally:
             self._running = False
-            self._fe_exec.shutdown(wait=False, cancel_futures=True)
-            self._core_exec.shutdown(wait=False, cancel_futures=True)
-            self._learn_exec.shutdown(wait=True, cancel_futures=True)
+            self._fe_lane.shutdown(wait=False)
+            self._core_lane.shutdown(wait=False)
+            self._learn_lane.shutdown(wait=True)
             self.learning.close()
 
 

@@ -291,6 +291,43 @@ def test_bad_events(small):
     assert small.steps == 0  # nothing was half-applied
 
 
+def test_bad_events_in_the_front_ends_dtypes(small):
+    """Events with int64 indptr and int32 channels (what the front end makes) go to C without the
+    Python checks (Core.run_ex); what C refuses gets the same clear message and changes nothing."""
+    i64, i32 = np.int64, np.int32
+    bad = [("channel id 5 out of range 0..4", Events(np.array([0, 1], i64), np.array([5], i32))),
+           ("channel id -1 out of range", Events(np.array([0, 0, 1], i64), np.array([-1], i32))),
+           ("non-decreasing", Events(np.array([0, 2, 1, 3], i64), np.array([0, 1, 2], i32))),
+           ("start at 0", Events(np.array([1, 2], i64), np.array([0, 1], i32))),
+           ("end at the number of events", Events(np.array([0, 1], i64), np.array([0, 1], i32)))]
+    for msg, ev in bad:
+        for run in (small.run, small.run_ex):
+            with pytest.raises(ValueError, match=msg):
+                run(ev)
+    with pytest.raises(ValueError, match="describe 1 steps, expected 2"):
+        small.run(Events(np.array([0, 1], i64), np.array([3], i32)), n_steps=2)
+    with pytest.raises(ValueError, match="unknown outputs"):
+        small.run_ex(Events.empty(), record=("cadc", "bogus"))
+    assert small.steps == 0  # nothing was half-applied
+    # the unchecked path and the checked one (other dtypes, a pair, a raster) give the same result
+    rng = np.random.default_rng(3)
+    small.set_weights("in", np.full((5, 4), 63, np.int8))
+    small.set_weights("out", np.full((4, 2), 20, np.int8))
+    raster = rng.integers(0, 3, (40, 5))
+    ev = Events.from_raster(raster)
+    assert ev.indptr.dtype == i64 and ev.channels.dtype == i32
+    outs = []
+    for form in (ev, Events(ev.indptr.astype(np.int32), ev.channels.astype(np.int64)),
+                 (ev.indptr, ev.channels), raster):
+        small.reset()
+        outs.append(small.run_ex(form))
+    for o in outs[1:]:
+        assert o.n_spikes == outs[0].n_spikes
+        for a, b in zip(o[:-1], outs[0][:-1]):
+            assert np.array_equal(a, b)
+    assert outs[0].n_spikes > 0 and outs[0].cadc.std() > 0
+
+
 def test_c_status_reaches_python_for_bad_state(small):
     blob = bytearray(small.save_state())
     with pytest.raises(CoreError, match="SW_E_STATE") as e:

@@ -133,3 +133,34 @@ def test_bad_codes_are_clear_errors():
         segments(np.zeros(10, np.uint8), 3, 100, 3, 20)
     with pytest.raises(ValueError, match="n_words"):
         segments(np.zeros((10, 2), np.uint8), 3, 100, 3, 20)
+
+
+@pytest.mark.parametrize("rule", ["segment", "run"])
+def test_runtime_sized_blocks_equal_one_call(rule):
+    """Blocks of 1-3 steps (the runtime's 10 ms) are decided on Python ints, long ones with numpy
+    first (decision._SMALL_BLOCK): any split gives the keywords and the stretches of one call, and
+    of decide_offline_fast."""
+    from spikewire.decision import _SMALL_BLOCK
+
+    rng = np.random.default_rng(11)
+    for has_none in (True, False):
+        codes = _smooth_codes(rng, n_blocks=200, run=10, n_units=4 if has_none else 3)  # < 256 stretches
+        codes[rng.random(len(codes)) < 0.3] //= 2
+        cfg = DecisionConfig(threshold=160, peak=200, margin=4, min_steps=3, refractory_ms=100, hold_steps=5,
+                             max_steps=200, rule=rule)
+        results = []
+        for sizes in ([len(codes)], rng.integers(1, 4, len(codes)), rng.integers(_SMALL_BLOCK - 2, _SMALL_BLOCK + 3,
+                                                                                   len(codes))):
+            d = Decider(VOCAB, has_none, cfg, step_ms=4.0)
+            kws, stretches, t = [], [], 0
+            for n in sizes:
+                if t >= len(codes):
+                    break
+                kws += d.update(codes[t:t + int(n)])
+                stretches += d.take_stretches()
+                t += int(n)
+            kws += d.flush()
+            results.append((kws, stretches + d.take_stretches()))
+        assert len(results[0][0]) >= 3 and Decider.MAX_STRETCHES > len(results[0][1]) > len(results[0][0])
+        assert results[1] == results[0] and results[2] == results[0]
+        assert decide_offline_fast(codes, VOCAB, has_none, cfg, 4.0) == results[0][0]

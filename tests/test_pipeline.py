@@ -163,6 +163,70 @@ def test_wav_source_matches_offline_for_any_block_size(tiny_model_path, expected
     assert final["dropped"]["audio"] == 0
 
 
+@pytest.mark.parametrize("inline_ms", [0.0, 1e9])
+def test_compute_on_the_loop_or_on_threads_gives_the_same_result(tiny_model_path, expected, inline_ms, tmp_path):
+    """Front end and core calls run on the event loop (short calls, the default) or on their
+    threads (inline_ms=0): the same keywords and the same spike file either way; the metrics say
+    where the calls ran."""
+    out = io.StringIO()
+    path = tmp_path / "s.swsf"
+    src = parse_source(f"wav:{DIGITS_WAV}", SourceOptions(block_ms=10, fast=True))
+    final = run(Pipeline(str(tiny_model_path), src, [StdoutSink(out), parse_sink(f"file:{path}")],
+                         metrics_interval=0, inline_ms=inline_ms).run())
+    assert strip(keyword_lines(out.getvalue())) == expected[2]
+    rec = read_spike_file(path)
+    got = rec.input_events()
+    assert np.array_equal(got.indptr, expected[0].indptr) and np.array_equal(got.channels, expected[0].channels)
+    assert np.array_equal(rec.hidden_raster(), expected[1].spikes)
+    blocks = final["counts"]["audio_blocks"]
+    calls = final["calls"]
+    assert blocks > 100 and sum(calls["frontend"].values()) == blocks + 1  # + the closing flush
+    assert sum(calls["core"].values()) == final["counts"]["blocks"] > 100
+    where = "thread" if inline_ms == 0 else "inline"
+    assert calls["frontend"][where] == blocks + 1 and calls["core"][where] == final["counts"]["blocks"]
+    assert calls["learn"] == {"inline": 0, "thread": 0}
+
+
+def test_a_cancelled_thread_call_keeps_its_lane_until_it_ends():
+    """A call cannot be stopped once it runs on the lane's thread: when its caller is cancelled
+    (a control command's timeout), the next call of that lane, even one that would run on the
+    loop, waits for it (else a Core would see two threads)."""
+    from spikewire.pipeline import _Lane
+
+    async def go():
+        lane = _Lane("t", 0.0)  # the first call goes to the thread
+        started, release, order = threading.Event(), threading.Event(), []
+
+        def slow():
+            started.set()
+            release.wait(30)
+            order.append("slow")
+
+        first = asyncio.create_task(lane.call(slow))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        first.cancel()
+        lane.inline_s = 1e9  # the next call may run on the loop
+        second = asyncio.create_task(lane.call(order.append, "quick"))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        before = list(order)
+        release.set()
+        await second
+        lane.shutdown(wait=True)
+        return before, order, first.cancelled(), lane.calls
+
+    before, order, cancelled, calls = run(go())
+    assert before == [] and order == ["slow", "quick"] and cancelled
+    assert calls == {"inline": 1, "thread": 1}
+
+
+def test_inline_ms_must_not_be_negative(tiny_model_path):
+    src = parse_source(f"wav:{DIGITS_WAV}", SourceOptions(fast=True))
+    with pytest.raises(ValueError, match="inline_ms"):
+        Pipeline(str(tiny_model_path), src, [], inline_ms=-1)
+
+
 def test_segment_rule_decides_the_open_segment_at_the_end_of_the_stream(digits, tmp_path):
     """A recording that stops in the middle of a word: the segment rule has not
     decided it yet when the source ends; the pipeline flushes the decider, so the
