@@ -238,3 +238,66 @@ def test_recipe_overrides_from_the_command_line():
             recipe_overrides(bad)
     with pytest.raises(ValueError, match="noise_prob must be in 0..1"):
         Recipe(**recipe_overrides(["noise_prob=2"]))
+
+
+def test_frontend_overrides_from_the_command_line():
+    from spikewire.tools.voices import frontend_overrides
+
+    o = frontend_overrides(["n_channels=32", "pcen_offset_db=0"])
+    cfg = voices_config("x", frontend=o)
+    fe = frontend_config(cfg)
+    assert fe.n_channels == 32 and fe.pcen_offset_db == 0.0 and fe.normalize == "pcen"
+    for bad, msg in ((["step_ms=1"], "FIELD one of"), (["n_channels"], "FIELD=VALUE"), (["n_channels=3x"], "not JSON")):
+        with pytest.raises(ValueError, match=msg):
+            frontend_overrides(bad)
+    with pytest.raises(ValueError, match="n_channels"):
+        frontend_config(voices_config("x", frontend=frontend_overrides(["n_channels=8"])))
+
+
+def test_balanced_pick_caps_synthetic_voices_and_keeps_their_words():
+    from spikewire.tools.voices import SYNTH_DIGITS, SYNTH_WORDS
+
+    synth = [utt(SYNTH_DIGITS, f"synth:v{k}", i, label) for k in range(4) for i in range(3)
+             for label in ("one", "two", "three", "four", "five")]
+    swords = [utt(SYNTH_WORDS, f"synth:v{k}", 0, "hello", False) for k in range(4)]
+    gsc = [utt("gsc-digits", "gsc1", 0)]
+    a = balanced_pick(synth + swords + gsc, Recipe(synth_per_voice=4, rare_repeats=2, n_words=0),
+                      np.random.default_rng(0))
+    n = Counter((u.corpus, u.speaker) for u in a)
+    assert all(n[(SYNTH_DIGITS, f"synth:v{k}")] == 4 for k in range(4))
+    assert len({u.path for u in a if u.corpus == SYNTH_DIGITS}) == 16          # no repeats within a voice
+    assert all(n[(SYNTH_WORDS, f"synth:v{k}")] == 1 for k in range(4)) and n[("gsc-digits", "gsc1")] == 2
+    with pytest.raises(ValueError, match="synth_per_voice"):
+        Recipe(synth_per_voice=-1)
+
+
+def test_fold_all_and_synthetic_voices_on_a_generated_root(tmp_path):
+    from spikewire.tools.voices import SYNTH_DIGITS, SYNTH_WORDS, synthetic_utterances
+
+    root = tmp_path / "data"
+    for s in ("george", "lucas"):
+        for i in (0, 7):
+            wav(root / "fsdd" / "recordings" / f"1_{s}_{i}.wav", 8000, 500)
+    for k in range(6):
+        wav(root / "gsc-v2" / "digits" / f"{k % 3}_gsc{k:04x}_0.wav", 16000, 300 + 200 * (k % 3))
+        wav(root / "gsc-v2" / "words" / "go" / f"{k:04x}_nohash_0.wav", 16000, 1500)
+    wav(root / "more-voices" / "digits" / "1_inspx_0.wav", 48000, 500)
+    wav(root / "more-voices" / "words" / "sixty" / "astallison_0.wav", 8000, 900)
+    wav(root / "dspspeech20" / "open" / "d0_1.wav", 16000, 1200)
+    syn = tmp_path / "synth"
+    wav(syn / "digits" / "3_flite-slt_0.wav", 16000, 700)
+    wav(syn / "digits" / "4_espeak-en-us-f2_1.wav", 22050, 800)
+    wav(syn / "words" / "hello" / "flite-slt_0.wav", 16000, 900)
+    su = synthetic_utterances(str(syn))
+    assert {(u.corpus, u.speaker, u.label, u.known) for u in su} == {
+        (SYNTH_DIGITS, "synth:flite-slt", "three", True), (SYNTH_DIGITS, "synth:espeak-en-us-f2", "four", True),
+        (SYNTH_WORDS, "synth:flite-slt", "hello", False)}
+    every = 4 + 6 + 6 + 1 + 1 + 1
+    tr, te = fold_utterances(str(root), "all", 0, fsdd_test_out=False)
+    assert len(tr) == every and te == []
+    tr, te = fold_utterances(str(root), "all", 0, fsdd_test_out=True, synthetic=str(syn))
+    assert {u.path.name for u in te} == {"1_george_0.wav", "1_lucas_0.wav"}
+    assert len(tr) == every - 2 + 3
+    trv, tev = fold_utterances(str(root), "validation", 0, fsdd_test_out=True, synthetic=str(syn))
+    assert sum(u.corpus in (SYNTH_DIGITS, SYNTH_WORDS) for u in trv) == 3
+    assert not any(u.corpus in (SYNTH_DIGITS, SYNTH_WORDS) for u in tev)

@@ -61,6 +61,10 @@ log = logging.getLogger("spikewire.tools.voices")
 VOICES_FRONTEND = {"max_rate_hz": 400.0, "max_spikes_per_step": 8, "normalize": "pcen", "floor_db": -95.0}
 #: ``--frontend log``: the overrides that give train.py's front end (no normalisation, log floor -65 dB)
 LOG_FRONTEND = {"normalize": "none", "floor_db": -65.0}
+#: corpus names of the synthetic voices (``--synthetic``; not in CORPORA: generated, not shared data)
+SYNTH_DIGITS, SYNTH_WORDS = "synthetic-digits", "synthetic-words"
+#: ``--fold all``: train on every speaker of every corpus (the shipped model; no speaker held out)
+ALL_FOLD = "all"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Recipe:
     rare_repeats: int = 3
     n_words: int = 700
     hard_negative_repeats: int = 1
+    synth_per_voice: int = 10          # clips of each synthetic voice (--synthetic) per variant
     level_dbfs: tuple = (-42.0, -8.0)
     tilt: tuple = (-0.6, 0.6)          # first-order coefficient: y = x - a x[n-1] (a > 0: brighter)
     room_prob: float = 0.3
@@ -97,7 +102,7 @@ class Recipe:
         need(self.pre_ms[0] >= 0.0 and self.post_ms[0] >= 0.0, "pre_ms/post_ms must be >= 0")
         for name in ("room_prob", "noise_prob", "babble_prob"):
             need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in 0..1, got {getattr(self, name)!r}")
-        for name in ("fsdd_per_speaker", "rare_repeats", "n_words", "hard_negative_repeats"):
+        for name in ("fsdd_per_speaker", "rare_repeats", "n_words", "hard_negative_repeats", "synth_per_voice"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} must be a non-negative int, got {getattr(self, name)!r}")
 
@@ -201,14 +206,16 @@ def balanced_pick(utts: Sequence[Utterance], recipe: Recipe, rng: np.random.Gene
         by_spk[(u.corpus, u.speaker)].append(u)
     for key in sorted(by_spk, key=lambda k: (str(k[0]), str(k[1]))):
         us = by_spk[key]
-        if key[0] == "fsdd":
-            idx = rng.permutation(len(us))[:recipe.fsdd_per_speaker]
+        cap = {"fsdd": recipe.fsdd_per_speaker, SYNTH_DIGITS: recipe.synth_per_voice}.get(key[0])
+        if cap is not None:
+            idx = rng.permutation(len(us))[:cap]
             out += [us[i] for i in sorted(idx)]
         else:
             out += us * recipe.rare_repeats
     hard = [u for u in words if u.corpus == "more-voices-words"]
     out += hard * recipe.hard_negative_repeats
-    rest = [u for u in words if u.corpus != "more-voices-words"]
+    out += [u for u in words if u.corpus == SYNTH_WORDS]
+    rest = [u for u in words if u.corpus not in ("more-voices-words", SYNTH_WORDS)]
     if rest and recipe.n_words:
         count = defaultdict(int)
         for u in rest:
@@ -219,18 +226,35 @@ def balanced_pick(utts: Sequence[Utterance], recipe: Recipe, rng: np.random.Gene
     return out
 
 
-def fold_utterances(root: str, fold: str, seed: int = 0, fsdd_test_out: bool = True):
+def synthetic_utterances(folder: str) -> list[Utterance]:
+    """The synthetic voices of :mod:`spikewire.tools.synthvoices` under ``folder`` (``digits/`` and, if
+    present, ``words/``): training material only, never part of a protocol fold's test side."""
+    from spikewire.tools.datasets import digit_folder, word_folder
+
+    us = digit_folder(Path(folder) / "digits", "synth:", SYNTH_DIGITS)
+    if (Path(folder) / "words").is_dir():
+        us += word_folder(Path(folder) / "words", "synth:", SYNTH_WORDS)
+    return us
+
+
+def fold_utterances(root: str, fold: str, seed: int = 0, fsdd_test_out: bool = True, synthetic: str = ""):
     """(train, test) utterances of protocol fold ``fold`` over every corpus under ``root``;
-    with ``fsdd_test_out`` the FSDD test split is moved from train to test."""
+    with ``fsdd_test_out`` the FSDD test split is moved from train to test; ``synthetic``: a folder of
+    :mod:`spikewire.tools.synthvoices`, added to the training side."""
     us = [u for c in CORPORA for u in load_corpus(c, root)]
-    by_name = {f.name: f for f in folds(us, seed)}
-    if fold not in by_name:
-        raise ValueError(f"unknown fold {fold!r}; folds: {sorted(by_name)}")
-    f = by_name[fold]
-    train_u, test_u = list(f.train), list(f.test)
+    if fold == ALL_FOLD:  # the shipped model: every speaker (only --fsdd-test-out holds files back)
+        train_u, test_u = list(us), []
+    else:
+        by_name = {f.name: f for f in folds(us, seed)}
+        if fold not in by_name:
+            raise ValueError(f"unknown fold {fold!r}; folds: {ALL_FOLD}, {', '.join(sorted(by_name))}")
+        f = by_name[fold]
+        train_u, test_u = list(f.train), list(f.test)
     if fsdd_test_out:
         test_u += [u for u in train_u if u.corpus == "fsdd" and u.split == "test"]
         train_u = [u for u in train_u if not (u.corpus == "fsdd" and u.split == "test")]
+    if synthetic:
+        train_u += synthetic_utterances(synthetic)
     return train_u, test_u
 
 
@@ -296,10 +320,26 @@ def recipe_overrides(items: Sequence[str]) -> dict:
     return out
 
 
+def frontend_overrides(items: Sequence[str]) -> dict:
+    """``FIELD=JSON`` strings -> FrontEndConfig overrides (ValueError names a bad one; step_ms is the
+    TrainConfig's)."""
+    names = {f.name for f in dataclasses.fields(FrontEndConfig)} - {"step_ms"}
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or k not in names:
+            raise ValueError(f"--fe {it!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--fe {it!r}: VALUE is not JSON ({e})") from None
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spikewire.tools.voices", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="folder holding the corpora (../shared/data)")
-    p.add_argument("--fold", default="validation", help="protocol fold: validation or loso-SPEAKER")
+    p.add_argument("--fold", default="validation", help="protocol fold: validation or loso-SPEAKER, or 'all' (every speaker: the shipped model)")
     p.add_argument("--out", required=True)
     p.add_argument("--fsdd-test-out", action="store_true",
                    help="also keep the FSDD test split (index 0-4) out of training")
@@ -317,6 +357,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rare-repeats", type=int, default=Recipe.rare_repeats)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other Recipe field, VALUE as JSON (e.g. snr_db=[10,40], noise_prob=0.5); repeatable")
+    p.add_argument("--synthetic", default="", metavar="DIR",
+                   help="synthetic voices (python -m spikewire.tools.synthvoices --out DIR) as extra training speakers")
+    p.add_argument("--fe", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a FrontEndConfig field over the recipe's front end, VALUE as JSON (e.g. n_channels=32); "
+                        "repeatable")
     p.add_argument("--max-ms", type=float, default=TrainConfig.max_ms, help="crop longer samples")
     p.add_argument("--name", default="kws-digits")
     p.add_argument("--cache", default="")
@@ -327,11 +372,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
                             threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
                             n_noise=100, max_ms=a.max_ms,
-                            **({"frontend": dict(LOG_FRONTEND)} if a.frontend == "log" else {}))
+                            frontend={**(LOG_FRONTEND if a.frontend == "log" else {}), **frontend_overrides(a.fe)})
         recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats,
                         **recipe_overrides(a.set))
         fe = frontend_config(cfg)
-        tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out)
+        tr, te = fold_utterances(a.root, a.fold, a.seed, a.fsdd_test_out, a.synthetic)
         data = VoicesData(cfg, fe, recipe, tr, te)
     except ValueError as e:
         print(f"python -m spikewire.tools.voices: error: {e}", file=sys.stderr)
@@ -345,7 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     held = ("the fold's held-out digits" + (" and the FSDD test split" if a.fsdd_test_out else "")
             + f" ({len(data.test)} files, every digit corpus)")
     model = export_model(res, cfg, path, a.name, extra_metrics={"fold": a.fold, "recipe": dataclasses.asdict(recipe),
-                                                               "fsdd_test_out": a.fsdd_test_out, "test_set": held})
+                                                               "fsdd_test_out": a.fsdd_test_out, "test_set": held,
+                                                               "synthetic": a.synthetic})
     log.info("wrote %s in %.1f s total", path, time.time() - t0)
     log.info("metrics: %s", json.dumps(model.metrics, indent=1))
     return 0
