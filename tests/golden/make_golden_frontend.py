@@ -45,7 +45,6 @@ from spikewire.audio import read_wav_int16
 from spikewire.assets import demo_recording
 from spikewire.frontend import (Events, FrontEndConfig, _CKernel, _kernel_params, _KernelParams, _load_c,
                                 _RefKernel)
-from spikewire.model import load
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "frontend_v1.txt")
@@ -197,7 +196,9 @@ def synthetic(rate: int, seconds: float) -> np.ndarray:
 
 
 def cases():
-    kws = load("kws-digits").frontend
+    # the front end of kws-digits v2 (FSDD only, log), pinned here so that a retrained shipped model
+    # does not move this record (kws-digits v3 listens through PCEN: the pcen cases cover that path)
+    kws = FrontEndConfig(step_ms=4.0, max_rate_hz=400.0, max_spikes_per_step=8)
     s, s_rate = speech(4000)
     return [
         ("default_8k_speech", FrontEndConfig(), s_rate, s),
