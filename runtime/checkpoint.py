@@ -12,6 +12,9 @@ LCFG    JSON (UTF-8): ``schema`` (1), ``model`` (name), ``base`` (:func:`model_i
         ``counts`` (labels, rewards, ...), ``t_unix``
 LACC    the learner's accumulators, int32 little-endian: in, rec, out (row-major)
 LWGT    the learner's weights, int8: in, rec, out
+LSIS    with synaptic intelligence on (``learning.si``): for each learning matrix (in, rec, out
+        order) its prev, omega, importance and anchor, int32 little-endian (docs/learning.md
+        "Consolidation")
 ======  =========================================================================
 
 Writing is atomic (:func:`write_atomic`): a temporary file in the same folder is written and
@@ -32,10 +35,10 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from . import stateblob
-from .learning import ACC_MAX, MATRICES, LearningConfig
+from .learning import ACC_MAX, MATRICES, SI_KINDS, SI_MAX, THETA_MAX, LearningConfig
 
 SCHEMA = 1
-LCFG, LACC, LWGT = "LCFG", "LACC", "LWGT"
+LCFG, LACC, LWGT, LSIS = "LCFG", "LACC", "LWGT", "LSIS"
 MAX_COMMITS = 1 << 24
 
 
@@ -52,6 +55,7 @@ class Checkpoint(NamedTuple):
     acc: dict | None             # int32 per matrix
     steps: int
     commits: int
+    si: dict | None = None       # {matrix: {prev, omega, importance, anchor}} with learning.si
 
 
 def model_id(model) -> str:
@@ -81,6 +85,12 @@ def encode(core_blob: bytes, *, model_name: str, base: str, lc: LearningConfig, 
             np.ascontiguousarray(learner["acc"][m], "<i4").tobytes() for m in MATRICES)))
         extra.append(stateblob.Section(LWGT, False, b"".join(
             np.ascontiguousarray(learner["weights"][m], np.int8).tobytes() for m in MATRICES)))
+        if lc.si:
+            si = learner.get("si") or {}
+            if set(si) != set(lc.learn):
+                raise ValueError(f"checkpoint: synaptic intelligence state for {sorted(si)}, learning {list(lc.learn)}")
+            extra.append(stateblob.Section(LSIS, False, b"".join(
+                np.ascontiguousarray(si[m][k], "<i4").tobytes() for m in lc.learn for k in SI_KINDS)))
     return stateblob.with_sections(core_blob, extra)
 
 
@@ -149,8 +159,32 @@ def decode(blob: bytes, *, n_in: int, n_hid: int, n_out: int, base: str | None =
         for m in MATRICES if d is not None else ():
             if d[m].size and np.abs(d[m].astype(np.int64)).max() > 63:
                 raise CheckpointError(f"checkpoint weight {m!r} outside -63..63")
+    si = None
+    if LSIS in secs and not (lc.si and LACC in secs):
+        raise CheckpointError("checkpoint has LSIS without synaptic intelligence on and LACC")
+    if lc.si and LACC in secs:
+        if LSIS not in secs:
+            raise CheckpointError("checkpoint learns with synaptic intelligence but has no LSIS section")
+        raw = secs[LSIS].payload
+        want = sum(int(np.prod(shapes[m])) for m in lc.learn) * 4 * len(SI_KINDS)
+        if len(raw) != want:
+            raise CheckpointError(f"checkpoint section LSIS has {len(raw)} bytes, expected {want}")
+        a = np.frombuffer(raw, "<i4").astype(np.int32)
+        si, off = {}, 0
+        bounds = {"prev": (-ACC_MAX[lc.weights], ACC_MAX[lc.weights]), "omega": (-SI_MAX, SI_MAX),
+                  "importance": (0, SI_MAX), "anchor": (-THETA_MAX[lc.weights], THETA_MAX[lc.weights])}
+        for m in lc.learn:
+            n = int(np.prod(shapes[m]))
+            si[m] = {}
+            for k in SI_KINDS:
+                v = a[off:off + n].reshape(shapes[m])
+                off += n
+                lo, hi = bounds[k]
+                if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+                    raise CheckpointError(f"checkpoint si {k} of {m!r} outside {lo}..{hi}")
+                si[m][k] = v
     core_blob = stateblob.build([secs[stateblob.CORE], secs[stateblob.WGHT]])
-    return Checkpoint(core_blob, weights, meta, lc, lw, acc, steps, commits)
+    return Checkpoint(core_blob, weights, meta, lc, lw, acc, steps, commits, si)
 
 
 def prev_path(path: str | os.PathLike) -> Path:

@@ -122,6 +122,10 @@ class LearningCore:
         self.commits += 1
         return new
 
+    def consolidate(self) -> None:
+        """Synaptic intelligence: the end of a task (docs/learning.md "Consolidation"); needs si on."""
+        self.learner.consolidate()
+
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Core to rest and traces to zero; weights and accumulators are kept."""

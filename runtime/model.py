@@ -42,6 +42,11 @@ class Model:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # on-line learning (docs/learning.md): the LearningConfig the device learns with by default, and
+    # the base model's synaptic-intelligence importance per matrix (int32 Q16, 0..2^31-1), valid for
+    # the rates of that config ("Consolidation"); both optional
+    learning: dict | None = None
+    importance: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -81,6 +86,24 @@ class Model:
         hid, out = self.params
         if hid.n != self.core.n_hid or out.n != self.core.n_out:
             raise ValueError("per-neuron params do not match the core sizes")
+        if self.learning is not None:
+            from .learning import LearningConfig
+            if not isinstance(self.learning, dict):
+                raise ValueError(f"learning must be an object, got {type(self.learning).__name__}")
+            self.learning = LearningConfig.from_dict(self.learning).to_dict()     # validated, canonical
+        if self.importance is not None:
+            if not isinstance(self.importance, dict) or set(self.importance) - set(shapes):
+                raise ValueError(f"importance must map some of {list(shapes)} to arrays")
+            for k, v in self.importance.items():
+                if not isinstance(v, np.ndarray) or v.dtype != np.int32 or v.shape != shapes[k]:
+                    raise ValueError(f"importance[{k!r}] must be int32 {shapes[k]}")
+                if v.size and v.min() < 0:
+                    raise ValueError(f"importance[{k!r}] must be >= 0")
+
+    def learning_config(self):
+        """The model's LearningConfig (docs/learning.md), or None."""
+        from .learning import LearningConfig
+        return None if self.learning is None else LearningConfig.from_dict(self.learning)
 
     # -- use ------------------------------------------------------------------
     @property
@@ -120,7 +143,11 @@ class Model:
             "training": self.training,
             "metrics": self.metrics,
         }
+        if self.learning is not None:
+            header["learning"] = self.learning
         arrays: dict[str, np.ndarray] = {f"w_{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
+        for k, v in (self.importance or {}).items():
+            arrays[f"si_importance_{k}"] = np.ascontiguousarray(v, np.int32)
         for prefix, pop in (("hid", self.params[0]), ("out", self.params[1])):
             for k, v in pop.arrays().items():
                 arrays[f"{prefix}_{k}"] = v
@@ -145,11 +172,14 @@ class Model:
             for prefix in ("hid", "out"):
                 pops.append(FixedPopulation(*[arrays[f"{prefix}_{k}"] for k in FixedPopulation.FIELDS]))
             weights = {k: arrays[f"w_{k}"] for k in ("in", "rec", "out")}
+            importance = {k: arrays[f"si_importance_{k}"] for k in ("in", "rec", "out")
+                          if f"si_importance_{k}" in arrays} or None
             return cls(name=header["name"], vocabulary=header["vocabulary"],
                        has_none_unit=header["has_none_unit"], frontend=fe, core=core,
                        params=(pops[0], pops[1]), weights=weights,
                        decision=DecisionConfig.from_dict(header.get("decision", {})),
-                       training=header.get("training", {}), metrics=header.get("metrics", {}))
+                       training=header.get("training", {}), metrics=header.get("metrics", {}),
+                       learning=header.get("learning"), importance=importance)
         except KeyError as e:
             raise bad(f"missing field or array {e}") from None
         except (ValueError, TypeError) as e:

@@ -43,7 +43,7 @@ from .control import CommandError
 from .core import Core
 from .events import Events
 from .learncore import LearningCore
-from .learning import MATRICES, LearningConfig, target_modes
+from .learning import MATRICES, SI_KINDS, LearningConfig, target_modes
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class OnlineLearner:
 
     def __init__(self, config, params, weights: Mapping[str, np.ndarray], lc: LearningConfig | None = None,
                  replay: ReplayConfig | None = None, base_weights: Mapping[str, np.ndarray] | None = None,
-                 kernel: str = "fast"):
+                 kernel: str = "fast", importance: Mapping[str, np.ndarray] | None = None):
         self.config_core = config
         self.params = params
         self.lc = lc or LearningConfig()
@@ -248,38 +248,87 @@ class OnlineLearner:
         for m in MATRICES:
             self.core.set_weights(m, weights[m])
         self.lcore = LearningCore(self.core, self.lc, kernel=kernel)
+        # the base model's synaptic-intelligence importance (Model.importance; docs/learning.md)
+        self.base_importance = {m: np.asarray(v, np.int32) for m, v in (importance or {}).items()}
+        self._set_importance(self.base_importance)
         self.replays = 0
         self.replayed_steps = 0
+        self.consolidations = 0
+
+    def _set_importance(self, imp: Mapping[str, np.ndarray]) -> None:
+        if not self.lc.si:
+            return
+        for m in self.lc.learn:
+            if m in imp:
+                self.lcore.learner.set_si_state(m, "importance", imp[m])
+
+    def si_state(self) -> dict:
+        """{matrix: {prev, omega, importance, anchor}} of the learning matrices (empty with si off)."""
+        if not self.lc.si:
+            return {}
+        L = self.lcore.learner
+        return {m: {k: L.si_state(m, k) for k in SI_KINDS} for m in self.lc.learn}
+
+    def consolidate(self) -> dict:
+        """The end of a task (synaptic intelligence): what was learnt since the last consolidation
+        becomes importance, and the anchors move to the current weights."""
+        if not self.lc.si:
+            raise ValueError("consolidate: synaptic intelligence is off (learn si=true first)")
+        self.lcore.consolidate()
+        self.consolidations += 1
+        imp = {m: self.lcore.learner.si_state(m, "importance") for m in self.lc.learn}
+        return {"consolidations": self.consolidations,
+                "importance": {m: {"mean_q16": round(float(v.mean()), 1), "max_q16": int(v.max()) if v.size else 0,
+                                   "nonzero": int(np.count_nonzero(v))} for m, v in imp.items()}}
 
     def weights(self) -> dict[str, np.ndarray]:
         return self.lcore.weights()
 
     def reconfigure(self, lc: LearningConfig) -> None:
-        """A new rule / rates / matrices; accumulators start again from the current weights."""
+        """A new rule / rates / matrices; accumulators start again from the current weights.
+        Synaptic intelligence's importance, anchors and path integral carry over for the matrices
+        that learn before and after (a matrix new to learning takes the base importance)."""
         w = self.weights()
+        si = self.si_state()
         self.lcore.learner.close()
         self.lc = lc
         self.lcore = LearningCore(self.core, lc, kernel=self._kernel)
         self.lcore.set_weights(w)
+        self._set_importance(self.base_importance)
+        if lc.si:
+            for m, st in si.items():
+                if m in lc.learn:
+                    for k in ("omega", "importance", "anchor"):
+                        self.lcore.learner.set_si_state(m, k, st[k])
 
     def state(self) -> dict:
-        """What a checkpoint keeps: weights, accumulators and the learner's counters."""
+        """What a checkpoint keeps: weights, accumulators, the learner's counters and (si on) the
+        synaptic-intelligence arrays of the learning matrices."""
         L = self.lcore.learner
         steps, commits = L.counters
         return {"weights": {m: L.weights(m) for m in MATRICES}, "acc": {m: L.acc(m) for m in MATRICES},
-                "steps": steps, "commits": commits}
+                "steps": steps, "commits": commits, "si": self.si_state()}
 
     def restore(self, weights: Mapping[str, np.ndarray], acc: Mapping[str, np.ndarray], steps: int,
-                commits: int) -> None:
+                commits: int, si: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
         """Back to a :meth:`state` (e.g. from a checkpoint): learning continues exactly from there."""
         self.lcore.set_weights(weights)
         for m in MATRICES:
             self.lcore.learner.set_acc(m, acc[m])
         self.lcore.learner.set_counters(steps, commits)
+        if self.lc.si:
+            for m, st in (si or {}).items():
+                if m in self.lc.learn:
+                    for k in SI_KINDS:
+                        self.lcore.learner.set_si_state(m, k, st[k])
 
     def revert(self) -> dict[str, np.ndarray]:
-        """Back to the base weights (the model's); accumulators start again from them."""
+        """Back to the base model: its weights (accumulators start again from them) and its importance."""
         self.lcore.set_weights(self.base)
+        if self.lc.si:
+            for m in self.lc.learn:
+                self.lcore.learner.set_si_state(m, "importance", self.base_importance.get(
+                    m, np.zeros_like(self.lcore.learner.acc(m))))
         return self.weights()
 
     def learn(self, t_ckpt: int, checkpoint: bytes, events: Events, start: int, end: int,
@@ -317,7 +366,8 @@ class OnlineLearner:
 
 _LC_ARGS = {"rule": str, "matrices": list, "rate_in": int, "rate_rec": int, "rate_out": int,
             "signal_shift": int, "feedback": str, "weights": str, "target_hi": int, "target_lo": int,
-            "surrogate_log2": int, "trace_shift": int, "passes": int}
+            "surrogate_log2": int, "trace_shift": int, "passes": int, "si": bool, "si_c_log2": int,
+            "si_xi_log2": int}
 
 
 class LearningSession:
@@ -335,6 +385,7 @@ class LearningSession:
     def __init__(self, lc: LearningConfig | None = None, replay: ReplayConfig | None = None,
                  checkpoint: str | os.PathLike | None = None):
         self.lc = lc or LearningConfig()
+        self._lc_given = lc is not None   # else the model's own learning config, if it has one
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.dirty = False            # weights changed since the last checkpoint
         self.restored: dict | None = None
@@ -349,7 +400,8 @@ class LearningSession:
         self._gen = None
         self._lock = None
         self.counts = dict.fromkeys(("labels", "rewards", "replays", "replayed_steps", "refused",
-                                     "weights_changed", "reverts", "checkpoints", "checkpoint_errors"), 0)
+                                     "weights_changed", "reverts", "checkpoints", "checkpoint_errors",
+                                     "consolidations"), 0)
         self.last_update: dict | None = None
 
     # -- hooks called by the pipeline ---------------------------------------------------------
@@ -386,6 +438,8 @@ class LearningSession:
         registry.register("revert", self.cmd_revert, help="weights back to the model's")
         registry.register("stretches", self.cmd_stretches, help="the recent stretches of evidence and their ids")
         registry.register("save", self.cmd_save, help="write a checkpoint of the learnt weights now")
+        registry.register("consolidate", self.cmd_consolidate,
+                          help="synaptic intelligence: the end of a task; what was learnt becomes importance")
 
     def status(self) -> dict:
         return {"on": self.active, "config": self.lc.to_dict(), "passes": self.replay_config.passes,
@@ -400,14 +454,16 @@ class LearningSession:
             w = await self._pipe.run_core_thread(lambda: {m: b.core.get_weights(m) for m in MATRICES})
             if self._learner is not None:
                 self._learner.close()
+            if not self._lc_given and b.model.learning is not None:
+                self.lc = b.model.learning_config()
             self._learner = OnlineLearner(b.model.core, b.model.params, w, self.lc, self.replay_config,
-                                          base_weights=b.model.weights)
+                                          base_weights=b.model.weights, importance=b.model.importance)
             self._learner_gen = b.generation
             pending, self._restore_for = self._restore_for, None
             if pending is not None and pending[0] == b.generation and pending[1].acc is not None:
                 ck = pending[1]
                 await self._pipe.run_learn_thread(self._learner.restore, ck.learner_weights, ck.acc, ck.steps,
-                                                  ck.commits)
+                                                  ck.commits, ck.si)
         return self._learner
 
     # -- reload: learnt weights are never lost by accident ---------------------------------------
@@ -453,12 +509,14 @@ class LearningSession:
         if ck is None:
             return
         self.lc = ck.learning
+        self._lc_given = True
         self.replay_config = dataclasses.replace(self.replay_config, passes=ck.meta["passes"])
         self.buffer.config = self.replay_config
         await self._pipe.run_core_thread(_apply, b.core, ck.weights)
         learner = await self._ensure_learner(b)
         if ck.acc is not None:
-            await self._pipe.run_learn_thread(learner.restore, ck.learner_weights, ck.acc, ck.steps, ck.commits)
+            await self._pipe.run_learn_thread(learner.restore, ck.learner_weights, ck.acc, ck.steps, ck.commits,
+                                              ck.si)
         for k, v in ck.meta.get("counts", {}).items():
             if k in self.counts and isinstance(v, int) and not isinstance(v, bool):
                 self.counts[k] = v
@@ -496,6 +554,9 @@ class LearningSession:
     async def cmd_learn(self, on: bool | None = None, **changes) -> dict:
         async with self._lock_():
             if changes:
+                if not self._lc_given:
+                    mlc = self._pipe.learning_bundle().model.learning_config()
+                    self.lc = mlc or self.lc
                 d = self.lc.to_dict()
                 passes = changes.pop("passes", None)
                 if "matrices" in changes:
@@ -508,6 +569,7 @@ class LearningSession:
                 except (TypeError, ValueError) as e:
                     raise CommandError(f"learn: {e}") from None
                 self.lc, self.replay_config = lc, rc
+                self._lc_given = True
                 self.buffer.config = rc
                 if self._learner is not None:
                     self._learner.replay_config = rc
@@ -517,6 +579,17 @@ class LearningSession:
                 if not on:
                     self.buffer.clear()
             return self.status()
+
+    async def cmd_consolidate(self) -> dict:
+        async with self._lock_():
+            if not self.lc.si:
+                raise CommandError("consolidate: synaptic intelligence is off (send learn with si=true first)")
+            b = self._pipe.learning_bundle()
+            learner = await self._ensure_learner(b)
+            out = await self._pipe.run_learn_thread(learner.consolidate)
+            self.counts["consolidations"] += 1
+            self.dirty = True
+            return out
 
     def _find(self, stretch: int | None, fired_only: bool) -> Stretch:
         pool = [s for s in self.stretches if s.fired or not fired_only]
