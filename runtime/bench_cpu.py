@@ -37,15 +37,22 @@ import tempfile
 from pathlib import Path
 
 PHASES = ["frontend", "core", "decision", "frontend_one_call", "core_one_call",
-          "core_learn_readout", "core_learn_eprop"]
+          "core_learn_readout", "core_learn_eprop", "replay_label"]
 #: the learning phases: the core of phase ``core`` as a LearningCore with this rule learning these
 #: matrices, one stretch (core run + learner run + commit) per block (runtime/learncore.py)
 LEARN_PHASES = {"core_learn_readout": ("readout", ("out",)), "core_learn_eprop": ("eprop", ("in", "out"))}
 RUNTIME_PHASE = "runtime_pipeline"
+#: --runtime: the asyncio pipeline of ``spikewire demo`` (WAV source as fast as it goes, stdout sink)
+#: on one block only (its start-up and shutdown: model load, front-end design, tasks, threads), on
+#: the whole audio, the same paced at real time (each 10 ms block arrives alone, as from a
+#: microphone), and fast with learning on (the replay buffer keeps every block, a core-state
+#: checkpoint every 250 steps). Per second of audio, the start-up is taken off the others.
+RUNTIME_STARTUP = "runtime_startup"
+RUNTIME_PHASES = [RUNTIME_STARTUP, RUNTIME_PHASE, "runtime_live", "runtime_learn"]
 #: C entry points whose inclusive cost is the C work of a phase (callgrind)
 C_ENTRY = {"frontend": ("sw_fe_process", "sw_fe_flush"), "core": ("sw_core_run", "sw_core_run_ex"),
            "frontend_one_call": ("sw_fe_process", "sw_fe_flush"), "core_one_call": ("sw_core_run", "sw_core_run_ex"),
-           **{p: ("sw_core_run_ex", "sw_learn_run", "sw_learn_commit") for p in LEARN_PHASES}}
+           **{p: ("sw_core_run_ex", "sw_learn_run", "sw_learn_commit") for p in (*LEARN_PHASES, "replay_label")}}
 #: (name, clock GHz range, assumed IPC range) for the load estimate. IPC: instructions per cycle
 #: of this integer, branchy, small-working-set code; the A72 is 3-wide out of order, the A53
 #: 2-wide in order. These ranges are assumptions (no Pi measured here), stated with the result.
@@ -126,12 +133,57 @@ def workload(rate: int = 16000, block_ms: float = 10.0, model: str = "kws-digits
                           "weights_changed": int(sum((lcore.core.get_weights(w) != m.weights[w]).sum()
                                                      for w in learn))}
         lcore.close()
+    replay = _replay_phase(m, evs)
     res = {"rate": rate, "block_ms": block_ms, "blocks": len(blocks), "audio_s": x.shape[0] / rate,
            "steps": ev_all.n_steps, "input_events": ev_all.n_events, "hidden_spikes": int(out_all.n_spikes),
-           "keywords": len(kws), "model": m.name, "core_kernel": core.kernel, "learning": learned}
+           "keywords": len(kws), "model": m.name, "core_kernel": core.kernel, "learning": learned,
+           "replay": replay}
     if runtime:
-        res["runtime_keywords"] = _runtime_phase(model, x, rate, block_ms)
+        _runtime_phase(model, x[:bs], rate, block_ms, counted=False)  # imports and first calls: not counted
+        res["runtime"] = {name: _runtime_phase(model, x[:bs] if name == RUNTIME_STARTUP else x, rate, block_ms, **kw)
+                          for name, kw in ((RUNTIME_STARTUP, {}), (RUNTIME_PHASE, {}), ("runtime_live", {"paced": True}),
+                                           ("runtime_learn", {"learn": True}))}
     return res
+
+
+def _replay_phase(m, evs) -> dict:
+    """One late label replayed (the ``label`` command's work): the blocks go through the core and the
+    decider into a ReplayBuffer as the pipeline keeps them with learning on; the last keyword's
+    stretch is then labelled with its own word and replayed by an OnlineLearner (runtime/onlinelearn.py:
+    from the checkpoint before it, learning on the stretch, commit) between two marks."""
+    import gc
+
+    import numpy as np
+
+    from .learning import MATRICES, target_modes
+    from .onlinelearn import OnlineLearner, ReplayBuffer, ReplayConfig
+    from .pipeline import _run_keeping
+
+    core, dec, buf = m.make_core(), m.decider(), ReplayBuffer(ReplayConfig())
+    t, fired = 0, []
+    for e in evs:
+        out, state = _run_keeping(core, e, buf.wants_checkpoint(t))
+        buf.add(t, e, state)
+        dec.update(out.cadc, t)
+        fired += [s for s in dec.take_stretches() if s[3]]
+        t += e.n_steps
+    dec.flush()
+    fired += [s for s in dec.take_stretches() if s[3]]
+    start, end, unit, _ = fired[-1]
+    t_ck, ck, ev = buf.covering(start, end)
+    learner = OnlineLearner(m.core, m.params, {w: core.get_weights(w) for w in MATRICES}, base_weights=m.weights)
+    modes = target_modes(m.core.n_out, label=unit)
+    gc.collect()
+    _mark()
+    learner.learn(t_ck, ck, ev, start, end, modes)
+    _mark()
+    L = learner.lcore.learner
+    moved = int(sum((L.acc(w) != m.weights[w].astype(np.int32) * 65536).sum() for w in learner.lc.learn))
+    changed = int(sum((learner.weights()[w] != m.weights[w]).sum() for w in MATRICES))
+    learner.close()
+    return {"word": m.labels[unit], "stretch": [start, end], "stretch_steps": end + 1 - start,
+            "replayed_steps": ev.n_steps, "rule": learner.lc.rule, "accumulators_moved": moved,
+            "weights_changed": changed}
 
 
 def _learning_core(m, rule: str, learn: tuple, warm):
@@ -152,10 +204,14 @@ def _learning_core(m, rule: str, learn: tuple, warm):
     return lcore
 
 
-def _runtime_phase(model: str, x, rate: int, block_ms: float) -> int:
-    """The asyncio pipeline (stdin-like source from memory, stdout sink to /dev/null) between marks."""
+def _runtime_phase(model: str, x, rate: int, block_ms: float, paced: bool = False, learn: bool = False,
+                   counted: bool = True) -> dict:
+    """The asyncio pipeline (the audio as a WAV file, stdout sink into memory) between marks: as fast
+    as it goes, or ``paced`` at real time; ``learn``: learning on (blocks kept for replays)."""
     import asyncio
+    import gc
     import io
+    import time
 
     from .cli import RUN_DEFAULTS, build_pipeline
     from .pipeline import run_pipeline
@@ -165,19 +221,30 @@ def _runtime_phase(model: str, x, rate: int, block_ms: float) -> int:
     wav = os.path.join(tmp, "in.wav")
     write_wav(wav, x, rate)
     cfg = dict(RUN_DEFAULTS)
-    cfg.update(model=model, source=f"wav:{wav}", fast=True, block_ms=block_ms, sink=["stdout"],
-               metrics_interval=0.0)
+    cfg.update(model=model, source=f"wav:{wav}", fast=not paced, speed=1.0, block_ms=block_ms, sink=["stdout"],
+               metrics_interval=0.0, learn=learn)
     out = io.StringIO()
 
     async def go():
         p = build_pipeline(cfg, stream=out)
+        # every front-end and core call on the event loop, as on a Pi, where a 10 ms block's calls take
+        # well under a millisecond (Pipeline's inline_ms, 5 ms): under an emulator on a shared machine
+        # some would take longer on the wall clock and go to the threads, and the count would
+        # depend on the load
+        p.inline_ms = 1e9
         return await run_pipeline(p)
 
-    _mark()
-    asyncio.run(go())
-    _mark()
+    gc.collect()  # the garbage of earlier phases is not collected inside this one
+    mark = _mark if counted else (lambda: None)
+    t = time.monotonic()
+    mark()
+    final = asyncio.run(go())
+    mark()
+    wall = time.monotonic() - t
     shutil.rmtree(tmp, ignore_errors=True)
-    return sum(1 for line in out.getvalue().splitlines() if line.startswith("{\"word\""))
+    return {"keywords": sum(1 for line in out.getvalue().splitlines() if line.startswith("{\"word\"")),
+            "wall_s": round(wall, 3), "calls": final["calls"],
+            "buffered_steps": final["learning"]["buffer_steps"]}
 
 
 # -- counting ---------------------------------------------------------------------------------
@@ -195,7 +262,7 @@ def _workload_cmd(python: list[str], args) -> list[str]:
 
 
 def _phase_names(runtime: bool) -> list[str]:
-    return PHASES + ([RUNTIME_PHASE] if runtime else [])
+    return PHASES + (RUNTIME_PHASES if runtime else [])
 
 
 def _phase_marks(runtime: bool) -> tuple[dict[str, int], int]:
@@ -312,9 +379,23 @@ def summarize(res: dict) -> dict:
     learn = {p: (ph["frontend"]["instructions"] + ph[p]["instructions"] + ph["decision"]["instructions"])
              / w["audio_s"] for p in LEARN_PHASES if p in ph}
     res["learning_on_per_audio_s"] = {p: round(v) for p, v in learn.items()}
+    # the runtime per second of audio in steady state: its start-up and shutdown taken off
+    startup = ph[RUNTIME_STARTUP]["instructions"] if RUNTIME_STARTUP in ph else 0
+    runtime = {p: (ph[p]["instructions"] - startup) / w["audio_s"] for p in RUNTIME_PHASES[1:] if p in ph}
+    res["runtime_per_audio_s"] = {p: round(v) for p, v in runtime.items()}
+    if startup:
+        res["runtime_startup_instructions"] = startup
+    replay = None
+    if "replay_label" in ph and "replay" in w:  # one replay: per replay and per replayed step, not per second
+        replay = ph["replay_label"]["instructions"]
+        res["replay_label"] = {**w["replay"], "instructions": replay,
+                               "per_replayed_step": round(replay / w["replay"]["replayed_steps"], 1)}
 
     def load(per_s: float, ghz: tuple, ipc: tuple) -> list[float]:
         return [round(100 * per_s / (ipc[1] * ghz[1] * 1e9), 2), round(100 * per_s / (ipc[0] * ghz[0] * 1e9), 2)]
+
+    def ms(n: int, ghz: tuple, ipc: tuple) -> list[float]:
+        return [round(1000 * n / (ipc[1] * ghz[1] * 1e9), 1), round(1000 * n / (ipc[0] * ghz[0] * 1e9), 1)]
 
     if res["isa"].startswith("aarch64"):
         est = []
@@ -322,9 +403,10 @@ def summarize(res: dict) -> dict:
             est.append({"cpu": name, "ghz": list(ghz), "ipc": list(ipc),
                         "load_pct_of_one_core": load(per_s, ghz, ipc),
                         "learning_on_load_pct": {p: load(v, ghz, ipc) for p, v in learn.items()}})
-            if RUNTIME_PHASE in ph:
-                est[-1]["runtime_pipeline_load_pct"] = load(ph[RUNTIME_PHASE]["instructions"] / w["audio_s"],
-                                                            ghz, ipc)
+            if runtime:
+                est[-1]["runtime_load_pct"] = {p: load(v, ghz, ipc) for p, v in runtime.items()}
+            if replay is not None:
+                est[-1]["replay_label_ms"] = ms(replay, ghz, ipc)
         res["estimate"] = est
         res["target_pct_pi4"] = TARGET_PCT
         res["target_learning_pct_pi4"] = TARGET_LEARN_PCT
@@ -344,10 +426,23 @@ def _print(res: dict) -> None:
           f"Python overhead per s: {res['python_overhead_per_audio_s']}")
     for e in res.get("estimate", []):
         lo, hi = e["load_pct_of_one_core"]
+        rt = "".join(f"; {p} {v[0]}-{v[1]} %" for p, v in e.get("runtime_load_pct", {}).items())
         print(f"{e['cpu']}: {lo}-{hi} % of one core (IPC {e['ipc'][0]}-{e['ipc'][1]}, "
-              f"{e['ghz'][0]}-{e['ghz'][1]} GHz)" + (f"; whole runtime {e['runtime_pipeline_load_pct'][0]}-"
-                                                    f"{e['runtime_pipeline_load_pct'][1]} %"
-                                                    if "runtime_pipeline_load_pct" in e else ""))
+              f"{e['ghz'][0]}-{e['ghz'][1]} GHz){rt}")
+    if "runtime_startup_instructions" in res:
+        print(f"runtime start-up and shutdown (one block): {res['runtime_startup_instructions']:,} instr, "
+              "taken off the runtime phases below")
+    for p, run in w.get("runtime", {}).items():
+        if p in res["runtime_per_audio_s"]:
+            print(f"{p}: {res['runtime_per_audio_s'][p]:,} instr per s of audio ({run['keywords']} keywords, "
+                  f"{run['wall_s']} s wall, calls {run['calls']})")
+    if "replay_label" in res:
+        r = res["replay_label"]
+        ms_ = "; ".join(f"{e['cpu']}: {e['replay_label_ms'][0]}-{e['replay_label_ms'][1]} ms"
+                        for e in res.get("estimate", []))
+        print(f"one label replayed ({r['rule']}, '{r['word']}', {r['stretch_steps']} steps learnt of "
+              f"{r['replayed_steps']} replayed): {r['instructions']:,} instr, {r['per_replayed_step']:,} per "
+              f"replayed step" + (f"; {ms_}" if ms_ else ""))
     for p, v in res["learning_on_per_audio_s"].items():
         rule, learn = LEARN_PHASES[p]
         pct = "; ".join(f"{e['cpu']}: {e['learning_on_load_pct'][p][0]}-{e['learning_on_load_pct'][p][1]} %"

@@ -86,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_soak.main(["--seconds", str(args.seconds)] + (["--json", args.json] if args.json else []))
     if args.what == "cpu":
         from . import bench_cpu
-        argv = ["--rate", str(args.rate), "--model", args.model or "kws-digits"]
+        argv = ["--rate", str(args.rate), "--block-ms", str(args.block_ms), "--model", args.model or "kws-digits"]
         argv += (["--json", args.json] if args.json else []) + (["--aarch64"] if args.aarch64 else [])
         return bench_cpu.main(argv + (["--runtime"] if args.runtime else []))
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--aarch64", action="store_true", help="cpu: A64 instructions under qemu (needs a checkout)")
     b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")
     b.add_argument("--rate", type=int, default=16000, help="cpu: input sample rate (default 16000)")
+    b.add_argument("--block-ms", type=float, default=10.0, help="cpu: audio block length (default 10, as run)")
     b.add_argument("--seconds", type=float, default=60.0, help="soak: seconds of hostile traffic (default 60)")
     b.add_argument("--learn", action="store_true",
                    help="core: the e-prop learning workload (mode C; JSON learn_steps_per_s)")

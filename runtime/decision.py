@@ -170,6 +170,11 @@ class Decider:
         self._next_step = 0
         self._stretches: deque = deque(maxlen=self.MAX_STRETCHES)
 
+    @property
+    def has_stretches(self) -> bool:
+        """Whether :meth:`take_stretches` has any to hand out."""
+        return bool(self._stretches)
+
     def take_stretches(self) -> list[tuple[int, int, int, bool]]:
         """The stretches decided since the last call: (start, end, unit, fired) each, oldest first."""
         out = list(self._stretches)

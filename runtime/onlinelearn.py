@@ -118,6 +118,9 @@ class ReplayBuffer:
     def __init__(self, config: ReplayConfig | None = None):
         self.config = config or ReplayConfig()
         self._blocks: deque[_Block] = deque()
+        # [blocks, steps, events] of each group (a block with a checkpoint and the blocks after it up
+        # to the next one), oldest first: kept as blocks come, so eviction never walks the blocks
+        self._groups: deque[list[int]] = deque()
         self._next = None          # stream step right after the newest block
         self._last_ckpt = None     # stream step of the newest checkpoint
         self.steps = 0
@@ -149,34 +152,31 @@ class ReplayBuffer:
         self._next = int(t0) + n
         if checkpoint is not None:
             self._last_ckpt = int(t0)
+            self._groups.append([1, n, ch.shape[0]])
+        else:
+            g = self._groups[-1]
+            g[0], g[1], g[2] = g[0] + 1, g[1] + n, g[2] + ch.shape[0]
         self.steps += n
         self.events += ch.shape[0]
         self._evict()
 
     def clear(self) -> None:
         self._blocks.clear()
+        self._groups.clear()
         self._next = self._last_ckpt = None
         self.steps = self.events = 0
 
-    def _group_len(self) -> tuple[int, int, int]:
-        """(blocks, steps, events) of the oldest group."""
-        nb = st = ev = 0
-        for i, b in enumerate(self._blocks):
-            if i and b.checkpoint is not None:
-                break
-            nb, st, ev = nb + 1, st + b.n_steps, ev + b.channels.shape[0]
-        return nb, st, ev
-
     def _evict(self) -> None:
         while self._blocks:
-            nb, st, ev = self._group_len()
-            if nb == len(self._blocks):       # the only group: evict only for the event bound
+            nb, st, ev = self._groups[0]
+            if len(self._groups) == 1:       # the only group: evict only for the event bound
                 if self.events <= self.config.max_events:
                     return
             elif self.steps - st < self.config.window_steps and self.events <= self.config.max_events:
                 return
             for _ in range(nb):
                 self._blocks.popleft()
+            self._groups.popleft()
             self.steps -= st
             self.events -= ev
             self.evicted_steps += st

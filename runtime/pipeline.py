@@ -161,7 +161,7 @@ class Bundle:
         return self.model.name
 
 
-@dataclass
+@dataclass(slots=True)
 class _CoreOut:
     bundle: Bundle
     t0: int
@@ -616,14 +616,16 @@ class Pipeline:
                 continue
             b = item.bundle
             kws = b.decider.update(item.cadc, item.t0)
-            self.learning.add_stretches(b.generation, b.decider.take_stretches())
+            if b.decider.has_stretches:
+                self.learning.add_stretches(b.generation, b.decider.take_stretches())
             self._decided_step = item.t0 + item.events.n_steps
             last = (b, item.t_in)
             self._c["blocks"] += 1
             self._c["input_events"] += item.events.n_events
             self._c["hidden_spikes"] += item.n_spikes
             self._lat_block.append(time.monotonic() - item.t_in)
-            await self._emit_keywords(b, kws, item.t_in)
+            if kws:
+                await self._emit_keywords(b, kws, item.t_in)
             si = None
             for s, q in zip(self.sinks, self._q_sinks):
                 if s.wants_spikes:

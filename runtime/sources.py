@@ -50,7 +50,7 @@ class SourceError(ValueError):
     """A source spec or its target (file, device, broker) is unusable; the message says why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class AudioBlock:
     """int16 mono samples; ``t_in`` = ``time.monotonic()`` when the block entered the runtime."""
 

@@ -81,7 +81,46 @@ def test_phase_marks_follow_the_workload():
         _os.getpgid = real
     starts, n_marks = bench_cpu._phase_marks(False)
     assert len(seen) == n_marks and set(starts) == set(bench_cpu.PHASES)
-    assert sorted(starts.values()) == [0, 1, 2, 3, 4, 6, 8] and n_marks == 10
+    assert sorted(starts.values()) == [0, 1, 2, 3, 4, 6, 8, 10] and n_marks == 12
+
+
+def test_replay_phase_replays_a_fired_keywords_stretch():
+    """The replay_label phase replays the last keyword's stretch from the buffer (a checkpoint
+    before it, the stretch inside what is replayed) and learns: accumulators move."""
+    w = bench_cpu.workload(rate=8000, block_ms=10.0)
+    r = w["replay"]
+    start, end = r["stretch"]
+    assert r["stretch_steps"] == end + 1 - start > 10 and r["replayed_steps"] > r["stretch_steps"]
+    assert end < w["steps"] and r["word"] in ("zero", "one", "two", "three", "four", "five", "six", "seven",
+                                              "eight", "nine")
+    assert r["accumulators_moved"] > 0
+
+
+def test_runtime_phases_count_the_start_up_once(monkeypatch):
+    """--runtime: the start-up phase runs one block, the others the whole audio (fast, paced at real
+    time, learning on) and hear every digit; the per-second numbers take the start-up off."""
+    seen = []
+    real = bench_cpu._runtime_phase
+
+    def spy(model, x, rate, block_ms, **kw):
+        seen.append((x.shape[0], kw))
+        return real(model, x, rate, block_ms, **kw) if not kw.get("paced") else {
+            "keywords": -1, "wall_s": 0.0, "calls": {}, "buffered_steps": 0}  # real time: skipped here
+    monkeypatch.setattr(bench_cpu, "_runtime_phase", spy)
+    w = bench_cpu.workload(rate=8000, block_ms=10.0, runtime=True)
+    assert [n for n, _ in seen] == [80, 80, w["audio_s"] * 8000, w["audio_s"] * 8000, w["audio_s"] * 8000]
+    assert [kw for _, kw in seen] == [{"counted": False}, {}, {}, {"paced": True}, {"learn": True}]
+    rt = w["runtime"]
+    assert rt["runtime_pipeline"]["keywords"] == rt["runtime_learn"]["keywords"] == 10
+    assert rt["runtime_learn"]["buffered_steps"] > 2000 and rt["runtime_pipeline"]["buffered_steps"] == 0
+    starts, n_marks = bench_cpu._phase_marks(True)
+    assert set(starts) == set(bench_cpu.PHASES) | set(bench_cpu.RUNTIME_PHASES) and n_marks == 20
+    res = {"isa": "aarch64 (A64)", "workload": {"audio_s": 10.0, "steps": 2500},
+           "phases": {p: {"instructions": 10_000_000} for p in bench_cpu.PHASES}}
+    res["phases"].update({p: {"instructions": 50_000_000} for p in bench_cpu.RUNTIME_PHASES})
+    res["phases"]["runtime_startup"] = {"instructions": 5_000_000}
+    s = bench_cpu.summarize(res)
+    assert s["runtime_per_audio_s"] == {p: 4_500_000 for p in bench_cpu.RUNTIME_PHASES[1:]}
 
 
 def test_summary_and_estimate_arithmetic():

@@ -91,6 +91,30 @@ def test_buffer_is_bounded_and_gives_back_the_stream():
     assert buf.nbytes < (cfg.window_steps + 200) * 8 + buf.events * 4 + 8 * len(ck)
 
 
+def test_buffer_groups_are_the_checkpointed_runs_of_blocks():
+    """The group bookkeeping kept as blocks come (what eviction pops) is, after every add, the
+    runs of blocks that start at a checkpoint, counted from the blocks themselves."""
+    config, params, w, rng = _net(1)
+    buf = ReplayBuffer(ReplayConfig(window_steps=200, checkpoint_steps=60, max_events=3000))
+    core = _live(config, params, w)
+    counts = _stream(rng, 3000, config.n_in, rate=0.3)
+    evicted = 0
+    for t0, ev in _blocks(counts, [int(s) for s in rng.integers(1, 30, 300)]):
+        if t0 + ev.n_steps > counts.shape[0]:
+            break
+        buf.add(t0, ev, _core_section(core) if buf.wants_checkpoint(t0) else None)
+        core.run(ev)
+        groups = []
+        for b in buf._blocks:
+            if b.checkpoint is not None:
+                groups.append([0, 0, 0])
+            groups[-1] = [groups[-1][0] + 1, groups[-1][1] + b.n_steps, groups[-1][2] + b.channels.shape[0]]
+        assert [list(g) for g in buf._groups] == groups
+        assert sum(g[1] for g in groups) == buf.steps and sum(g[2] for g in groups) == buf.events
+        evicted = buf.evicted_steps
+    assert evicted > 0 and len(buf._groups) > 1
+
+
 def test_buffer_event_bound_and_gaps():
     config, params, w, rng = _net()
     buf = ReplayBuffer(ReplayConfig(window_steps=10**5, checkpoint_steps=50, max_events=2000))
