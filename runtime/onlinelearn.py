@@ -580,6 +580,15 @@ class LearningSession:
                     self.buffer.clear()
             return self.status()
 
+    async def si_importance(self) -> dict | None:
+        """The learner's synaptic-intelligence importance per learning matrix (None with si off or no
+        learner yet), e.g. to write it into an adapted model file."""
+        b = self._pipe.learning_bundle()
+        if self._learner is None or self._learner_gen != b.generation or not self.lc.si:
+            return None
+        st = await self._pipe.run_learn_thread(self._learner.si_state)
+        return {m: v["importance"] for m, v in st.items()}
+
     async def cmd_consolidate(self) -> dict:
         async with self._lock_():
             if not self.lc.si:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -164,3 +165,44 @@ def test_pipeline_si_commands(tiny_model_path, long_wav):
     assert sum(v["nonzero"] for v in c["result"]["importance"].values()) > 0
     assert not r["bad"]["ok"] and "si_xi_log2" in r["bad"]["error"]
     assert r["status"]["result"]["learning"]["consolidations"] == 1
+
+
+# -- the base model's importance (tools/importance.py) and `adapt --consolidate` ----------------------
+from test_adapt import _adapt_cli, speakers  # noqa: E402,F401
+
+
+def test_importance_tool_and_adapt_consolidate(speakers, tiny_model_path, tmp_path):  # noqa: F811
+    from spikewire.tools.importance import base_importance, main as importance_main
+    from spikewire.tools.datasets import wav_folder
+    new_dir, old_dir = speakers
+    base = Model.load(tiny_model_path)
+    out = tmp_path / "imp.swm"
+    lc = {"learn": ["out"], "rate_out": 4, "si_c_log2": 16}
+    assert importance_main(["--model", str(tiny_model_path), "--data", str(old_dir), "--per-word", "3",
+                            "--learning", json.dumps(lc), "--out", str(out), "--json"]) == 0
+    m = Model.load(out)
+    assert m.learning_config().si and set(m.importance) == {"out"} and m.importance["out"].any()
+    assert all(np.array_equal(m.weights[k], base.weights[k]) for k in MATRICES)   # the anchors: the model's own
+    info = m.training["importance"]
+    assert info["files"] == 2 * 2 * 3 and info["speakers"] == ["ann", "bob"]
+    test_file = [u for u in wav_folder(old_dir / "recordings", base.vocabulary) if u.split == "test"][:1]
+    with pytest.raises(ValueError, match="test-split"):
+        base_importance(base, test_file, m.learning_config())
+    # adapt: without SI, and with SI at full strength (c * Omega >= 1 freezes the important weights)
+    runs = {}
+    for name, model, extra in (("plain", tiny_model_path, ["--learning", json.dumps({**lc, "si": False})]),
+                               ("si", out, ["--consolidate"])):
+        r = _adapt_cli(["--model", str(model), "--data", str(new_dir), "--shots", "2", "--passes", "2",
+                        "--old-data", str(old_dir), "--out", str(tmp_path / f"{name}.swm"), "--json", *extra])
+        assert r.returncode == 0, r.stderr
+        runs[name] = (json.loads(r.stdout), Model.load(tmp_path / f"{name}.swm"))
+    (plain, mp), (si, ms) = runs["plain"], runs["si"]
+    assert si["consolidate"] and si["learning"]["si"] and not plain["consolidate"]
+    important = m.importance["out"] > 0
+    assert np.array_equal(ms.weights["out"][important], base.weights["out"][important])
+    assert (mp.weights["out"][important] != base.weights["out"][important]).any()
+    assert si["weights_changed"] < plain["weights_changed"]
+    assert (ms.importance["out"] >= m.importance["out"]).all()        # the adapted model: importance grew
+    assert ms.learning_config().si
+    r = _adapt_cli(["--model", str(tiny_model_path), "--data", str(new_dir), "--shots", "2", "--consolidate"])
+    assert r.returncode == 2 and "no importance" in r.stderr

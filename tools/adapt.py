@@ -168,6 +168,11 @@ async def _stream(model: Model, shots: Sequence[Utterance], audio: Sequence[np.n
             log(f"shot {i + 1}/{len(shots)} {u.label} {Path(u.path).name}: stretch {st['id']} "
                 f"({'fired' if st['fired'] else 'rejected'}, {heard}) -> "
                 + (f"{rep['result']['weights_changed']} weights changed" if rep["ok"] else rep["error"]))
+        if lc.si:   # the end of this task: what was learnt becomes importance (docs/learning.md)
+            rep = await call("consolidate")
+            if not rep["ok"]:
+                raise AdaptError(f"consolidate: {rep['error']}")
+            out["importance"] = await pipe.learning.si_importance()
         core = pipe.learning_bundle().core
         out["weights"] = await pipe.run_core_thread(lambda: {m: core.get_weights(m) for m in MATRICES})
         out["learning_counts"] = dict(pipe.learning.counts)
@@ -220,9 +225,13 @@ def adapt(model: Model, new: Sequence[Utterance], shots_per_word: int, lc: Learn
                            "rule": lc.rule, "learning": lc.to_dict(), "passes": passes, "shots": shots_per_word,
                            "shot_files": [Path(u.path).name for u in shots], "seed": seed,
                            "updates": st["updates"], "unheard": len(st["unheard_files"])}
-    adapted = dataclasses.replace(model, name=f"{model.name}-adapted", weights=st["weights"], training=training)
+    imp = st.get("importance")
+    adapted = dataclasses.replace(model, name=f"{model.name}-adapted", weights=st["weights"], training=training,
+                                  **({"importance": {**(model.importance or {}), **imp}, "learning": lc.to_dict()}
+                                     if imp else {}))
     res = {"shots": shots_per_word, "n_shots": len(shots), "n_new_eval": len(rest), "seed": seed,
-           "passes": passes, "rule": lc.rule, "learning": lc.to_dict(), "updates": st["updates"],
+           "passes": passes, "rule": lc.rule, "learning": lc.to_dict(), "consolidate": lc.si,
+           "updates": st["updates"],
            "unheard": len(st["unheard_files"]), "unheard_files": st["unheard_files"],
            "label_errors": st["label_errors"], "extra_stretches": st["extra_stretches"],
            "shots_fired_right": st["fired_right"], "shots_fired_wrong": st["fired_wrong"],
@@ -269,6 +278,10 @@ def build_parser(prog: str = "spikewire adapt") -> argparse.ArgumentParser:
     p.add_argument("--learning", default="{}", metavar="JSON",
                    help="LearningConfig fields over the default (e-prop, in+out, rates 12/8, shadow weights), "
                    "e.g. '{\"rule\": \"superspike\"}' (docs/learning.md)")
+    p.add_argument("--consolidate", action="store_true",
+                   help="synaptic intelligence: start from the model's importance and learning config "
+                   "(python -m spikewire.tools.importance makes them), pull important weights toward the "
+                   "model's, and consolidate at the end (--out keeps the new importance); docs/learning.md")
     p.add_argument("--out", metavar="SWM", help="write the adapted model here (a normal model file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per shot on stderr")
@@ -290,10 +303,16 @@ def main(argv=None, prog: str = "python -m spikewire.tools.adapt") -> int:
             lcd = json.loads(a.learning)
             if not isinstance(lcd, dict):
                 raise ValueError("not a JSON object")
-            lc = LearningConfig.from_dict({**DEFAULT_LEARNING, **lcd})
+            if a.consolidate:
+                lc = LearningConfig.from_dict({**(model.learning or DEFAULT_LEARNING), **lcd, "si": True})
+            else:
+                lc = LearningConfig.from_dict({**DEFAULT_LEARNING, **lcd})
             ReplayConfig(passes=a.passes)
         except (ValueError, TypeError) as e:
             raise AdaptError(f"--learning / --passes: {e}") from None
+        if a.consolidate and model.importance is None:
+            raise AdaptError(f"--consolidate: {a.model} has no importance (make it with "
+                             "python -m spikewire.tools.importance)")
         utts = [u for u in wav_folder(a.data, model.vocabulary) if a.speaker is None or u.speaker == a.speaker]
         if not utts:
             raise AdaptError(f"no files of speaker {a.speaker!r} in {a.data}")
