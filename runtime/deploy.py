@@ -8,6 +8,7 @@ are the templates in runtime/data/deploy/ -- the same files docs/raspberry-pi.md
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -35,8 +36,54 @@ def _checkout() -> Path | None:
     return root if (root / "setup.py").is_file() and (root / ".git").exists() else None
 
 
-def build_sdist(dest: Path) -> Path:
-    """An sdist built from a clean copy of the checkout's tracked files (as a fresh clone has)."""
+def source_date_epoch() -> int:
+    """The time stamped on every file of a bundle: ``SOURCE_DATE_EPOCH`` if set (the reproducible-builds
+    convention), else the checkout's last commit time, else 0."""
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env is not None:
+        try:
+            t = int(env)
+        except ValueError:
+            raise DeployError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds") from None
+        if not 0 <= t < 2**33:
+            raise DeployError(f"SOURCE_DATE_EPOCH={env!r} is out of range")
+        return t
+    root = _checkout()
+    if root is not None:
+        r = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=root, capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip().isdigit():
+            return int(r.stdout.strip())
+    return 0
+
+
+def _tar_gz(out, members, mtime: int) -> None:
+    """Write ``members`` ((TarInfo, bytes or None) in order) as a tar.gz whose bytes depend only on
+    them and ``mtime``: every time stamp ``mtime`` (the gzip header's too), owner root (0/0, no
+    names), modes 0644/0755, PAX format."""
+    with open(out, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=mtime) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for ti, data in members:
+            ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = mtime, 0, 0, "", ""
+            ti.mode = 0o755 if ti.isdir() or ti.mode & 0o111 else 0o644
+            ti.pax_headers = {}
+            t.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+
+def _repack(sdist: Path, mtime: int) -> None:
+    """setuptools stamps the sdist with the build's clock and user: rewrite it with sorted members and
+    the fixed stamps of :func:`_tar_gz`, so two builds of the same files give the same bytes."""
+    with tarfile.open(sdist) as t:
+        members = []
+        for m in sorted(t.getmembers(), key=lambda m: m.name):
+            if not (m.isfile() or m.isdir()):
+                raise DeployError(f"sdist member {m.name} is neither a file nor a folder")
+            members.append((m, t.extractfile(m).read() if m.isfile() else None))
+    _tar_gz(sdist, members, mtime)
+
+
+def build_sdist(dest: Path, mtime: int | None = None) -> Path:
+    """An sdist built from a clean copy of the checkout's tracked files (as a fresh clone has),
+    byte-reproducible (:func:`_repack`, stamped with :func:`source_date_epoch`)."""
     root = _checkout()
     if root is None:
         raise DeployError("this spikewire is not a source checkout, so it cannot build the sdist; "
@@ -48,11 +95,12 @@ def build_sdist(dest: Path) -> Path:
         if p.is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             (src / f).write_bytes(p.read_bytes())
-    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dest / "dist")], cwd=src,
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str((dest / "dist").resolve())], cwd=src,
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"building the sdist failed:\n{r.stderr}")
     (sdist,) = (dest / "dist").glob("spikewire-*.tar.gz")
+    _repack(sdist, source_date_epoch() if mtime is None else mtime)
     return sdist
 
 
@@ -87,6 +135,7 @@ def build_bundle(model: str, out: str, *, config: str | None = None, sdist: str 
 
     if os.path.exists(out) and not force:
         raise DeployError(f"{out} exists (use --force to overwrite)")
+    epoch = source_date_epoch()
     try:
         model_path = resolve(model)
         model_bytes = model_path.read_bytes()
@@ -101,7 +150,7 @@ def build_bundle(model: str, out: str, *, config: str | None = None, sdist: str 
     device = _device_toml(config, model_path.name)
     with tempfile.TemporaryDirectory() as tmp:
         if sdist is None:
-            sdist_path = build_sdist(Path(tmp))
+            sdist_path = build_sdist(Path(tmp), epoch)
         else:
             sdist_path = Path(sdist)
             if not sdist_path.is_file() or not sdist_path.name.startswith("spikewire-"):
@@ -119,10 +168,11 @@ def build_bundle(model: str, out: str, *, config: str | None = None, sdist: str 
     members["bundle.json"] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     members["SHA256SUMS"] = "".join(f"{_sha(d)}  {n}\n" for n, d in members.items()).encode()
     tmp_out = f"{out}.partial"
-    with tarfile.open(tmp_out, "w:gz") as t:
-        for name, data in members.items():
-            ti = tarfile.TarInfo(f"{TOP}/{name}")
-            ti.size, ti.mode, ti.mtime = len(data), 0o755 if name == "install.sh" else 0o644, 0
-            t.addfile(ti, io.BytesIO(data))
+    entries = []
+    for name, data in members.items():
+        ti = tarfile.TarInfo(f"{TOP}/{name}")
+        ti.size, ti.mode = len(data), 0o755 if name == "install.sh" else 0o644
+        entries.append((ti, data))
+    _tar_gz(tmp_out, entries, epoch)  # the same files -> the same bytes
     os.replace(tmp_out, out)
     return info

@@ -60,6 +60,42 @@ def test_bundle_members_and_checksums(bundle):
             "runtime/data/deploy/device.toml", "csrc/spikewire.h"} <= names
 
 
+def _stamps(data: bytes, epoch: int) -> list[str]:
+    """Every member's stamps in a tar.gz (and its gzip header): a list of what is not ``epoch``/root."""
+    bad = [] if int.from_bytes(data[4:8], "little") == epoch else ["gzip header mtime"]
+    with tarfile.open(fileobj=__import__("io").BytesIO(data)) as t:
+        for m in t.getmembers():
+            if (m.mtime, m.uid, m.gid, m.uname, m.gname) != (epoch, 0, 0, "", ""):
+                bad.append(f"{m.name}: {m.mtime} {m.uid}/{m.gid} {m.uname}/{m.gname}")
+    return bad
+
+
+def test_bundle_is_byte_reproducible(bundle, tmp_path, monkeypatch):
+    """Two builds of the same checkout give the same bytes: every time stamp in the bundle and in its
+    sdist is the last commit's time (or SOURCE_DATE_EPOCH), owners are root, the sdist is sorted."""
+    again = tmp_path / "again.tar.gz"
+    assert main(["deploy", "bundle", "--model", "kws-digits", "--out", str(again)]) == 0
+    assert again.read_bytes() == bundle.read_bytes()
+    epoch = int(subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), capture_output=True, text=True, check=True).stdout)
+    data = bundle.read_bytes()
+    with tarfile.open(bundle) as t:
+        sdist = next(t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".tar.gz"))
+    assert _stamps(data, epoch) == [] and _stamps(sdist, epoch) == []
+    with tarfile.open(fileobj=__import__("io").BytesIO(sdist)) as t:
+        names = t.getnames()
+        assert names == sorted(names) and len(names) > 50
+        assert {oct(m.mode) for m in t.getmembers()} <= {"0o644", "0o755"}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    third = tmp_path / "third.tar.gz"
+    assert main(["deploy", "bundle", "--model", "kws-digits", "--out", str(third)]) == 0
+    with tarfile.open(third) as t:
+        sdist3 = next(t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".tar.gz"))
+    assert _stamps(third.read_bytes(), 1700000000) == [] and _stamps(sdist3, 1700000000) == []
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert main(["deploy", "bundle", "--out", str(tmp_path / "x.tar.gz")]) == 2
+
+
 def test_install_sh_prefix_no_system_installs_a_working_spikewire(bundle, tmp_path):
     with tarfile.open(bundle) as t:
         t.extractall(tmp_path / "unpacked", filter="data")
@@ -131,3 +167,20 @@ def test_bad_input_exits_2(tmp_path, capsys, bundle):
     before = bundle.read_bytes()
     assert main(["deploy", "bundle", "--out", str(bundle)]) == 2
     assert "exists (use --force" in capsys.readouterr().err and bundle.read_bytes() == before
+
+
+def test_every_runtime_dependency_is_in_the_arm64_check():
+    """On a Pi, pip resolves spikewire's dependencies from PyPI (docs/raspberry-pi.md, "Install");
+    tests/aarch64/run.sh installs them as aarch64 wheels and runs spikewire on them in an arm64
+    CPython. A dependency added to pyproject.toml must be in that list, or the arm64 check would not
+    cover it."""
+    import re
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-") for d in deps}
+    script = open(os.path.join(root, "tests", "aarch64", "run.sh")).read()
+    listed = set(re.search(r"^for p in ([^;]+); do\n    WHEELS\+=", script, re.M).group(1).split())
+    assert names and names <= listed, names - listed

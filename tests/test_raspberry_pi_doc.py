@@ -71,3 +71,83 @@ def test_home_assistant_snippets_are_valid_settings():
     for b in blocks:
         assert Discovery.from_options(tomllib.loads(b)["mqtt"]["homeassistant"]) == Discovery(True)
     assert "pattern write homeassistant/+/%u/+/config" in DOC and "pattern write homeassistant/+/%u/+/config\n" in mqtt_doc
+
+
+def _service_config(broker, tmp_path: Path, prefix: str, *, model: str | None = None) -> Path:
+    """The bundle's device.toml as the unit runs it, with what this machine has instead of the Pi's:
+    the test broker (its user, the password in the password file, no TLS), the digits recording
+    paced at real time instead of the USB microphone, paths under tmp_path."""
+    from conftest import DIGITS_WAV
+    from spikewire.assets import deploy_template
+    from spikewire.model import resolve
+
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(broker.password + "\n")
+    pw.chmod(0o640)
+    text = deploy_template("device.toml").decode()
+    swaps = {'model = "/var/lib/spikewire/models/kws-digits.swm"': f'model = "{model or resolve("kws-digits")}"',
+             'source = "mic:USB"': f'source = "wav:{DIGITS_WAV}"',
+             'sinks = ["mqtts://pi-kitchen@broker.lan/spikewire?cafile=/etc/spikewire/ca.crt"]':
+                 f'sinks = ["mqtt://{broker.username}@{broker.host}:{broker.port}/{prefix}"]',
+             '"/etc/spikewire/mqtt-password"': f'"{pw}"',
+             '"/var/lib/spikewire/learnt.swst"': f'"{tmp_path / "learnt.swst"}"',
+             '"/var/lib/spikewire/models"': f'"{tmp_path}"'}
+    for old, new in swaps.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def _exec_start(cfg: Path) -> list[str]:
+    """The unit's ExecStart with this environment's spikewire and ``cfg``."""
+    line = next(x for x in block("ini").splitlines() if x.startswith("ExecStart="))
+    exe, *args = line.split("=", 1)[1].split()
+    assert exe == "/opt/spikewire/venv/bin/spikewire" and args == ["run", "--config", "/etc/spikewire/device.toml"]
+    return [str(Path(sys.executable).parent / "spikewire"), "run", "--config", str(cfg)]
+
+
+def test_service_stop_crash_and_bad_config_as_the_unit_sees_them(mqtt_auth_broker, tmp_path):
+    """The unit's command with the bundle's device.toml (adapted above): while it runs the device is
+    `online`; `systemctl stop` (SIGTERM, systemd's default KillSignal) publishes the retained
+    `offline` and exits 0, so Restart=on-failure leaves it stopped; a crash or power loss (SIGKILL)
+    leaves the broker's last will `offline`, and exits non-zero (restarted); a config error exits 2
+    (RestartPreventExitStatus=2: not restarted)."""
+    import asyncio
+    import signal
+
+    from conftest import Subscriber, run_bounded
+
+    async def one(sig, prefix: str) -> tuple[list[bytes], int, bytes]:
+        status = f"{prefix}/pi-kitchen/status"
+        (tmp_path / prefix).mkdir()
+        cmd = _exec_start(_service_config(mqtt_auth_broker, tmp_path / prefix, prefix))
+        async with Subscriber(mqtt_auth_broker, status) as sub:
+            p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                     stderr=asyncio.subprocess.PIPE)
+            try:
+                await sub.wait_for(lambda m: (status, b"online", False) in m, 60)
+                p.send_signal(sig)
+                async with asyncio.timeout(60):
+                    _, err = await p.communicate()
+                await sub.wait_for(lambda m: m[-1][1] == b"offline", 30)
+            finally:
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+            got = [pl for _, pl, _ in sub.messages]
+        async with Subscriber(mqtt_auth_broker, status) as late:  # what a dashboard sees afterwards
+            retained = await late.wait_for(lambda m: m, 10)
+        assert retained == [(status, b"offline", True)]
+        return got, p.returncode, err
+
+    got, rc, err = run_bounded(one(signal.SIGTERM, "svc-stop"), 150)
+    assert got == [b"online", b"offline"] and rc == 0, err.decode()[-2000:]
+    assert b'"event":"final_metrics"' in err
+    got, rc, _ = run_bounded(one(signal.SIGKILL, "svc-kill"), 150)
+    assert got == [b"online", b"offline"] and rc == -signal.SIGKILL  # the offline is the broker's will
+    (tmp_path / "bad").mkdir()
+    bad = _service_config(mqtt_auth_broker, tmp_path / "bad", "svc-bad", model=str(tmp_path / "missing.swm"))
+    r = subprocess.run(_exec_start(bad), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "missing.swm" in r.stderr and "Traceback" not in r.stderr
