@@ -1,8 +1,8 @@
 """The broker ACL recipe for several devices (docs/mqtt.md, "Access control") against a real mosquitto.
 
-Each device logs in with its device id as user name and may publish only under
-``PREFIX/<its id>/`` and read only its own ``control`` topic; the operator reads everything
-and may publish ``control`` for any device. A denied publish is dropped silently by the broker
+Each device logs in with its device id as user name and may publish only its own output topics
+under ``PREFIX/<its id>/`` (never its own ``control``) and read only its own ``control`` topic; the
+operator reads everything and is the only one who may publish ``control`` (for any device). A denied publish is dropped silently by the broker
 (MQTT 3.1.1), so every "is not delivered" check publishes an allowed marker after it on the same
 connection: messages of one client arrive in order, so once the marker is in, the denied one
 would have been too.
@@ -75,12 +75,20 @@ async def wait_until(pred, event: asyncio.Event, timeout: float = 5.0):
 
 
 def test_docs_acl_is_the_recipe():
-    assert "pattern write fleet/%u/#" in ACL and "topic write fleet/+/control" in ACL, ACL
+    lines = ACL.splitlines()
+    assert "topic write fleet/+/control" in lines and "pattern read fleet/%u/control" in lines, ACL
+    # a device writes its output topics one by one: no wildcard that would cover its own control topic
+    device_writes = [ln.split()[-1] for ln in lines if ln.startswith("pattern write fleet/")]
+    assert sorted(device_writes) == sorted(f"fleet/%u/{t}" for t in
+                                           ("status", "keyword", "metrics", "spikes/+", "control/reply")), ACL
+    assert "pattern write homeassistant/+/%u/+/config" in lines, ACL
     assert "pattern write homeassistant/+/%u/+/config" in ACL.splitlines(), ACL
 
 
-def test_device_publishes_only_under_its_prefix(acl_broker):
-    """The real sink (status, will, keyword) fits the device's rights; other devices' topics are refused."""
+def test_device_publishes_only_its_output_topics(acl_broker):
+    """The real sink (status, will, keyword, spikes, metrics, a control reply) fits the device's rights;
+    other devices' topics, its own control topic and anything else under its prefix are refused."""
+    from spikewire.wire import encode_spike_batch
 
     async def go():
         seen: list = []
@@ -92,13 +100,22 @@ def test_device_publishes_only_under_its_prefix(acl_broker):
             async with MqttSink(url, "pi-01", "m") as sink:
                 await sink.wait_connected(5)
                 await sink.publish_keyword({"word": "seven", "score": 0.9, "t_start": 1.0, "t_end": 1.5})
-                await wait_until(lambda: any(t == f"{PREFIX}/pi-01/keyword" for t, _ in seen), new)
-            # a client logged in as pi-01 tries to speak for pi-02, then sends an allowed marker
+                sink.publish_spikes("input", encode_spike_batch(0, 2, [0, 1], [3, 4], n_units=8))
+                sink.publish_metrics({"steps": 2})
+                want = {f"{PREFIX}/pi-01/{t}" for t in ("keyword", "spikes/input", "metrics")}
+                await wait_until(lambda: want <= {t for t, _ in seen}, new)
+                # the sink publishes these only after it has subscribed to its control topic
+                await op.publish(f"{PREFIX}/pi-01/control", b'{"cmd": "nothing", "id": 1}', qos=1)
+                await wait_until(lambda: f"{PREFIX}/pi-01/control/reply" in {t for t, _ in seen}, new)
+            # a client logged in as pi-01 tries to speak for pi-02 and to command itself, then sends an
+            # allowed marker (one client's messages arrive in order)
             async with client(acl_broker, "pi-01") as rogue:
                 await rogue.publish(f"{PREFIX}/pi-02/keyword", b'{"word": "forged"}', qos=1)
                 await rogue.publish(f"{PREFIX}/pi-02/status", b"online", qos=1)
-                await rogue.publish(f"{PREFIX}/pi-01/marker", b"m", qos=1)
-                await wait_until(lambda: (f"{PREFIX}/pi-01/marker", b"m") in seen, new)
+                await rogue.publish(f"{PREFIX}/pi-01/control", b'{"cmd": "pause", "id": "forged"}', qos=1)
+                await rogue.publish(f"{PREFIX}/pi-01/other", b"x", qos=1)
+                await rogue.publish(f"{PREFIX}/pi-01/keyword", b"marker", qos=1)
+                await wait_until(lambda: (f"{PREFIX}/pi-01/keyword", b"marker") in seen, new)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         return seen
@@ -106,7 +123,11 @@ def test_device_publishes_only_under_its_prefix(acl_broker):
     seen = run_bounded(go())
     topics = [t for t, _ in seen]
     assert (f"{PREFIX}/pi-01/status", b"online") in seen and (f"{PREFIX}/pi-01/status", b"offline") in seen
-    assert json.loads(dict(seen)[f"{PREFIX}/pi-01/keyword"])["word"] == "seven"
+    assert json.loads(next(p for t, p in seen if t == f"{PREFIX}/pi-01/keyword"))["word"] == "seven"
+    assert json.loads(dict(seen)[f"{PREFIX}/pi-01/control/reply"])["id"] == 1
+    # the operator's command is the only message on pi-01's control topic; nothing else of the rogue's
+    assert [p for t, p in seen if t == f"{PREFIX}/pi-01/control"] == [b'{"cmd": "nothing", "id": 1}']
+    assert f"{PREFIX}/pi-01/other" not in topics
     assert not any(t.startswith(f"{PREFIX}/pi-02/") for t in topics), topics
 
 
