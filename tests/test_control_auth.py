@@ -291,3 +291,71 @@ def test_security_doc_examples_are_the_tested_ones(tmp_path):
     cfg.write_text(toml)
     policy = _control_policy(_load_run_config(str(cfg))["control"])
     assert policy.allow == ("status", "pause", "resume", "reload") and policy.models_dir == "/var/lib/spikewire/models"
+
+
+@pytest.mark.mqtt
+@pytest.mark.parametrize("enabled", [True, False])
+def test_disabled_control_on_a_real_broker(tmp_path, enabled):
+    """``[control] enabled = false`` from a device.toml, the whole pipeline against a real mosquitto: the
+    broker never sees the device subscribe to its ``control`` topic (its subscribe log), commands sent
+    while the device streams keywords are neither run nor answered, and nothing is counted; the same
+    run with ``enabled = true`` subscribes, answers and pauses (so the test can see each of these)."""
+    aiomqtt = pytest.importorskip("aiomqtt")
+    from conftest import Broker, _base_conf, _need, free_port
+
+    from spikewire.cli import _load_run_config, _run_settings, build_pipeline
+
+    _need("mosquitto")
+    port = free_port()
+    broker = Broker(tmp_path, port, _base_conf(tmp_path, port) + ["allow_anonymous true", "log_type subscribe",
+                                                                  "log_dest stdout"])
+    prefix, dev = "t-off", "dev1"
+    control = f"{prefix}/{dev}/control"
+    cfg_file = tmp_path / "device.toml"
+    cfg_file.write_text(f'source = "wav:{DIGITS_WAV}"\nspeed = 4.0\nsink = ["mqtt://127.0.0.1:{port}/{prefix}"]\n'
+                        f'device_id = "{dev}"\nmetrics_interval = 0\n\n[control]\nenabled = {str(enabled).lower()}\n')
+
+    class Args:
+        config = str(cfg_file)
+
+    cfg = _run_settings(Args())
+    assert cfg["control"] == {"enabled": enabled} == _load_run_config(str(cfg_file))["control"]
+
+    async def go():
+        pipe = build_pipeline(cfg)
+        task = asyncio.create_task(pipe.run())
+        got: list = []
+        async with aiomqtt.Client(hostname="127.0.0.1", port=port, timeout=5) as op:
+            await op.subscribe(f"{prefix}/{dev}/#", qos=1)
+
+            async def collect():
+                async for m in op.messages:
+                    got.append((str(m.topic), bytes(m.payload)))
+            reader = asyncio.create_task(collect())
+            async with asyncio.timeout(20):  # the first keyword: the sink's session is past its subscribe step
+                while not any(t.endswith("/keyword") for t, _ in got):
+                    await asyncio.sleep(0.02)
+            await op.publish(control, b'{"cmd": "pause", "id": "p"}', qos=1)
+            final = await task            # the recording ends (a paused pipeline still reads its source)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        return final, got
+
+    broker.start()
+    try:
+        final, got = run(go(), 60)
+    finally:
+        broker.stop()
+    log = broker.log_file.read_text()
+    subscribed = [ln for ln in log.splitlines() if ln.endswith(f" 1 {control}") and "spikewire-" in ln]
+    replies = [json.loads(p) for t, p in got if t == f"{control}/reply"]
+    counts = final["sinks"][next(iter(final["sinks"]))]
+    assert any(t.endswith("/keyword") for t, _ in got)
+    if enabled:
+        assert len(subscribed) == 1, log[-2000:]
+        assert replies == [{"id": "p", "ok": True, "result": replies[0]["result"]}] and final["paused"] is True
+        assert counts["control_received"] == 1
+    else:
+        assert subscribed == [], log[-2000:]
+        assert replies == [] and final["paused"] is False and final["counts"]["paused_steps"] == 0
+        assert counts["control_received"] == 0 and counts["control_errors"] == 0
