@@ -67,6 +67,7 @@ from typing import Union
 import numpy as np
 
 from .modelfile import atomic_writer
+from .safefile import open_regular
 
 __all__ = ["AudioFileError", "WavInfo", "WavReader", "read_wav", "read_wav_int16", "read_wav_info", "write_wav"]
 
@@ -365,7 +366,7 @@ class WavReader:
 
     def __init__(self, path: PathLike, *, allow_truncated: bool = False):
         self.path = os.fspath(path)
-        self._f = open(path, "rb")
+        self._f = open_regular(path)  # a FIFO or a device is refused, never waited on
         try:
             self._lay = _parse_header(self._f, path, allow_truncated)
         except BaseException:

@@ -36,10 +36,13 @@ import numpy as np
 
 from . import stateblob
 from .learning import ACC_MAX, MATRICES, SI_KINDS, SI_MAX, THETA_MAX, LearningConfig
+from .safefile import FileTooLargeError, read_regular
+from .wire import PayloadError, decode_json_object
 
 SCHEMA = 1
 LCFG, LACC, LWGT, LSIS = "LCFG", "LACC", "LWGT", "LSIS"
 MAX_COMMITS = 1 << 24
+MAX_LCFG_BYTES = 1 << 16   # the LCFG JSON the writer makes is < 2 kB
 
 
 class CheckpointError(ValueError):
@@ -127,15 +130,18 @@ def decode(blob: bytes, *, n_in: int, n_hid: int, n_out: int, base: str | None =
         return out
 
     weights = split(secs[stateblob.WGHT].payload, np.int8, "WGHT")
-    try:
-        meta = json.loads(secs[LCFG].payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint LCFG is not JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise CheckpointError(f"checkpoint schema {meta.get('schema') if isinstance(meta, dict) else '?'!r} "
-                              f"is not {SCHEMA}")
+    try:  # bounded in size and nesting before parsing (the CRC proves integrity, not a friendly writer)
+        meta = decode_json_object(secs[LCFG].payload, "checkpoint LCFG", max_bytes=MAX_LCFG_BYTES)
+    except PayloadError as e:
+        raise CheckpointError(str(e)) from None
+    if meta.get("schema") != SCHEMA:
+        raise CheckpointError(f"checkpoint schema {meta.get('schema')!r:.20} is not {SCHEMA}")
+    counts = meta.get("counts", {})
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+                                               for v in counts.values()):
+        raise CheckpointError("checkpoint LCFG counts must be an object of non-negative integers")
     if base is not None and meta.get("base") != base:
-        raise CheckpointError(f"checkpoint was learnt from another model ({meta.get('model')!r}, "
+        raise CheckpointError(f"checkpoint was learnt from another model ({meta.get('model')!r:.70}, "
                               f"base {str(meta.get('base'))[:12]}...)")
     try:
         lc = LearningConfig.from_dict(meta["learning"])
@@ -223,19 +229,19 @@ def read_newest(path: str | os.PathLike, **check) -> tuple[Checkpoint | None, Pa
     reasons the others were refused); (None, None, reasons) when neither is good or exists."""
     refused = []
     for p in (Path(path), prev_path(path)):
-        try:
-            size = p.stat().st_size
+        try:  # a regular file (a FIFO or /dev/zero is refused at once) of at most MAX_BYTES, before reading
+            data = read_regular(p, MAX_BYTES)
         except FileNotFoundError:
             continue
-        except OSError as e:
-            refused.append(f"{p}: {e}")
+        except FileTooLargeError as e:
+            refused.append(f"{p}: {e.strerror}: more than a checkpoint can be")
             continue
-        if size > MAX_BYTES:
-            refused.append(f"{p}: {size} bytes is more than a checkpoint can be")
+        except OSError as e:
+            refused.append(f"{p}: {e.strerror or e}")
             continue
         try:
-            return decode(p.read_bytes(), **check), p, refused
-        except (CheckpointError, OSError) as e:
+            return decode(data, **check), p, refused
+        except CheckpointError as e:
             refused.append(f"{p}: {e}")
     return None, None, refused
 

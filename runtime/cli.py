@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import logging
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -129,16 +131,45 @@ class _UsageError(ValueError):
     pass
 
 
+#: A run config is a few hundred bytes; a larger file is refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
+#: Tables nest at most this deep ([mqtt.homeassistant] is 2); deeper documents are refused.
+MAX_CONFIG_DEPTH = 8
+
+
+def _depth_exceeds(doc: Any, limit: int) -> bool:
+    """True when tables/arrays nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(doc, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d >= limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def _load_run_config(path: str) -> dict:
+    """The TOML run config (device.toml): a regular file of at most 1 MiB, nested at most 8 deep, known
+    keys of the right types; every problem is a usage error (exit 2) naming the key, never a traceback."""
     import tomllib
 
+    from .safefile import read_regular
+
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        raw = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as e:
-        raise _UsageError(f"cannot read config {path}: {e}") from None
+        raise _UsageError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _UsageError(f"config {path} is not valid TOML: not UTF-8") from None
+    except RecursionError:
+        raise _UsageError(f"config {path} nests arrays or tables too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise _UsageError(f"config {path} is not valid TOML: {e}") from None
+    if _depth_exceeds(doc, MAX_CONFIG_DEPTH):
+        raise _UsageError(f"config {path} nests tables or arrays deeper than {MAX_CONFIG_DEPTH}")
     doc = doc.get("run", doc) if isinstance(doc.get("run"), dict) else doc
     if "sinks" in doc:
         doc["sink"] = doc.pop("sinks")
@@ -174,15 +205,87 @@ def _run_settings(args: argparse.Namespace) -> dict:
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
+    _check_settings(cfg)
     return cfg
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _number(cfg: dict, key: str, *, lo: float, hi: float, lo_open: bool = False, none: bool = False) -> None:
+    v = cfg.get(key)
+    if v is None and none:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+        (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        raise _UsageError(f"{key.replace('_', '-')} must be a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+                          f", got {v!r:.40}")
+
+
+def _check_settings(cfg: dict) -> None:
+    """Run settings (flags and TOML alike) in range: finite numbers, known log level, sink specs as strings.
+    What a source, sink or model checks itself (rates, URLs, model files) is left to it."""
+    _number(cfg, "speed", lo=0, hi=1e6, lo_open=True)
+    _number(cfg, "block_ms", lo=0, hi=10_000, lo_open=True, none=True)
+    _number(cfg, "metrics_interval", lo=0, hi=86_400)
+    _number(cfg, "drain_timeout", lo=0, hi=3_600)
+    _number(cfg, "duration", lo=0, hi=1e9, lo_open=True, none=True)
+    _number(cfg, "checkpoint_s", lo=0, hi=1e9, lo_open=True)
+    for key in ("model", "source"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise _UsageError(f"{key} must be a non-empty string, got {cfg.get(key)!r:.60}")
+    sinks = cfg.get("sink")
+    if sinks is not None and (not isinstance(sinks, list) or not all(isinstance(s, str) and s for s in sinks)):
+        raise _UsageError(f"sink must be a list of sink specs (strings), got {sinks!r:.80}")
+    for key in ("device_id", "broker", "checkpoint", "snapshot_dir"):
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise _UsageError(f"{key.replace('_', '-')} must be a non-empty string, got {v!r:.60}")
+    lvl = cfg.get("log_level")
+    if lvl is not None and (not isinstance(lvl, str) or lvl.lower() not in LOG_LEVELS):
+        raise _UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {lvl!r:.40}")
+
+
+#: [mqtt] keys (MqttSink options a device.toml may set) and their types; [mqtt.backoff] keys.
+MQTT_OPTIONS: dict = {"keyword_buffer": int, "spike_queue": int, "reply_queue": int, "command_queue": int,
+                      "connect_timeout": float, "publish_timeout": float, "close_timeout": float,
+                      "command_timeout": float, "keepalive": int, "client_id": str, "password_file": str,
+                      "backoff": dict, "homeassistant": dict}
+BACKOFF_KEYS = ("initial", "maximum", "factor", "jitter")
+
+
 def _mqtt_options(opts: dict) -> dict:
+    """The ``[mqtt]`` table checked (known keys, types, ranges) into MqttSink keyword options."""
     from .mqtt import Backoff
 
+    if not isinstance(opts, dict):
+        raise _UsageError(f"[mqtt] must be a table, got {type(opts).__name__}")
     o = dict(opts)
+    for k, v in o.items():
+        t = MQTT_OPTIONS.get(k)
+        if t is None:
+            raise _UsageError(f"[mqtt]: unknown key {k!r:.40}; known: {', '.join(MQTT_OPTIONS)}")
+        if k == "backoff" and isinstance(v, Backoff):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float) if t is float else t):
+            kind = {float: "a number", int: "an integer", str: "a string", dict: "a table"}[t]
+            raise _UsageError(f"[mqtt] {k} must be {kind}, got {type(v).__name__}")
+        if t is int and not (1 <= v <= (65535 if k == "keepalive" else 1 << 20)):
+            raise _UsageError(f"[mqtt] {k} must be in 1..{65535 if k == 'keepalive' else 1 << 20}, got {v}")
+        if t is float and not (math.isfinite(v) and 0 < v <= 3600):
+            raise _UsageError(f"[mqtt] {k} must be a number of seconds in (0, 3600], got {v!r}")
     if isinstance(o.get("backoff"), dict):
-        o["backoff"] = Backoff(**o["backoff"])
+        b = o["backoff"]
+        unknown = sorted(set(b) - set(BACKOFF_KEYS))
+        if unknown:
+            raise _UsageError(f"[mqtt.backoff]: unknown key(s) {unknown!r:.60}; known: {', '.join(BACKOFF_KEYS)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b.values()):
+            raise _UsageError("[mqtt.backoff] values must be numbers")
+        try:
+            o["backoff"] = Backoff(**b)
+        except ValueError as e:
+            raise _UsageError(f"[mqtt.backoff]: {e}") from None
     return o
 
 
@@ -192,10 +295,11 @@ def build_pipeline(cfg: dict, *, stream=None):
     from .sinks import parse_sink
     from .sources import SourceOptions, parse_source
 
+    _check_settings(cfg)
     sinks_specs = cfg["sink"] or ["stdout"]
     broker = cfg["broker"] or next((s for s in sinks_specs if s.startswith(("mqtt://", "mqtts://"))), None)
     fast = bool(cfg["fast"])
-    block_ms = cfg["block_ms"] or (100.0 if fast else 10.0)
+    block_ms = cfg["block_ms"] if cfg["block_ms"] is not None else (100.0 if fast else 10.0)
     source = parse_source(cfg["source"], SourceOptions(block_ms=block_ms, fast=fast, speed=float(cfg["speed"]),
                                                        rate=cfg["rate"], broker=broker))
     mopts = _mqtt_options(cfg.get("mqtt") or {})
@@ -256,8 +360,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except _UsageError as e:
         print(f"spikewire run: error: {e}", file=sys.stderr)
         return 2
-    if cfg["log_level"] and args.log_level == "warning":
-        logging.getLogger().setLevel(getattr(logging, cfg["log_level"].upper(), logging.WARNING))
+    if cfg["log_level"] and args.log_level is None:  # the config file's level; --log-level wins
+        logging.getLogger().setLevel(getattr(logging, cfg["log_level"].upper()))
     return _run_and_report(cfg, "spikewire run")
 
 
@@ -377,7 +481,8 @@ def add_deploy_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikewire", description="Spiking neural networks on a bit-exact "
                                 "BrainScaleS-2-like fixed-point core.")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default warning (run: or log_level of its --config file)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("core-demo", help="run a small random network on the core with synthetic input")
@@ -469,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         args.adapt_args = extra
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level or "warning")
     try:
         return args.fn(args)
     except BrokenPipeError:  # e.g. `spikewire demo | head`: the reader left, not an error

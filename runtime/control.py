@@ -66,7 +66,7 @@ def parse_control(payload: bytes | str) -> ControlCommand:
     if cmd is None:
         raise ControlPayloadError("control payload has no 'cmd'", req_id)
     if not isinstance(cmd, str) or not cmd:
-        raise ControlPayloadError(f"control 'cmd' must be a non-empty string, got {cmd!r}", req_id)
+        raise ControlPayloadError(f"control 'cmd' must be a non-empty string, got {cmd!r:.60}", req_id)
     return ControlCommand(cmd=cmd, id=req_id, args=doc)
 
 
@@ -132,22 +132,22 @@ class ControlPolicy:
             raise CommandError("reload: bad model path")
         rel = Path(ref)
         if ".." in rel.parts:
-            raise CommandError(f"reload: {ref!r}: '..' is not allowed in a model path")
+            raise CommandError(f"reload: {ref!r:.100}: '..' is not allowed in a model path")
         root = Path(self.models_dir).resolve()
         given = Path(os.path.abspath(Path(self.models_dir) / rel))
         # lexical check first: a path outside the folder is refused without a look at the file system
         if not (given.is_relative_to(Path(os.path.abspath(self.models_dir))) or given.is_relative_to(root)):
-            raise CommandError(f"reload: {ref!r} is outside the models folder {self.models_dir}")
+            raise CommandError(f"reload: {ref!r:.100} is outside the models folder {self.models_dir}")
         try:
             real = given.resolve(strict=True)
         except (OSError, RuntimeError):
-            raise CommandError(f"reload: no model {ref!r} in the models folder {self.models_dir}") from None
+            raise CommandError(f"reload: no model {ref!r:.100} in the models folder {self.models_dir}") from None
         if real == root or not real.is_relative_to(root):  # a symlink out of the folder
-            raise CommandError(f"reload: {ref!r} is outside the models folder {self.models_dir}")
+            raise CommandError(f"reload: {ref!r:.100} is outside the models folder {self.models_dir}")
         if real.suffix != ".swm":
-            raise CommandError(f"reload: {ref!r} is not a .swm model file")
+            raise CommandError(f"reload: {ref!r:.100} is not a .swm model file")
         if not real.is_file():
-            raise CommandError(f"reload: {ref!r} is not a regular file")
+            raise CommandError(f"reload: {ref!r:.100} is not a regular file")
         return real
 
 
@@ -238,9 +238,9 @@ class CommandRegistry:
         spec = self._specs.get(command.cmd)
         if spec is None:
             known = ", ".join(self.names()) or "none"
-            raise CommandError(f"unknown cmd {command.cmd!r}; known: {known}")
+            raise CommandError(f"unknown cmd {command.cmd!r:.60}; known: {known}")
         if self.allowed is not None and command.cmd not in self.allowed:
-            raise CommandError(f"cmd {command.cmd!r} is not allowed on this device ([control] allow)")
+            raise CommandError(f"cmd {command.cmd!r:.60} is not allowed on this device ([control] allow)")
         missing = [k for k in spec.required if k not in command.args]
         if missing:
             raise CommandError(f"{command.cmd}: missing argument(s) {', '.join(missing)}")

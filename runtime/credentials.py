@@ -19,6 +19,8 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from .safefile import FileTooLargeError, read_regular
+
 ENV_VAR = "SPIKEWIRE_MQTT_PASSWORD"
 
 
@@ -29,12 +31,11 @@ class CredentialsError(ValueError):
 def read_password_file(path: str | os.PathLike) -> str:
     """The password in ``path`` (UTF-8, one trailing newline removed; must not be empty)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(4097)
+        raw = read_regular(path, 4096)
+    except FileTooLargeError:
+        raise CredentialsError(f"MQTT password file {os.fspath(path)!r}: longer than 4096 bytes") from None
     except OSError as e:
         raise CredentialsError(f"MQTT password file {os.fspath(path)!r}: {e.strerror or e}") from None
-    if len(raw) > 4096:
-        raise CredentialsError(f"MQTT password file {os.fspath(path)!r}: longer than 4096 bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

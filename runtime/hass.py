@@ -55,11 +55,11 @@ class Discovery:
 
     def __post_init__(self) -> None:
         if not isinstance(self.discovery, bool):
-            raise ValueError(f"homeassistant.discovery must be true or false, got {self.discovery!r}")
+            raise ValueError(f"homeassistant.discovery must be true or false, got {self.discovery!r:.40}")
         if not isinstance(self.prefix, str) or not self.prefix or any(c in self.prefix for c in "+#\0") \
                 or self.prefix.startswith(("/", "$")) or self.prefix.endswith("/") or "//" in self.prefix:
             raise ValueError(f"homeassistant.prefix must be a topic prefix such as 'homeassistant', "
-                             f"got {self.prefix!r}")
+                             f"got {self.prefix!r:.60}")
 
     @classmethod
     def from_options(cls, value: Any) -> "Discovery | None":
@@ -80,7 +80,7 @@ def check_device_id(device_id: str) -> None:
     """HA allows only ``[A-Za-z0-9_-]`` in the node id, which is the device id here."""
     if not isinstance(device_id, str) or not _ID.fullmatch(device_id):
         raise ValueError(f"Home Assistant discovery needs a device id of letters, digits, '_' and '-' only "
-                         f"(it is the node id of the discovery topics), got {device_id!r}")
+                         f"(it is the node id of the discovery topics), got {device_id!r:.60}")
 
 
 def config_topic(prefix: str, component: str, device_id: str, object_id: str) -> str:

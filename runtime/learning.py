@@ -111,12 +111,12 @@ class LearningConfig:
     si_xi_log2: int = -2
 
     def __post_init__(self) -> None:
-        _require(self.rule in RULES, f"learning rule must be one of {RULES}, got {self.rule!r}")
+        _require(self.rule in RULES, f"learning rule must be one of {RULES}, got {self.rule!r:.60}")
         learn = self.learn
         if isinstance(learn, str):
             learn = tuple(x for x in learn.replace(",", " ").split() if x)
         _require(isinstance(learn, (tuple, list)) and all(isinstance(m, str) for m in learn),
-                 f"learn must be a list of matrix names {MATRICES}, got {self.learn!r}")
+                 f"learn must be a list of matrix names {MATRICES}, got {self.learn!r:.60}")
         bad = [m for m in learn if m not in MATRICES]
         _require(not bad, f"learn names unknown matrices {bad}; choose from {MATRICES}")
         _require(len(set(learn)) == len(learn), f"learn names a matrix twice: {list(learn)}")
@@ -126,39 +126,39 @@ class LearningConfig:
         object.__setattr__(self, "learn", learn)
         for name in ("rate_in", "rate_rec", "rate_out", "signal_shift"):
             v = getattr(self, name)
-            _require(_is_int(v) and 0 <= v <= 30, f"{name} must be an integer shift 0..30, got {v!r}")
+            _require(_is_int(v) and 0 <= v <= 30, f"{name} must be an integer shift 0..30, got {v!r:.60}")
         _require(_is_int(self.trace_shift) and 0 <= self.trace_shift <= 14,
-                 f"trace_shift must be 0..14, got {self.trace_shift!r}")
+                 f"trace_shift must be 0..14, got {self.trace_shift!r:.60}")
         _require(_is_int(self.surrogate_log2) and PSI_BITS <= self.surrogate_log2 <= 15,
-                 f"surrogate_log2 must be {PSI_BITS}..15, got {self.surrogate_log2!r}")
-        _require(self.feedback in FEEDBACK, f"feedback must be one of {FEEDBACK}, got {self.feedback!r}")
+                 f"surrogate_log2 must be {PSI_BITS}..15, got {self.surrogate_log2!r:.60}")
+        _require(self.feedback in FEEDBACK, f"feedback must be one of {FEEDBACK}, got {self.feedback!r:.60}")
         for name in ("feedback_seed", "sr_seed"):
             v = getattr(self, name)
-            _require(_is_int(v) and 0 <= v < 2**64, f"{name} must be an int in [0, 2^64), got {v!r}")
+            _require(_is_int(v) and 0 <= v < 2**64, f"{name} must be an int in [0, 2^64), got {v!r:.60}")
         for name in ("target_hi", "target_lo"):
             v = getattr(self, name)
-            _require(_is_int(v) and -32768 <= v <= 32767, f"{name} must be an int16 value, got {v!r}")
+            _require(_is_int(v) and -32768 <= v <= 32767, f"{name} must be an int16 value, got {v!r:.60}")
         _require(self.target_lo < self.target_hi,
                  f"target_lo ({self.target_lo}) must be below target_hi ({self.target_hi})")
         _require(self.eligibility in ELIGIBILITY,
-                 f"eligibility must be one of {ELIGIBILITY}, got {self.eligibility!r}")
-        _require(isinstance(self.si, bool), f"si must be true or false, got {self.si!r}")
+                 f"eligibility must be one of {ELIGIBILITY}, got {self.eligibility!r:.60}")
+        _require(isinstance(self.si, bool), f"si must be true or false, got {self.si!r:.60}")
         _require(_is_int(self.si_c_log2) and -16 <= self.si_c_log2 <= 16,
-                 f"si_c_log2 must be an integer -16..16, got {self.si_c_log2!r}")
+                 f"si_c_log2 must be an integer -16..16, got {self.si_c_log2!r:.60}")
         _require(_is_int(self.si_xi_log2) and -16 <= self.si_xi_log2 <= 8,
-                 f"si_xi_log2 must be an integer -16..8, got {self.si_xi_log2!r}")
-        _require(self.weights in WEIGHT_MODES, f"weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
+                 f"si_xi_log2 must be an integer -16..8, got {self.si_xi_log2!r:.60}")
+        _require(self.weights in WEIGHT_MODES, f"weights must be one of {WEIGHT_MODES}, got {self.weights!r:.60}")
         for name in ("ss_tau_rise_ms", "ss_tau_decay_ms"):
             v = getattr(self, name)
             _require(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6,
-                     f"{name} must be a positive number of ms, got {v!r}")
+                     f"{name} must be a positive number of ms, got {v!r:.60}")
 
     @classmethod
     def rate(cls, x: float) -> int:
         """The shift of a rate given as a power of two: rate(2**-12) == 12."""
-        _require(isinstance(x, (int, float)) and x > 0, f"a rate must be a positive power of two, got {x!r}")
+        _require(isinstance(x, (int, float)) and x > 0, f"a rate must be a positive power of two, got {x!r:.60}")
         m, e = np.frexp(x)
-        _require(m == 0.5 and 1 - e >= 0, f"a rate must be a power of two 2^-k with k >= 0, got {x!r}")
+        _require(m == 0.5 and 1 - e >= 0, f"a rate must be a power of two 2^-k with k >= 0, got {x!r:.60}")
         return int(1 - e)
 
     def to_dict(self) -> dict:

@@ -43,6 +43,8 @@ from typing import Any, BinaryIO, Iterator, Mapping, Union
 
 import numpy as np
 
+from .safefile import open_regular
+
 __all__ = [
     "ALIGNMENT",
     "CONTAINER_VERSION",
@@ -213,7 +215,7 @@ def load_container(path: PathLike, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[
         chained as ``__cause__``).
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or a device is refused without blocking
             raw = _read_checked(f, path, max_bytes)
     except OSError as e:
         raise ModelFileError(path, f"cannot read file: {e.strerror or e}") from e

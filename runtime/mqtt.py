@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import secrets
 import ssl
@@ -42,6 +43,7 @@ from .control import (  # noqa: F401  (re-exported for old imports)
 )
 from .credentials import with_password
 from .ratelog import RateLimitedLog
+from .safefile import check_regular
 from .events import Events
 from .hass import Discovery, check_device_id, discovery_messages
 from .sources import Emitter, Source, SourceError, SpikeBlock
@@ -123,6 +125,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: CA bundles are < 1 MB (Debian's whole bundle is ~200 kB); larger files are not TLS material.
+MAX_TLS_FILE_BYTES = 16 << 20
+
 
 # ---------------------------------------------------------------------------
 # Reconnection backoff
@@ -143,6 +148,9 @@ class Backoff:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
+        values = (self.initial, self.maximum, self.factor, self.jitter)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"backoff values must be finite numbers, got {values!r:.80}")
         if not 0 < self.initial <= self.maximum:
             raise ValueError(f"backoff needs 0 < initial <= maximum, got {self.initial}, {self.maximum}")
         if self.factor < 1:
@@ -183,6 +191,13 @@ def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
     """
     if not url.tls:
         return None
+    # ssl reads these by name: a FIFO or a device would block or never end, so regular files only
+    for what, f in (("CA file", url.ca_file), ("client certificate", url.cert_file), ("key", url.key_file)):
+        if f is not None:
+            try:
+                check_regular(f, MAX_TLS_FILE_BYTES)
+            except OSError as exc:
+                raise MqttTlsError(f"MQTT TLS: cannot load {what} {f!r}: {exc.strerror or exc}") from None
     try:
         ctx = ssl.create_default_context(cafile=url.ca_file)
     except (OSError, ssl.SSLError) as exc:

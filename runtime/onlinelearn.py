@@ -68,7 +68,7 @@ class ReplayConfig:
                              ("max_events", 1, 1 << 28), ("passes", 1, 100)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"replay {name} must be an int in {lo}..{hi}, got {v!r}")
+                raise ValueError(f"replay {name} must be an int in {lo}..{hi}, got {v!r:.60}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ReplayConfig":
@@ -646,7 +646,7 @@ class LearningSession:
             labels = b.model.labels
             if word not in labels:
                 self.counts["refused"] += 1
-                raise CommandError(f"label: unknown word {word!r} (the model knows {', '.join(labels)})")
+                raise CommandError(f"label: unknown word {word!r:.60} (the model knows {', '.join(labels)})")
             try:
                 st = self._find(stretch, fired_only=False)
             except CommandError as e:

@@ -436,7 +436,7 @@ class Pipeline:
         try:
             bundle = await asyncio.to_thread(self._make_bundle, model, ref)
         except (ValueError, RuntimeError) as e:
-            raise CommandError(f"reload: model {ref!r} does not fit this source: {e}") from None
+            raise CommandError(f"reload: model {ref!r:.100} does not fit this source: {e}") from None
         learnt = await self.learning.before_reload(discard)
         learnt.update(await self.learning.onto_new_bundle(bundle))
         self._pending = bundle

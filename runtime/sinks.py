@@ -193,7 +193,7 @@ class MqttOut(Sink):
 
     def __init__(self, url: str, device_id: str, *, options: dict | None = None):
         from .credentials import with_password
-        from .wire import parse_mqtt_url
+        from .wire import Topics, parse_mqtt_url
 
         from .hass import Discovery, check_device_id
 
@@ -205,6 +205,7 @@ class MqttOut(Sink):
             self.options["homeassistant"] = Discovery.from_options(self.options.get("homeassistant"))
             if self.options["homeassistant"] is not None:
                 check_device_id(device_id)
+            Topics(self.url.prefix, device_id)  # a device id that is not one topic level: a config error
         except ValueError as e:
             raise SinkError(f"mqtt sink: {e}") from None
         from .mqtt import MqttTlsError, tls_context
@@ -277,6 +278,11 @@ _FILE_HEAD = struct.Struct("<4sBBH")
 _FRAME = struct.Struct("<BBHI")
 _BLOCK = struct.Struct("<QIIIII")
 FRAME_JSON, FRAME_BLOCK = 1, 2
+#: read_spike_file's limits: the file, a block's steps, its units and where stream time may end
+MAX_SPIKE_FILE_BYTES = 1 << 31
+MAX_FILE_BLOCK_STEPS = 1 << 20
+MAX_FILE_UNITS = 1 << 16
+MAX_FILE_T_END = 1 << 53
 
 
 def _json_frame(doc: dict) -> bytes:
@@ -390,9 +396,18 @@ class SpikeRecording:
         """One past the last recorded step."""
         return max((t0 + n for t0, n in self.blocks), default=0)
 
+    MAX_RANGE = 1 << 24  # steps per input_events / hidden_raster call (a recording may jump far ahead)
+
+    def _range(self, start: int, stop: int | None) -> int:
+        stop = self.n_steps if stop is None else stop
+        if not 0 <= start <= stop or stop - start > self.MAX_RANGE:
+            raise ValueError(f"step range [{start}, {stop}) must be ordered and at most {self.MAX_RANGE} steps; "
+                             f"pass start/stop (the blocks: .blocks)")
+        return stop
+
     def input_events(self, start: int = 0, stop: int | None = None) -> Events:
         """Input events of steps [start, stop) as CSR (steps without a block are empty)."""
-        stop = self.n_steps if stop is None else stop
+        stop = self._range(start, stop)
         sel = (self.input_steps >= start) & (self.input_steps < stop)
         counts = np.bincount(self.input_steps[sel] - start, minlength=stop - start)
         indptr = np.zeros(stop - start + 1, np.int64)
@@ -401,7 +416,7 @@ class SpikeRecording:
 
     def hidden_raster(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """uint8 [stop-start x n_hid] hidden spikes."""
-        stop = self.n_steps if stop is None else stop
+        stop = self._range(start, stop)
         r = np.zeros((stop - start, self.n_hid), np.uint8)
         sel = (self.hidden_steps >= start) & (self.hidden_steps < stop)
         r[self.hidden_steps[sel] - start, self.hidden_units[sel]] = 1
@@ -412,10 +427,15 @@ def read_spike_file(path: str | os.PathLike) -> SpikeRecording:
     """Read an ``SWSF`` file written by the ``file:`` sink.
 
     Raises ``ValueError`` for a file that is not SWSF v1 or whose frames are
-    inconsistent; a file cut inside its last frame is read up to there with
+    inconsistent (also for a JSON frame that is not a bounded JSON object, or a block beyond the
+    limits below), ``OSError`` when it cannot be read (not a regular file, larger than
+    ``MAX_SPIKE_FILE_BYTES``); a file cut inside its last frame is read up to there with
     ``truncated=True``.
     """
-    data = Path(path).read_bytes()
+    from .safefile import read_regular
+    from .wire import PayloadError, decode_json_object
+
+    data = read_regular(path, MAX_SPIKE_FILE_BYTES)
     if len(data) < _FILE_HEAD.size:
         raise ValueError(f"{path}: too short for a spike file")
     magic, version, _, _ = _FILE_HEAD.unpack_from(data)
@@ -442,10 +462,15 @@ def read_spike_file(path: str | os.PathLike) -> SpikeRecording:
             break
         pos += _FRAME.size + length
         if ftype == FRAME_JSON:
-            doc = json.loads(body)
+            try:
+                doc = decode_json_object(body, "spike file JSON frame", max_bytes=1 << 20)
+            except PayloadError as e:
+                raise ValueError(f"{path}: {e}") from None
             if doc.get("event") == "header" and not header:
                 header = doc
-                n_hid = int(doc.get("n_hid", 0))
+                n_hid = doc.get("n_hid", 0)
+                if not isinstance(n_hid, int) or isinstance(n_hid, bool) or not 0 <= n_hid <= MAX_FILE_UNITS:
+                    raise ValueError(f"{path}: header n_hid must be an integer in 0..{MAX_FILE_UNITS}")
             elif doc.get("event") == "end":
                 end = doc
             else:
@@ -454,6 +479,10 @@ def read_spike_file(path: str | os.PathLike) -> SpikeRecording:
             if length < _BLOCK.size:
                 raise ValueError(f"{path}: block frame of {length} bytes is too short")
             t0, T, n_in, nh, n_i, n_h = _BLOCK.unpack_from(body)
+            if T > MAX_FILE_BLOCK_STEPS or t0 + T > MAX_FILE_T_END or n_in > MAX_FILE_UNITS or nh > MAX_FILE_UNITS:
+                raise ValueError(f"{path}: block frame at t0={t0}: n_steps {T}, n_in {n_in}, n_hid {nh} or its end "
+                                 f"is beyond this reader's limits ({MAX_FILE_BLOCK_STEPS} steps, {MAX_FILE_UNITS} "
+                                 f"units, end {MAX_FILE_T_END})")
             if length != _BLOCK.size + 8 * (n_i + n_h):
                 raise ValueError(f"{path}: block frame at t0={t0} has length {length}, "
                                  f"expected {_BLOCK.size + 8 * (n_i + n_h)}")

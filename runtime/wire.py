@@ -684,7 +684,7 @@ def _keyword_fields(event: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"keyword event misses {', '.join(missing)}")
     word = event["word"]
     if not isinstance(word, str) or not word:
-        raise ValueError(f"keyword word must be a non-empty string, got {word!r}")
+        raise ValueError(f"keyword word must be a non-empty string, got {word!r:.60}")
     fields = {"word": word}
     for name in ("score", "t_start", "t_end"):
         fields[name] = _finite(name, event[name])
@@ -719,7 +719,7 @@ def decode_keyword(payload: bytes | str) -> dict[str, Any]:
         raise PayloadError("keyword payload: model and session must be strings")
     seq = doc["seq"]
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise PayloadError(f"keyword payload: seq must be a non-negative integer, got {seq!r}")
+        raise PayloadError(f"keyword payload: seq must be a non-negative integer, got {seq!r:.40}")
     return {**fields, "model": doc["model"], "seq": seq, "session": doc["session"]}
 
 

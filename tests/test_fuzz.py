@@ -317,3 +317,158 @@ def test_state_blobs_load_or_fail_without_touching_the_core(saved_core, data):
         return
     assert isinstance(out, (CoreError, ValueError)), repr(out)
     assert core.save_state() == before  # a refused blob changes nothing
+
+
+# --- learning checkpoints (runtime/checkpoint.py) ------------------------------------------------
+
+CK_SIZES = dict(n_in=6, n_hid=5, n_out=3)
+
+
+@pytest.fixture(scope="module")
+def ck_parts():
+    """A good checkpoint's sections (CORE, WGHT, LCFG, LACC, LWGT) and its LCFG document."""
+    from spikewire import checkpoint as ck
+    from spikewire import stateblob
+    from spikewire.learning import LearningConfig
+
+    core = Core(CoreConfig(**CK_SIZES))
+    core.run(np.random.default_rng(1).random((10, CK_SIZES["n_in"])) < 0.5)
+    shapes = {"in": (6, 5), "rec": (5, 5), "out": (5, 3)}
+    rng = np.random.default_rng(2)
+    learner = {"weights": {m: rng.integers(-63, 64, s).astype(np.int8) for m, s in shapes.items()},
+               "acc": {m: rng.integers(-1000, 1000, s).astype(np.int32) for m, s in shapes.items()},
+               "steps": 123, "commits": 7}
+    blob = ck.encode(core.save_state(), model_name="m", base="b" * 64, lc=LearningConfig(), passes=2,
+                     learner=learner, counts={"labels": 3})
+    assert ck.decode(blob, base="b" * 64, **CK_SIZES).steps == 123
+    secs = stateblob.parse(blob)
+    return secs, json.loads(next(s.payload for s in secs if s.tag == ck.LCFG))
+
+
+def _check_checkpoint(blob):
+    from spikewire import checkpoint as ck
+    from spikewire.learning import LearningConfig
+
+    peak, out = peak_of(lambda: ck.decode(blob, **CK_SIZES))
+    assert peak < 16 * len(blob) + (1 << 20)
+    if isinstance(out, ck.CheckpointError):
+        assert len(str(out)) < 400, str(out)[:400]  # never the payload
+        return None
+    assert isinstance(out, ck.Checkpoint), repr(out)
+    assert isinstance(out.learning, LearningConfig) and 0 <= out.steps <= 2**62 and 0 <= out.commits < ck.MAX_COMMITS
+    assert 1 <= out.meta["passes"] <= 100 and isinstance(out.meta.get("counts", {}), dict)
+    assert all(np.abs(w.astype(np.int64)).max() <= 63 for w in out.weights.values())
+    Core(CoreConfig(**CK_SIZES)).load_state(out.core_blob)   # what the pipeline hands the core loads
+    return out
+
+
+@FUZZ
+@given(field=st.sampled_from(["schema", "model", "base", "learning", "passes", "steps", "commits", "counts",
+                              "t_unix", "extra"]),
+       value=json_values, sub=st.booleans(), drop=st.booleans(), data=st.data())
+def test_checkpoint_lcfg_values_load_or_fail_clearly(ck_parts, field, value, sub, drop, data):
+    """Any JSON value in any LCFG field (or in a LearningConfig key), with a valid CRC around it."""
+    from spikewire import stateblob
+
+    secs, meta = ck_parts
+    meta = json.loads(json.dumps(meta))
+    if drop:
+        meta.pop(field, None)
+    elif sub and field == "learning":
+        meta["learning"][data.draw(st.sampled_from(sorted(meta["learning"]) + ["x"]))] = value
+    else:
+        meta[field] = value
+    lcfg = stateblob.Section("LCFG", False, json.dumps(meta).encode())
+    _check_checkpoint(stateblob.build([lcfg if s.tag == "LCFG" else s for s in secs]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_checkpoint_sections_load_or_fail_clearly(ck_parts, data):
+    """Sections dropped, duplicated payloads, wrong lengths, extreme values, a required flag, raw LCFG bytes
+    (deep nesting, not UTF-8, huge), all inside a blob whose CRC is right."""
+    from spikewire import stateblob
+
+    secs, _ = ck_parts
+    secs = list(secs)
+    kind = data.draw(st.sampled_from(["drop", "payload", "extreme", "required", "lcfg", "extra"]))
+    i = data.draw(st.integers(0, len(secs) - 1))
+    s = secs[i]
+    if kind == "drop":
+        del secs[i]
+    elif kind == "payload":
+        n = data.draw(st.sampled_from([0, 1, len(s.payload) - 1, len(s.payload), len(s.payload) + 1, 5000]))
+        secs[i] = s._replace(payload=data.draw(st.binary(min_size=min(n, 64), max_size=min(n, 64))) * (n // 64 + 1))
+        secs[i] = secs[i]._replace(payload=secs[i].payload[:n])
+    elif kind == "extreme":
+        fill = data.draw(st.sampled_from([0x00, 0x7F, 0x80, 0xFF]))
+        secs[i] = s._replace(payload=bytes([fill]) * len(s.payload))
+    elif kind == "required":
+        secs[i] = s._replace(required=not s.required)
+    elif kind == "lcfg":
+        raw = data.draw(st.sampled_from([b"[" * 100_000, b"{}", b"\xff\xfe", b"null", b'{"schema": 1}' + b" " * 70_000,
+                                         json.dumps({"schema": 1, "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}).encode()])
+                        | st.binary(max_size=200))
+        secs = [x._replace(payload=raw) if x.tag == "LCFG" else x for x in secs]
+    else:
+        secs.append(stateblob.Section(data.draw(st.sampled_from(["XTRA", "LACC", "CORE"])),
+                                      data.draw(st.booleans()), data.draw(st.binary(max_size=40))))
+    try:
+        blob = stateblob.build(secs)
+    except ValueError:
+        return  # two sections of one tag: the writer refuses it (the parser too: tests above)
+    _check_checkpoint(blob)
+
+
+# --- spike recordings (file: sink, runtime/sinks.py read_spike_file) -------------------------------
+
+def _spike_file() -> bytes:
+    from spikewire import sinks
+    from spikewire.events import Events
+
+    ev = Events.from_raster(np.random.default_rng(0).integers(0, 2, (6, 4)))
+    hid = np.random.default_rng(1).integers(0, 2, (6, 3)).astype(np.uint8)
+    return (sinks._FILE_HEAD.pack(sinks.FILE_MAGIC, sinks.FILE_VERSION, 0, 0)
+            + sinks._json_frame({"event": "header", "model": "m", "n_hid": 3})
+            + sinks.encode_block_frame(10, ev, hid, 4) + sinks.encode_block_frame(16, ev, hid, 4)
+            + sinks._json_frame({"event": "end"}))
+
+
+@FUZZ
+@given(data=st.data())
+def test_spike_files_read_or_fail_clearly(tmp_path, data):
+    from spikewire import sinks
+
+    good = bytearray(_spike_file())
+    kind = data.draw(st.sampled_from(["bytes", "truncate", "block", "json"]))
+    if kind == "bytes":
+        for _ in range(data.draw(st.integers(1, 4))):
+            good[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
+        body = bytes(good)
+    elif kind == "truncate":
+        body = bytes(good[:data.draw(st.integers(0, len(good)))])
+    elif kind == "block":   # a block frame with any header fields and a body of the length it claims (<= 4 kB)
+        t0, T, n_in, nh = (data.draw(edge64), data.draw(edge32), data.draw(edge32), data.draw(edge32))
+        n_i, n_h = data.draw(st.integers(0, 40)), data.draw(st.integers(0, 40))
+        recs = data.draw(st.binary(min_size=8 * (n_i + n_h), max_size=8 * (n_i + n_h)))
+        payload = sinks._BLOCK.pack(t0, T, n_in, nh, n_i, n_h) + recs
+        body = bytes(good[:8]) + sinks._FRAME.pack(sinks.FRAME_BLOCK, 0, 0, len(payload)) + payload
+    else:
+        doc = data.draw(json_values | st.dictionaries(st.sampled_from(["event", "n_hid"]), json_values, max_size=2))
+        raw = json.dumps(doc).encode() if data.draw(st.booleans()) else data.draw(st.sampled_from(
+            [b"[" * 50_000, b"\xff", b"NaN", b'{"event": "header", "n_hid": 1e400}']))
+        body = bytes(good[:8]) + sinks._FRAME.pack(sinks.FRAME_JSON, 0, 0, len(raw)) + raw + bytes(good[8:])
+    p = tmp_path / "f.swsf"
+    p.write_bytes(body)
+    peak, out = peak_of(lambda: sinks.read_spike_file(p))
+    assert peak < 64 * len(body) + (1 << 20), peak
+    if isinstance(out, ValueError):
+        return
+    assert isinstance(out, sinks.SpikeRecording), repr(out)
+    assert isinstance(out.n_hid, int) and 0 <= out.n_hid <= sinks.MAX_FILE_UNITS
+    assert all(0 <= t0 and t0 + n <= sinks.MAX_FILE_T_END for t0, n in out.blocks)
+    # the recording's own accessors: a result or a ValueError naming the range, never a huge allocation
+    for fn in (out.input_events, out.hidden_raster):
+        peak, got = peak_of(fn)
+        assert peak < 64 * len(body) + (1 << 26) and not (isinstance(got, Exception) and not isinstance(got, ValueError)), \
+            repr(got)
