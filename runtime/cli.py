@@ -85,7 +85,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_e2e.run(args.json, args.model)
     if args.what == "soak":
         from . import bench_soak
-        return bench_soak.main(["--seconds", str(args.seconds)] + (["--json", args.json] if args.json else []))
+        argv = ["--rate", str(args.msg_rate), "--batch-steps", str(args.batch_steps)]
+        argv += (["--seconds", str(args.seconds)] if args.seconds is not None else [])
+        argv += (["--stream-seconds", str(args.stream_seconds)] if args.stream_seconds is not None else [])
+        return bench_soak.main(argv + (["--json", args.json] if args.json else []))
     if args.what == "cpu":
         from . import bench_cpu
         argv = ["--rate", str(args.rate), "--block-ms", str(args.block_ms), "--model", args.model or "kws-digits"]
@@ -503,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runtime", action="store_true", help="cpu: also count the whole asyncio pipeline")
     b.add_argument("--rate", type=int, default=16000, help="cpu: input sample rate (default 16000)")
     b.add_argument("--block-ms", type=float, default=10.0, help="cpu: audio block length (default 10, as run)")
-    b.add_argument("--seconds", type=float, default=60.0, help="soak: seconds of hostile traffic (default 60)")
+    b.add_argument("--seconds", type=float, help="soak: wall seconds of hostile traffic (default 60 without "
+                   "--stream-seconds)")
+    b.add_argument("--stream-seconds", type=float, help="soak: run until this much stream time (3600 = an hour)")
+    b.add_argument("--msg-rate", type=float, default=200.0, help="soak: messages per second (default 200)")
+    b.add_argument("--batch-steps", type=int, default=10, help="soak: steps per valid spike batch (default 10)")
     b.add_argument("--learn", action="store_true",
                    help="core: the e-prop learning workload (mode C; JSON learn_steps_per_s)")
     b.add_argument("--surrogate-log2", type=int, default=12, help="core --learn: surrogate width 2^k (default 12)")

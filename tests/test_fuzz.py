@@ -472,3 +472,60 @@ def test_spike_files_read_or_fail_clearly(tmp_path, data):
         peak, got = peak_of(fn)
         assert peak < 64 * len(body) + (1 << 26) and not (isinstance(got, Exception) and not isinstance(got, ValueError)), \
             repr(got)
+
+
+# --- the learning commands over control (learn, label, reward, revert, save, stretches) -----------------
+
+LEARN_ARGS = ["on", "rule", "matrices", "rate_in", "rate_rec", "rate_out", "signal_shift", "feedback", "weights",
+              "target_hi", "target_lo", "surrogate_log2", "trace_shift", "passes", "word", "stretch", "value", "x"]
+arg_values = st.one_of(json_values, st.sampled_from([True, False, 0, 1, -1, 2, 12, 30, 31, 100, 101, 2**62, "eprop",
+                                                     "readout", "superspike", "random", "stochastic", "low", "high",
+                                                     ["in"], ["out"], ["in", "rec", "out"], ["in", "in"]]))
+
+
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_learning_commands_with_any_arguments(tmp_path, tiny_model_path, data):
+    """A running pipeline with learning on and a checkpoint file gets 25 learning commands with any
+    arguments (names and values drawn from the real ones, wrong types, out of range): every one is
+    answered with a short reply, the live learning configuration always stays a valid one, the replay
+    passes stay in 1..100, and the pipeline keeps streaming and answers ``status`` at the end."""
+    import asyncio
+
+    from conftest import DIGITS_WAV
+    from spikewire.learning import LearningConfig
+    from spikewire.pipeline import Pipeline
+    from spikewire.sources import WavSource
+
+    pipe = Pipeline(str(tiny_model_path), WavSource(DIGITS_WAV, fast=False, speed=8.0), [], metrics_interval=0,
+                    learn=True, checkpoint=str(tmp_path / "ck.swc"))
+
+    async def go():
+        task = asyncio.create_task(pipe.run())
+        while not pipe._running:
+            await asyncio.sleep(0.01)
+        replies = []
+        try:
+            for i in range(25):
+                cmd = data.draw(st.sampled_from(["learn", "learn", "label", "reward", "revert", "save", "stretches"]))
+                args = data.draw(st.dictionaries(st.sampled_from(LEARN_ARGS), arg_values, max_size=3))
+                payload = json.dumps({"cmd": cmd, "id": i, **args}, allow_nan=False)
+                r = json.loads(await pipe.commands.handle(payload, timeout=10))
+                assert r["id"] == i and isinstance(r["ok"], bool), r
+                assert r["ok"] or len(r["error"]) < 400, r["error"][:400]
+                replies.append(r)
+                s = pipe.learning
+                assert LearningConfig.from_dict(s.lc.to_dict()) == s.lc and 1 <= s.replay_config.passes <= 100
+                assert not task.done()
+            steps = pipe.metrics_snapshot()["steps"]
+            while pipe.metrics_snapshot()["steps"] == steps:   # still streaming
+                await asyncio.sleep(0.01)
+            end = json.loads(await pipe.commands.handle('{"cmd": "status", "id": "end"}'))
+        finally:
+            pipe.request_stop()
+            await task
+        return replies, end
+
+    replies, end = asyncio.run(asyncio.wait_for(go(), 90))
+    assert end["ok"] is True and end["result"]["learning"]["on"] in (True, False)

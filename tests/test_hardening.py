@@ -244,3 +244,96 @@ def test_broker_never_up_backoff_while_closing_and_true_final_counts(caplog):
     early = [(fail.getMessage(), nxt.created - fail.created) for fail, nxt in zip(failures, attempts[1:])
              if nxt.created - fail.created < 0.95 * fail.args[4]]  # args: what, attempt, url, error, delay[, n]
     assert len(early) <= 1, early
+
+
+# ---------------------------------------------------------------------------
+# Everything at once: a running pipeline with on-line learning on, spikes in and control over a real
+# broker, fed hostile batches and hostile control (learning commands included) between good traffic.
+
+HOSTILE_CONTROL = [
+    b"\xff\xfe garbage",                                       # not JSON              -> control_errors
+    b"[" * 5000 + b"]" * 5000,                                 # too deep              -> control_errors
+    b'{"cmd": "status", "pad": "' + b"a" * 70_000 + b'"}',     # too big               -> control_errors
+    b'{"cmd": "format_disk", "id": "u"}',                      # unknown command       -> control_errors
+    b'{"cmd": "learn", "id": "l1", "rule": 5}',                # wrong type            -> control_errors
+    b'{"cmd": "learn", "id": "l2", "passes": "many"}',         # wrong type            -> control_errors
+    b'{"cmd": "reward", "id": "r1", "value": true}',           # bool is not an int    -> control_errors
+    b'{"cmd": "revert", "id": "v1", "all": true}',             # unexpected argument   -> control_errors
+    b'{"cmd": "save", "id": "s1", "path": "/etc/passwd"}',     # unexpected argument   -> control_errors
+    # valid requests whose handler refuses them: an error reply, the live config unchanged
+    b'{"cmd": "learn", "id": "l3", "rule": "' + b"x" * 60_000 + b'"}',
+    b'{"cmd": "learn", "id": "l4", "rate_in": 31}',
+    b'{"cmd": "learn", "id": "l5", "matrices": ["in", "in"]}',
+    b'{"cmd": "learn", "id": "l6", "passes": 101}',
+    b'{"cmd": "learn", "id": "l7", "target_hi": -40000}',
+    b'{"cmd": "label", "id": "b1", "word": "seven"}',
+    b'{"cmd": "label", "id": "b2", "word": "low", "stretch": 4611686018427387904}',
+    b'{"cmd": "reward", "id": "r2", "value": 2}',
+    b'{"cmd": "save", "id": "s2"}',                            # no checkpoint file configured
+]
+N_INVALID = 9  # the first nine: refused before they reach a handler
+
+
+def test_a_running_learning_pipeline_under_hostile_traffic_keeps_serving(tiny_model_path, mqtt_broker):
+    """Good spike batches all reach the core and keep stream time in step, every hostile batch is counted
+    malformed, every control request gets exactly one reply (errors short, no payload echoed), the invalid
+    ones are counted, the learning configuration is the one set by the valid ``learn``, and the pipeline
+    answers ``status`` and ``stretches`` at the end."""
+    from spikewire.pipeline import Pipeline
+    from spikewire.sinks import parse_sink
+
+    prefix, dev = f"swtest{uuid.uuid4().hex[:6]}", "hostile"
+    topic, control = f"{prefix}/in", f"{prefix}/{dev}/control"
+    rng = np.random.default_rng(7)
+    good = [encode_spike_batch(50 * i, 50, np.sort(rng.integers(0, 50, 60)), rng.integers(0, 16, 60), n_units=16)
+            for i in range(12)]
+    bad_batches = [header(n_units=16, n_steps=2**32 - 1), b"SWSB\x01", header(n_units=16, n_records=2**30, flags=1),
+                   rng.bytes(100), header(n_units=2**32 - 1)]
+
+    async def go():
+        src = MqttSpikeSource(topic, mqtt_broker.url(prefix))
+        sink = parse_sink(mqtt_broker.url(prefix), device_id=dev)
+        pipe = Pipeline(str(tiny_model_path), src, [sink], metrics_interval=0, learn=True)
+        task = asyncio.create_task(pipe.run())
+        async with Subscriber(mqtt_broker, f"{control}/reply") as lis:
+            async with asyncio.timeout(10):
+                while (src.subscribed is None or not src.subscribed.is_set()) or sink.sink is None \
+                        or not sink.sink.connected:
+                    await asyncio.sleep(0.01)
+            c = lis.client
+            sent = 0
+            await c.publish(control, b'{"cmd": "learn", "id": "ok1", "rate_out": 9}', qos=1)
+            sent += 1
+            for i, g in enumerate(good):
+                await c.publish(topic, g, qos=1)
+                if i < len(bad_batches):
+                    await c.publish(topic, bad_batches[i], qos=1)
+                for p in HOSTILE_CONTROL[i::len(good)]:
+                    await c.publish(control, p, qos=1)
+                    sent += 1
+            await lis.wait_for(lambda m: len(lis.on(f"{control}/reply")) >= sent, timeout=20)
+            async with asyncio.timeout(10):
+                while src.counters["batches"] + src.counters["malformed"] < len(good) + len(bad_batches):
+                    await asyncio.sleep(0.01)
+            await c.publish(control, b'{"cmd": "status", "id": "end"}', qos=1)
+            await c.publish(control, b'{"cmd": "stretches", "id": "st"}', qos=1)
+            await lis.wait_for(lambda m: len(lis.on(f"{control}/reply")) >= sent + 2, timeout=20)
+            replies = [json.loads(p) for p in lis.on(f"{control}/reply")]
+        lc = pipe.learning.lc
+        pipe.request_stop()
+        final = await task
+        return replies, src.counters, final, lc, sent
+
+    replies, counters, final, lc, sent = run_bounded(go(), timeout=60)
+    by_id = {r["id"]: r for r in replies}
+    assert len(replies) == sent + 2 and by_id["ok1"]["ok"] is True
+    assert sum(r["ok"] for r in replies) == 3, replies             # ok1, status, stretches
+    assert all(len(json.dumps(r)) < 400 for r in replies if not r["ok"]), [r for r in replies if len(json.dumps(r)) >= 400]
+    assert "x" * 100 not in json.dumps(replies[:-2])              # nothing of the payloads comes back
+    assert by_id["end"]["result"]["steps"] == 12 * 50 and by_id["st"]["ok"]
+    assert lc.rate_out == 9 and lc.rule == "eprop" and lc.rate_in == 16 and lc.learn == ("in", "out")
+    assert counters["batches"] == 12 and counters["malformed"] == len(bad_batches) and counters["late"] == 0
+    assert counters["steps"] == final["steps"] == 12 * 50
+    m = final["sinks"][next(iter(final["sinks"]))]
+    assert m["control_received"] == sent + 2 and m["control_errors"] == N_INVALID
+    assert m["dropped_replies"] == 0 and m["reconnects"] == 0 and final["learning"]["on"] is True
