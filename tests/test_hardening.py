@@ -337,3 +337,49 @@ def test_a_running_learning_pipeline_under_hostile_traffic_keeps_serving(tiny_mo
     m = final["sinks"][next(iter(final["sinks"]))]
     assert m["control_received"] == sent + 2 and m["control_errors"] == N_INVALID
     assert m["dropped_replies"] == 0 and m["reconnects"] == 0 and final["learning"]["on"] is True
+
+
+# ---------------------------------------------------------------------------
+# A publisher faster than the pipeline: aiomqtt's queue of received messages is bounded (mqtt.Inbox).
+# Unbounded, a flood of 18,000 garbage messages a second grew a running `spikewire run` from 44 to
+# 177 MB in 20 s (docs/security.md, "Flood"); bounded, it stayed at 45 MB.
+
+class _Msg:
+    def __init__(self, n):
+        self.payload = bytes(n)
+
+
+def test_inbox_drops_the_oldest_beyond_its_messages_and_bytes():
+    from spikewire.mqtt import Inbox
+
+    counts: dict = {}
+    q = Inbox(3, max_bytes=100, counts=counts)
+    for n in (10, 20, 30):
+        q.put_nowait(_Msg(n))
+    assert q.qsize() == 3 and q.nbytes == 60 and counts["dropped_messages"] == 0
+    q.put_nowait(_Msg(5))                    # a fourth message: the oldest (10 bytes) goes
+    assert [len(m.payload) for m in q._queue] == [20, 30, 5] and q.nbytes == 55
+    q.put_nowait(_Msg(90))                   # 55 + 90 > 100 bytes: the oldest go until it fits (5 + 90)
+    assert [len(m.payload) for m in q._queue] == [5, 90] and q.nbytes == 95 and counts["dropped_messages"] == 3
+    q.put_nowait(_Msg(101))                  # larger than the whole budget: dropped itself (and the rest)
+    assert q.qsize() == 0 and q.nbytes == 0 and counts["dropped_messages"] == 6
+    q.put_nowait(_Msg(7))
+    assert q.get_nowait().payload == bytes(7) and q.nbytes == 0
+
+
+def test_both_mqtt_clients_receive_into_a_bounded_inbox():
+    from spikewire.mqtt import INBOX_BYTES, INBOX_MESSAGES, Inbox, MqttSink
+
+    async def go():  # aiomqtt clients are made inside a running loop (they are never connected here)
+        src = source()
+        sink = MqttSink("mqtt://127.0.0.1:1/p", "d", "m")
+        for client, counts, cap in ((src._make_client(), src.counters, INBOX_MESSAGES["spikes"]),
+                                    (sink._make_client(), sink._counts, INBOX_MESSAGES["control"])):
+            q = client._queue
+            assert isinstance(q, Inbox) and q.maxsize == cap and q.max_bytes == INBOX_BYTES and q._counts is counts
+            for _ in range(cap + 5):
+                q.put_nowait(_Msg(1))
+            assert q.qsize() == cap and counts["dropped_messages"] == 5
+        assert sink.counters()["dropped_messages"] == 5
+
+    run_bounded(go())
