@@ -529,3 +529,35 @@ def test_learning_commands_with_any_arguments(tmp_path, tiny_model_path, data):
 
     replies, end = asyncio.run(asyncio.wait_for(go(), 90))
     assert end["ok"] is True and end["result"]["learning"]["on"] in (True, False)
+
+
+# --- Home Assistant discovery ([mqtt.homeassistant] and the configs built from a model) ------------------
+
+@FUZZ
+@given(table=json_values | st.dictionaries(st.sampled_from(["discovery", "prefix", "x"]), json_values, max_size=3),
+       vocabulary=st.lists(st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1,
+                                   max_size=64), min_size=1, max_size=12, unique=True))
+def test_home_assistant_settings_and_configs(table, vocabulary):
+    """Any table is a Discovery, None or a ValueError naming it; the configs of any valid settings and any
+    vocabulary a model may hold are JSON objects under the prefix, with the vocabulary as data only."""
+    from spikewire import hass
+    from spikewire.wire import Topics
+
+    try:
+        d = hass.Discovery.from_options(table)
+    except ValueError as e:
+        assert len(str(e)) < 300, str(e)[:300]
+        return
+    if d is None:
+        return
+    msgs = hass.discovery_messages(d, Topics("fleet", "pi-01"), model="m", vocabulary=vocabulary, version="1")
+    assert len(msgs) == len(hass.entities())
+    for topic, payload in msgs:
+        assert topic.startswith(d.prefix + "/") and topic.endswith("/config") and "/pi-01/" in topic
+        if d.discovery:
+            doc = json.loads(payload)
+            assert doc["device"]["identifiers"] == ["spikewire_pi-01"]
+            if "event_types" in doc:
+                assert doc["event_types"] == vocabulary and doc["value_template"] == hass.EVENT_TEMPLATE
+        else:
+            assert payload == b""

@@ -129,7 +129,8 @@ def test_good_settings_build_and_log_level_from_the_file_applies(tmp_path):
 toml_scalars = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(), st.booleans(), st.text(max_size=12))
 toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3) |
                            st.dictionaries(st.sampled_from(["initial", "factor", "allow", "enabled", "discovery",
-                                                            "prefix", "keepalive", "x"]), inner, max_size=3),
+                                                            "homeassistant", "backoff", "prefix", "keepalive", "x"]),
+                                           inner, max_size=3),
                            max_leaves=12)
 KEYS = sorted(cli.RUN_DEFAULTS) + ["sinks", "run", "bogus"]
 
