@@ -206,3 +206,19 @@ def test_importance_tool_and_adapt_consolidate(speakers, tiny_model_path, tmp_pa
     assert ms.learning_config().si
     r = _adapt_cli(["--model", str(tiny_model_path), "--data", str(new_dir), "--shots", "2", "--consolidate"])
     assert r.returncode == 2 and "no importance" in r.stderr
+
+
+def test_adapt_epochs_label_every_shot_again(speakers):  # noqa: F811
+    """--epochs E plays (and labels) the shots E times: E times the updates, more learnt."""
+    from conftest import make_tiny_model
+    from spikewire.tools.adapt import adapt
+    from spikewire.tools.datasets import wav_folder
+    model = make_tiny_model()
+    new = wav_folder(speakers[0], model.vocabulary)
+    lc = LearningConfig(learn=("out",), rate_out=4)
+    one, m1 = adapt(model, new, 2, lc, epochs=1)
+    two, m2 = adapt(model, new, 2, lc, epochs=2)
+    assert one["updates"] == 4 and two["updates"] == 8 and two["epochs"] == 2, (one, two)
+    d1 = sum(np.abs(m1.weights[m].astype(int) - model.weights[m]).sum() for m in MATRICES)
+    d2 = sum(np.abs(m2.weights[m].astype(int) - model.weights[m]).sum() for m in MATRICES)
+    assert d2 > d1 > 0

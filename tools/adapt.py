@@ -107,7 +107,7 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
 
 
 async def _stream(model: Model, shots: Sequence[Utterance], audio: Sequence[np.ndarray], rate: int,
-                  lc: LearningConfig, passes: int, gap_s: float, log) -> dict:
+                  lc: LearningConfig, passes: int, gap_s: float, log, epochs: int = 1) -> dict:
     from spikewire.pipeline import Pipeline
 
     src = ShotStream(rate)
@@ -141,7 +141,7 @@ async def _stream(model: Model, shots: Sequence[Utterance], audio: Sequence[np.n
                 run.result()
             await asyncio.sleep(0.005)
         await pipe.until_decided(src.feed(gap))
-        for i, (u, x) in enumerate(zip(shots, audio)):
+        for i, (u, x) in enumerate(list(zip(shots, audio)) * epochs):   # the shots again each epoch
             s0 = await pipe.until_decided(src.fed)
             s1 = await pipe.until_decided(src.feed(x))
             s2 = await pipe.until_decided(src.feed(gap))     # its stretch is decided in the silence after it
@@ -185,7 +185,7 @@ async def _stream(model: Model, shots: Sequence[Utterance], audio: Sequence[np.n
     return out
 
 
-def stream_shots(model: Model, shots: Sequence[Utterance], lc: LearningConfig, *, passes: int = 1,
+def stream_shots(model: Model, shots: Sequence[Utterance], lc: LearningConfig, *, passes: int = 1, epochs: int = 1,
                  gap_s: float = 1.0, log=None) -> dict:
     """Play ``shots`` through a learning :class:`~spikewire.pipeline.Pipeline`, each labelled through
     its control path once its stretch was decided; returns the counts and the live core's weights."""
@@ -198,7 +198,7 @@ def stream_shots(model: Model, shots: Sequence[Utterance], lc: LearningConfig, *
         rates.add(r)
     if len(rates) != 1:
         raise AdaptError(f"the shots must share one sample rate to be one stream, got {sorted(rates)} Hz")
-    return asyncio.run(_stream(model, shots, audio, rates.pop(), lc, passes, gap_s, log or (lambda s: None)))
+    return asyncio.run(_stream(model, shots, audio, rates.pop(), lc, passes, gap_s, log or (lambda s: None), epochs))
 
 
 def _sha256(path) -> str:
@@ -210,19 +210,20 @@ def _sha256(path) -> str:
 
 
 def adapt(model: Model, new: Sequence[Utterance], shots_per_word: int, lc: LearningConfig, *, seed: int = 0,
-          passes: int = 1, old: Optional[Sequence[Utterance]] = None, gap_s: float = 1.0,
+          passes: int = 1, epochs: int = 1, old: Optional[Sequence[Utterance]] = None, gap_s: float = 1.0,
           base_sha256: str | None = None, log=None) -> tuple[dict, Model]:
     """Pick the shots, stream them with their labels, measure; returns (report, adapted model)."""
     if shots_per_word < 1:
         raise AdaptError(f"--shots must be >= 1, got {shots_per_word}")
     t = time.perf_counter()
     shots, rest = pick_shots(new, model.vocabulary, shots_per_word, seed)
-    st = stream_shots(model, shots, lc, passes=passes, gap_s=gap_s, log=log)
+    st = stream_shots(model, shots, lc, passes=passes, epochs=epochs, gap_s=gap_s, log=log)
     from spikewire.checkpoint import model_id
 
     training = dict(model.training)
     training["adapted"] = {"base_model": model.name, "base_sha256": base_sha256, "base_id": model_id(model),
-                           "rule": lc.rule, "learning": lc.to_dict(), "passes": passes, "shots": shots_per_word,
+                           "rule": lc.rule, "learning": lc.to_dict(), "passes": passes, "epochs": epochs,
+                           "shots": shots_per_word,
                            "shot_files": [Path(u.path).name for u in shots], "seed": seed,
                            "updates": st["updates"], "unheard": len(st["unheard_files"])}
     imp = st.get("importance")
@@ -230,7 +231,7 @@ def adapt(model: Model, new: Sequence[Utterance], shots_per_word: int, lc: Learn
                                   **({"importance": {**(model.importance or {}), **imp}, "learning": lc.to_dict()}
                                      if imp else {}))
     res = {"shots": shots_per_word, "n_shots": len(shots), "n_new_eval": len(rest), "seed": seed,
-           "passes": passes, "rule": lc.rule, "learning": lc.to_dict(), "consolidate": lc.si,
+           "passes": passes, "epochs": epochs, "rule": lc.rule, "learning": lc.to_dict(), "consolidate": lc.si,
            "updates": st["updates"],
            "unheard": len(st["unheard_files"]), "unheard_files": st["unheard_files"],
            "label_errors": st["label_errors"], "extra_stretches": st["extra_stretches"],
@@ -274,6 +275,8 @@ def build_parser(prog: str = "spikewire adapt") -> argparse.ArgumentParser:
                    help="FSDD folder: its test split (index 0-4) of the speakers not in --data measures forgetting")
     p.add_argument("--seed", type=int, default=0, help="which shots, and their order (default 0)")
     p.add_argument("--passes", type=int, default=1, help="replays per label (default 1)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="the shots are played (and labelled) this many times in the same order (default 1)")
     p.add_argument("--gap", type=float, default=1.0, help="seconds of silence after each shot (default 1)")
     p.add_argument("--learning", default="{}", metavar="JSON",
                    help="LearningConfig fields over the default (e-prop, in+out, rates 12/8, shadow weights), "
@@ -295,6 +298,8 @@ def main(argv=None, prog: str = "python -m spikewire.tools.adapt") -> int:
     try:
         if not 1 <= a.shots <= 1000:
             raise AdaptError(f"--shots must be in 1..1000, got {a.shots}")
+        if not 1 <= a.epochs <= 100:
+            raise AdaptError(f"--epochs must be in 1..100, got {a.epochs}")
         if not 0.2 <= a.gap <= 60:
             raise AdaptError(f"--gap must be in 0.2..60 s, got {a.gap}")
         path = resolve_model(a.model)
@@ -327,7 +332,8 @@ def main(argv=None, prog: str = "python -m spikewire.tools.adapt") -> int:
             if not old:
                 raise AdaptError(f"{a.old_data}: no test-split files of speakers other than those of --data")
         log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
-        res, adapted = adapt(model, new, a.shots, lc, seed=a.seed, passes=a.passes, old=old, gap_s=a.gap,
+        res, adapted = adapt(model, new, a.shots, lc, seed=a.seed, passes=a.passes, epochs=a.epochs, old=old,
+                             gap_s=a.gap,
                              base_sha256=_sha256(path), log=log)
     except (AdaptError, DatasetError, ModelFileError, FileNotFoundError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
