@@ -62,9 +62,10 @@ tests/test_decision_fast.py checks it against the streaming Decider.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -121,10 +122,32 @@ class Keyword:
     t_start: float  # seconds of stream time (since the decider's step 0)
     t_end: float
     step: int  # absolute step index at firing
+    stretch: int | None = field(default=None, compare=False)  # the id of its stretch (streaming Decider)
 
     def to_dict(self) -> dict:
-        return {"word": self.word, "score": round(self.score, 4), "t_start": round(self.t_start, 4),
-                "t_end": round(self.t_end, 4)}
+        d = {"word": self.word, "score": round(self.score, 4), "t_start": round(self.t_start, 4),
+             "t_end": round(self.t_end, 4)}
+        if self.stretch is not None:
+            d["stretch"] = self.stretch
+        return d
+
+
+#: Why a stretch fired no keyword: shorter than ``min_steps``, its best word below ``peak``, not
+#: ``margin`` above every other unit, or within ``refractory_ms`` of the last keyword.
+REJECT_REASONS = ("short", "peak", "margin", "refractory")
+
+
+class DecidedStretch(NamedTuple):
+    """A stretch of evidence the decision saw: stream steps ``start..end`` (inclusive), ``unit`` the word
+    with the most evidence and ``code`` its highest CADC code; ``fired``, or why not (``reason``)."""
+
+    id: int
+    start: int
+    end: int
+    unit: int
+    fired: bool
+    code: int
+    reason: str | None = None
 
 
 #: blocks of at most this many steps are decided on Python ints, longer ones with numpy first
@@ -135,20 +158,24 @@ class Decider:
     """Streaming keyword decisions; feed it CADC blocks in time order, and call
     :meth:`flush` at the end of the stream.
 
-    Every stretch of evidence it decides, fired or rejected, is also recorded as
-    ``(start, end, unit, fired)`` (stream steps, inclusive; ``unit`` the word with the
-    most evidence): :meth:`take_stretches` hands out those since the last call (the
-    newest ``MAX_STRETCHES``), so a label arriving later can name one (on-line learning).
-    The segment rule records every closed segment (when it is decided), the run rule every
-    run of evidence at least ``min_steps`` long (when it ends: the stretch is the whole run).
+    Every stretch of evidence it decides, fired or rejected, is also recorded as a
+    :class:`DecidedStretch` with an **id** drawn from ``ids`` (an iterator of ints; pass one
+    shared by every Decider of a session and the ids stay unique across model reloads):
+    :meth:`take_stretches` hands out those since the last call (the newest ``MAX_STRETCHES``),
+    so a label arriving later can name one (on-line learning), and every :class:`Keyword` carries
+    the id of its stretch (``stretch``).  The segment rule records every closed segment (its id is
+    drawn when it is decided), the run rule every run of evidence at least ``min_steps`` long
+    (its id is drawn when it is that long, so the keyword it fires carries it; the stretch is
+    recorded when the run ends and is the whole run).
     """
 
     MAX_STRETCHES = 256
 
     def __init__(self, vocabulary: list[str], has_none_unit: bool, config: DecisionConfig,
-                 step_ms: float = 1.0):
+                 step_ms: float = 1.0, ids: Iterator[int] | None = None):
         if step_ms <= 0:
             raise ValueError(f"step_ms must be > 0, got {step_ms}")
+        self.ids = ids if ids is not None else itertools.count()
         self.vocabulary = list(vocabulary)
         self.n_words = len(self.vocabulary)
         self.n_units = self.n_words + (1 if has_none_unit else 0)
@@ -163,6 +190,8 @@ class Decider:
         self._run_len = 0
         self._run_fired = False
         self._run_noted = False  # this run's stretch is recorded
+        self._run_id = None  # this run's stretch id (drawn when it is min_steps long)
+        self._run_code = 0  # its best code so far
         self._seg_start = -1  # segment rule: first step of the open segment (-1: none open)
         self._seg_last = 0  # ... its last active step
         self._seg_max = None  # per-unit max codes since the segment's first step
@@ -175,8 +204,8 @@ class Decider:
         """Whether :meth:`take_stretches` has any to hand out."""
         return bool(self._stretches)
 
-    def take_stretches(self) -> list[tuple[int, int, int, bool]]:
-        """The stretches decided since the last call: (start, end, unit, fired) each, oldest first."""
+    def take_stretches(self) -> list[DecidedStretch]:
+        """The stretches decided since the last call, oldest first."""
         out = list(self._stretches)
         self._stretches.clear()
         return out
@@ -253,22 +282,26 @@ class Decider:
         words = m[:self.n_words]
         w = words.index(max(words))  # the first maximum, as argmax
         other = max(m[:w] + m[w + 1:]) if self.n_units > 1 else -1
-        if span < cfg.min_steps or m[w] < cfg.peak or m[w] - other < cfg.margin:
-            self._stretches.append((start, step, w, False))
-            return []
-        if self._last_fire is not None and step - self._last_fire <= self._refr_steps:
-            self._stretches.append((start, step, w, False))
+        sid = next(self.ids)
+        reason = ("short" if span < cfg.min_steps else "peak" if m[w] < cfg.peak
+                  else "margin" if m[w] - other < cfg.margin
+                  else "refractory" if self._last_fire is not None and step - self._last_fire <= self._refr_steps
+                  else None)
+        self._stretches.append(DecidedStretch(sid, start, step, w, reason is None, int(m[w]), reason))
+        if reason is not None:
             return []
         self._last_fire = step
-        self._stretches.append((start, step, w, True))
-        return [Keyword(self.vocabulary[w], float(m[w]) / 255.0, start * self.step_s, step * self.step_s, step)]
+        return [Keyword(self.vocabulary[w], float(m[w]) / 255.0, start * self.step_s, step * self.step_s, step,
+                        stretch=sid)]
 
     # -- run rule ------------------------------------------------------------------
     def _note_run(self, last: int) -> None:
         """Record the current run as a stretch (once), ending at step ``last``, if it was long
         enough to fire (fired, or held back by the refractory time)."""
         if self._run_word >= 0 and self._run_len >= self.config.min_steps and not self._run_noted:
-            self._stretches.append((self._run_start, last, self._run_word, self._run_fired))
+            self._stretches.append(DecidedStretch(self._run_id, self._run_start, last, self._run_word,
+                                                  self._run_fired, self._run_code,
+                                                  None if self._run_fired else "refractory"))
             self._run_noted = True
 
     def _run_evidence(self, c: np.ndarray) -> tuple[list, list, list]:
@@ -311,14 +344,18 @@ class Decider:
             if w != self._run_word:
                 self._note_run(step - 1)
                 self._run_word, self._run_start, self._run_len, self._run_fired = w, step, 0, False
-                self._run_noted = False
+                self._run_noted, self._run_id, self._run_code = False, None, 0
             self._run_len += 1
+            self._run_code = max(self._run_code, int(c_best[i]))
+            if self._run_len >= cfg.min_steps and self._run_id is None:
+                self._run_id = next(self.ids)
             if self._run_len >= cfg.min_steps and not self._run_fired:
                 if self._last_fire is None or step - self._last_fire > self._refr_steps:
                     self._last_fire = step
                     self._run_fired = True
                     out.append(Keyword(self.vocabulary[w], float(c_best[i]) / 255.0,
-                                       self._run_start * self.step_s, step * self.step_s, step))
+                                       self._run_start * self.step_s, step * self.step_s, step,
+                                       stretch=self._run_id))
         return out
 
 

@@ -124,10 +124,11 @@ class Model:
             core.set_weights(k, w)
         return core
 
-    def decider(self, config: DecisionConfig | None = None) -> Decider:
+    def decider(self, config: DecisionConfig | None = None, ids=None) -> Decider:
         """A streaming :class:`~spikewire.decision.Decider` for this model's labels and time step
-        (``config`` overrides the model's decision rule)."""
-        return Decider(self.vocabulary, self.has_none_unit, config or self.decision, step_ms=self.frontend.step_ms)
+        (``config`` overrides the model's decision rule; ``ids``: where its stretch ids come from)."""
+        return Decider(self.vocabulary, self.has_none_unit, config or self.decision, step_ms=self.frontend.step_ms,
+                       ids=ids)
 
     # -- files ------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -69,8 +69,10 @@ from .wire import (  # noqa: F401
     batch_events,
     decode_json_object,
     decode_keyword,
+    decode_rejected,
     decode_spike_batch,
     encode_keyword,
+    encode_rejected,
     encode_metrics,
     encode_spike_batch,
     encode_spike_raster,
@@ -112,8 +114,10 @@ __all__ = [
     "SpikeBatch",
     "Topics",
     "decode_keyword",
+    "decode_rejected",
     "decode_spike_batch",
     "encode_keyword",
+    "encode_rejected",
     "encode_metrics",
     "encode_reply",
     "encode_spike_batch",
@@ -467,6 +471,7 @@ class MqttSink:
         keyword_buffer: int = 1024,
         spike_queue: int = 64,
         reply_queue: int = 64,
+        rejected_queue: int = 64,
         command_queue: int = 16,
         commands: CommandRegistry | None = None,
         backoff: Backoff | None = None,
@@ -491,7 +496,8 @@ class MqttSink:
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
         for name, value in (("keyword_buffer", keyword_buffer), ("spike_queue", spike_queue),
-                            ("reply_queue", reply_queue), ("command_queue", command_queue)):
+                            ("reply_queue", reply_queue), ("rejected_queue", rejected_queue),
+                            ("command_queue", command_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.model_name = model_name
@@ -514,6 +520,7 @@ class MqttSink:
         self._kw_cap = keyword_buffer
         self._spike_cap = spike_queue
         self._reply_cap = reply_queue
+        self._rej_cap = rejected_queue
 
         self._seq = 0
         self._kw: deque[_Keyword] = deque()
@@ -521,11 +528,12 @@ class MqttSink:
         self._spikes: deque[tuple[str, bytes]] = deque()
         self._metrics: bytes | None = None
         self._replies: deque[bytes] = deque()
+        self._rejected: deque[bytes] = deque()
         self._counts = dict.fromkeys((
             "published_keywords", "published_spike_batches", "published_metrics", "published_replies",
-            "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
-            "dropped_commands", "dropped_messages", "control_received", "control_errors", "ignored_retained",
-            "reconnects",
+            "published_rejected", "dropped_keywords", "dropped_spike_batches", "dropped_metrics", "dropped_replies",
+            "dropped_rejected", "dropped_commands", "dropped_messages", "control_received", "control_errors",
+            "ignored_retained", "reconnects",
             "connect_failures", "suppressed_warnings",
         ), 0)
         self._control = ControlChannel(self.commands, self._queue_reply, name=f"mqtt {self.topics.control}",
@@ -555,7 +563,7 @@ class MqttSink:
         """Counters for the metrics topic (a fresh dict; see docs/mqtt.md for each key)."""
         c = dict(self._counts)
         c["published"] = (c["published_keywords"] + c["published_spike_batches"]
-                          + c["published_metrics"] + c["published_replies"])
+                          + c["published_metrics"] + c["published_replies"] + c["published_rejected"])
         c["buffered"] = len(self._kw) + (self._kw_inflight is not None)
         c["spike_queue"] = len(self._spikes)
         c["connected"] = int(self.connected)
@@ -599,6 +607,18 @@ class MqttSink:
         self._kw.append(_Keyword(seq, payload))
         self._wake.set()
         return seq
+
+    def publish_rejected(self, event: Mapping[str, Any]) -> None:
+        """Queue a rejected stretch (``stretch, best, score, t_start, t_end, reason``) for the ``rejected``
+        topic (QoS 1). Never blocks; a queue of ``rejected_queue``: when full the oldest is dropped and
+        counted in ``dropped_rejected``. Kept across a reconnection, like control replies."""
+        self._require_open()
+        payload = encode_rejected(event, model=self.model_name, session=self.session)
+        if len(self._rejected) >= self._rej_cap:
+            self._rejected.popleft()
+            self._counts["dropped_rejected"] += 1
+        self._rejected.append(payload)
+        self._wake.set()
 
     def publish_spikes(self, population: str, batch: bytes) -> bool:
         """Queue one encoded spike batch for ``spikes/POPULATION`` (QoS 0). Never blocks.
@@ -695,6 +715,9 @@ class MqttSink:
         if self._spikes:
             self._counts["dropped_spike_batches"] += len(self._spikes)
             self._spikes.clear()
+        if self._rejected:
+            self._counts["dropped_rejected"] += len(self._rejected)
+            self._rejected.clear()
 
     # -- internals -----------------------------------------------------------
 
@@ -832,6 +855,10 @@ class MqttSink:
                     raise
                 self._kw_inflight = None
                 self._counts["published_keywords"] += 1
+            elif self._rejected:
+                await client.publish(self.topics.rejected, self._rejected[0], qos=1, timeout=t)
+                self._rejected.popleft()
+                self._counts["published_rejected"] += 1
             elif self._metrics is not None:
                 payload, self._metrics = self._metrics, None
                 await client.publish(self.topics.metrics, payload, qos=0, timeout=t)

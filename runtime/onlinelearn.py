@@ -394,7 +394,6 @@ class LearningSession:
         self.active = False
         self.buffer = ReplayBuffer(self.replay_config)
         self.stretches: deque[Stretch] = deque(maxlen=self.MAX_STRETCHES)
-        self._next_id = 0
         self._learner: OnlineLearner | None = None
         self._learner_gen = None
         self._gen = None
@@ -417,11 +416,11 @@ class LearningSession:
         self.buffer.add(t0, events, checkpoint)
 
     def add_stretches(self, generation: int, found) -> list[Stretch]:
-        """The decider's newly decided stretches ((start, end, unit, fired) each) get ids."""
+        """The decider's newly decided stretches (:class:`~spikewire.decision.DecidedStretch`, with their
+        ids) are remembered (the newest ``MAX_STRETCHES``)."""
         out = []
-        for start, end, unit, fired in found:
-            s = Stretch(self._next_id, int(start), int(end), int(unit), bool(fired), generation)
-            self._next_id += 1
+        for d in found:
+            s = Stretch(int(d.id), int(d.start), int(d.end), int(d.unit), bool(d.fired), generation)
             self.stretches.append(s)
             out.append(s)
         return out

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -273,6 +274,9 @@ class Pipeline:
         Front-end and core calls run on the event loop while the previous call of that stage took
         less than this (milliseconds), else on the stage's own thread; 0: always the threads
         (:class:`_Lane`). Results are the same either way; replays always run on their thread.
+    rejected : bool
+        Also send every stretch of evidence the decision rejected to the sinks (stdout lines, the
+        MQTT ``rejected`` topic), with its id, so that a user who was not heard can label it.
     """
 
     def __init__(self, model: Model | str | os.PathLike, source: Source, sinks: list[Sink], *,
@@ -281,7 +285,7 @@ class Pipeline:
                  audio_queue: int = 100, event_queue: int = 32, core_queue: int = 32, sink_queue: int = 256,
                  learn: bool = False, learning: LearningConfig | None = None, replay: ReplayConfig | None = None,
                  checkpoint: str | os.PathLike | None = None, checkpoint_s: float = 60.0,
-                 inline_ms: float = INLINE_MS):
+                 inline_ms: float = INLINE_MS, rejected: bool = False):
         self.model_ref = str(model) if not isinstance(model, Model) else model.name
         self._initial_model = model
         self.source = source
@@ -300,6 +304,8 @@ class Pipeline:
             raise ValueError(f"inline_ms must be >= 0, got {inline_ms!r}")
         self.inline_ms = float(inline_ms)
         self.learning.active = bool(learn)
+        self.publish_rejected = bool(rejected)
+        self._stretch_ids = itertools.count()  # one id sequence for every model's decider (reloads too)
         self._register_commands()
         if self.control.allow is not None:
             self.commands.allowed = frozenset(self.control.allow)
@@ -319,7 +325,7 @@ class Pipeline:
         self._step = 0  # next stream step (core stage)
         self._decided_step = 0  # the step after the last block the decision stage has seen
         self._c = dict.fromkeys(("audio_blocks", "audio_samples", "blocks", "input_events", "hidden_spikes",
-                                 "keywords", "paused_steps", "paused_blocks", "sink_errors", "in_flight_dropped"),
+                                 "keywords", "rejected", "paused_steps", "paused_blocks", "sink_errors", "in_flight_dropped"),
                                 0)
         self._busy_fe = 0.0
         self._busy_core = 0.0
@@ -505,7 +511,7 @@ class Pipeline:
         if self.source.kind == "audio":  # a spike source's n_in follows the bundle when it is adopted
             fe = FrontEnd(model.frontend, self.source.rate)
         core = model.make_core()
-        dec = model.decider()
+        dec = model.decider(ids=self._stretch_ids)
         self._generation += 1
         return Bundle(model, fe, core, dec, self._generation, ref)
 
@@ -592,6 +598,21 @@ class Pipeline:
             for q in self._q_sinks:
                 await q.put(("kw", ki))
 
+    async def _emit_rejected(self, b: Bundle, found: list) -> None:
+        """Stretches that fired no keyword: counted; sent to the sinks when ``rejected`` is on."""
+        for d in found:
+            if d.fired:
+                continue
+            self._c["rejected"] += 1
+            if not self.publish_rejected:
+                continue
+            step_s = b.decider.step_s
+            doc = {"stretch": d.id, "best": b.model.vocabulary[d.unit], "score": round(d.code / 255.0, 4),
+                   "t_start": round(d.start * step_s, 4), "t_end": round(d.end * step_s, 4), "reason": d.reason,
+                   "model": b.name}
+            for q in self._q_sinks:
+                await q.put(("rej", doc))
+
     async def _decision_stage(self) -> None:
         last: tuple[Bundle, float] | None = None  # the bundle that decided last, and its last block's t_in
         while True:
@@ -600,8 +621,10 @@ class Pipeline:
                 # the end of the stream, or of this model: a keyword still being decided is decided now
                 if last is not None:
                     kws = last[0].decider.flush()
-                    self.learning.add_stretches(last[0].generation, last[0].decider.take_stretches())
+                    found = last[0].decider.take_stretches()
+                    self.learning.add_stretches(last[0].generation, found)
                     await self._emit_keywords(last[0], kws, last[1])
+                    await self._emit_rejected(last[0], found)
                     last = None
             if item is _EOS:
                 for q in self._q_sinks:
@@ -616,8 +639,9 @@ class Pipeline:
                 continue
             b = item.bundle
             kws = b.decider.update(item.cadc, item.t0)
-            if b.decider.has_stretches:
-                self.learning.add_stretches(b.generation, b.decider.take_stretches())
+            found = b.decider.take_stretches() if b.decider.has_stretches else ()
+            if found:
+                self.learning.add_stretches(b.generation, found)
             self._decided_step = item.t0 + item.events.n_steps
             last = (b, item.t_in)
             self._c["blocks"] += 1
@@ -626,6 +650,8 @@ class Pipeline:
             self._lat_block.append(time.monotonic() - item.t_in)
             if kws:
                 await self._emit_keywords(b, kws, item.t_in)
+            if found:
+                await self._emit_rejected(b, found)
             si = None
             for s, q in zip(self.sinks, self._q_sinks):
                 if s.wants_spikes:
@@ -644,6 +670,8 @@ class Pipeline:
                     self._lat_kw.append(time.monotonic() - x.t_in)
                 elif kind == "spk":
                     await sink.spikes(x)
+                elif kind == "rej":
+                    await sink.rejected(x)
                 else:
                     await sink.marker(x)
             except (OSError, ValueError, RuntimeError) as e:

@@ -4,8 +4,9 @@
 spec                        what it does
 ==========================  ===================================================
 ``stdout``                  one JSON object per line per keyword event
-                            ``{word, score, t_start, t_end, model, seq}``;
-                            with ``spikes=True`` also spike lines
+                            ``{word, score, t_start, t_end, stretch, model, seq}``;
+                            with ``spikes=True`` also spike lines, with
+                            ``Pipeline(rejected=True)`` rejected-stretch lines
 ``mqtt://...``/``mqtts://``  :class:`spikewire.mqtt.MqttSink`: keyword, spikes/input,
                             spikes/hidden (one message per block), status,
                             metrics, control (docs/mqtt.md)
@@ -40,6 +41,7 @@ import logging
 import os
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,10 @@ __all__ = ["KeywordItem", "SpikeItem", "Sink", "StdoutSink", "MqttOut", "FileSin
            "SpikeRecording", "read_spike_file", "parse_sink", "SINK_SPECS"]
 
 SINK_SPECS = "stdout, mqtt://[user[:pw]@]HOST[:PORT]/PREFIX, mqtts://..., file:PATH"
+
+
+#: Held while a whole line goes to stdout (the stdout sink, the CLI's command replies): lines never interleave.
+STDOUT_LOCK = threading.Lock()
 
 
 class SinkError(ValueError):
@@ -109,6 +115,10 @@ class Sink:
     async def marker(self, doc: dict) -> None:
         """A JSON-able note (model change)."""
 
+    async def rejected(self, doc: dict) -> None:
+        """A stretch of evidence that fired no keyword (``Pipeline(rejected=True)``): ``stretch`` (its id),
+        ``best``, ``score``, ``t_start``, ``t_end``, ``reason``, ``model``."""
+
     def metrics(self, doc: dict) -> None:
         """A periodic metrics snapshot (never blocks)."""
 
@@ -146,8 +156,9 @@ class StdoutSink(Sink):
             return 0
         s = self.stream or sys.stdout
         try:
-            s.write(text)
-            s.flush()
+            with STDOUT_LOCK:
+                s.write(text)
+                s.flush()
             return text.count("\n")
         except BrokenPipeError:
             self._closed_by_reader = True
@@ -164,6 +175,9 @@ class StdoutSink(Sink):
 
     async def keyword(self, item: KeywordItem) -> None:
         await self._emit(item.event)
+
+    async def rejected(self, doc: dict) -> None:
+        await self._emit({"event": "rejected", **doc})
 
     async def spikes(self, item: SpikeItem) -> None:
         st, ch = _csr_lists(item.events)
@@ -248,7 +262,10 @@ class MqttOut(Sink):
 
     async def keyword(self, item: KeywordItem) -> None:
         e = item.event
-        await self.sink.publish_keyword({k: e[k] for k in ("word", "score", "t_start", "t_end")})
+        await self.sink.publish_keyword({k: e[k] for k in ("word", "score", "t_start", "t_end", "stretch") if k in e})
+
+    async def rejected(self, doc: dict) -> None:
+        self.sink.publish_rejected({k: v for k, v in doc.items() if k != "model"})
 
     async def spikes(self, item: SpikeItem) -> None:
         from .wire import POPULATION_IDS, encode_spike_batch

@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, unquote
 
 import numpy as np
 
+from .decision import REJECT_REASONS
+
 __all__ = [
     "DEFAULT_PORTS",
     "KEYWORD_FIELDS",
@@ -38,8 +40,10 @@ __all__ = [
     "batch_events",
     "decode_json_object",
     "decode_keyword",
+    "decode_rejected",
     "decode_spike_batch",
     "encode_keyword",
+    "encode_rejected",
     "encode_metrics",
     "encode_spike_batch",
     "encode_spike_raster",
@@ -321,6 +325,10 @@ class Topics:
     @property
     def keyword(self) -> str:
         return f"{self.base}/keyword"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.base}/rejected"
 
     @property
     def status(self) -> str:
@@ -666,7 +674,10 @@ def batch_events(batch: SpikeBatch, gap: int = 0) -> "tuple[np.ndarray, np.ndarr
 # ---------------------------------------------------------------------------
 
 _KEYWORD_INPUT = ("word", "score", "t_start", "t_end")
-KEYWORD_FIELDS = ("word", "score", "t_start", "t_end", "model", "seq", "session")
+KEYWORD_FIELDS = ("word", "score", "t_start", "t_end", "model", "seq", "session")  #: required; ``stretch`` optional
+#: Stretch ids are below 2**53 (exact in every JSON reader).
+STRETCH_ID_BITS = 53
+REJECTED_FIELDS = ("stretch", "best", "score", "t_start", "t_end", "reason", "session")
 
 
 def _finite(name: str, value: Any) -> float:
@@ -690,14 +701,23 @@ def _keyword_fields(event: Mapping[str, Any]) -> dict[str, Any]:
         fields[name] = _finite(name, event[name])
     if fields["t_start"] < 0 or fields["t_end"] < fields["t_start"]:
         raise ValueError(f"keyword times must satisfy 0 <= t_start <= t_end, got {fields['t_start']}, {fields['t_end']}")
+    if event.get("stretch") is not None:
+        fields["stretch"] = _stretch_id(event["stretch"])
     return fields
 
 
+def _stretch_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << STRETCH_ID_BITS:
+        raise ValueError(f"stretch must be an integer in 0..2**{STRETCH_ID_BITS}-1, got {value!r:.40}")
+    return int(value)
+
+
 def encode_keyword(event: Mapping[str, Any], *, model: str, seq: int, session: str) -> bytes:
-    """Encode a keyword event (``word, score, t_start, t_end``) as the ``keyword`` topic JSON."""
+    """Encode a keyword event (``word, score, t_start, t_end`` and optionally ``stretch``, the id of its
+    stretch of evidence) as the ``keyword`` topic JSON."""
     if not isinstance(event, Mapping):
         raise TypeError(f"keyword event must be a mapping, got {type(event).__name__}")
-    extra = set(event) - set(_KEYWORD_INPUT)
+    extra = set(event) - set(_KEYWORD_INPUT) - {"stretch"}
     if extra:
         raise ValueError(f"keyword event has unknown or sink-owned keys: {', '.join(sorted(map(str, extra)))}")
     doc = _keyword_fields(event)
@@ -721,6 +741,51 @@ def decode_keyword(payload: bytes | str) -> dict[str, Any]:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise PayloadError(f"keyword payload: seq must be a non-negative integer, got {seq!r:.40}")
     return {**fields, "model": doc["model"], "seq": seq, "session": doc["session"]}
+
+
+
+
+def _rejected_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [k for k in REJECTED_FIELDS[:-1] if k not in event]
+    if missing:
+        raise ValueError(f"rejected stretch misses {', '.join(missing)}")
+    best = event["best"]
+    if not isinstance(best, str) or not best or len(best) > 256:
+        raise ValueError(f"rejected best must be a word (a non-empty string), got {best!r:.40}")
+    if event["reason"] not in REJECT_REASONS:
+        raise ValueError(f"rejected reason must be one of {', '.join(REJECT_REASONS)}, got {event['reason']!r:.40}")
+    doc = {"stretch": _stretch_id(event["stretch"]), "best": best}
+    for name in ("score", "t_start", "t_end"):
+        doc[name] = _finite(name, event[name])
+    if doc["t_start"] < 0 or doc["t_end"] < doc["t_start"]:
+        raise ValueError(f"rejected times must satisfy 0 <= t_start <= t_end, got {doc['t_start']}, {doc['t_end']}")
+    doc["reason"] = event["reason"]
+    return doc
+
+
+def encode_rejected(event: Mapping[str, Any], *, model: str, session: str) -> bytes:
+    """The ``rejected`` topic JSON of a stretch that fired no keyword (``stretch, best, score, t_start,
+    t_end, reason``) plus ``model`` and ``session``."""
+    if not isinstance(event, Mapping):
+        raise TypeError(f"rejected stretch must be a mapping, got {type(event).__name__}")
+    extra = set(event) - set(REJECTED_FIELDS[:-1])
+    if extra:
+        raise ValueError(f"rejected stretch has unknown or sink-owned keys: {', '.join(sorted(map(str, extra)))}")
+    doc = _rejected_fields(event)
+    doc.update(model=model, session=session)
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_rejected(payload: bytes | str) -> dict[str, Any]:
+    """Parse and validate a ``rejected`` payload (bounded like every network JSON); raises :class:`PayloadError`."""
+    doc = decode_json_object(payload, "rejected payload")
+    try:
+        fields = _rejected_fields(doc)
+    except ValueError as exc:
+        raise PayloadError(f"rejected payload: {exc}") from None
+    if not isinstance(doc.get("model"), str) or not isinstance(doc.get("session"), str):
+        raise PayloadError("rejected payload: model and session must be strings")
+    return {**fields, "model": doc["model"], "session": doc["session"]}
 
 
 METRICS_RESERVED = ("t_wall", "session", "mqtt")  #: keys the sink adds to every metrics snapshot

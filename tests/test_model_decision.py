@@ -334,3 +334,65 @@ def test_classify_scores_is_the_offline_rule_row_by_row(has_none_unit, offline_r
         assert [-1 if w is None else w for w in one] == want[:200]
     with pytest.raises(ValueError):
         classify_scores(scores[:, :2], n_words, has_none_unit, 100)
+
+
+# ---------------------------------------------------------------------------
+# stretch ids (on-line learning: a user names a stretch by its id)
+
+def test_segment_rule_stretches_have_ids_and_reasons_and_keywords_carry_them():
+    c = np.zeros((60, 4), np.uint8)
+    c[2:10, 0] = 200         # "yes": fires (decided at 12)
+    c[20:30, 2] = 240        # "up", the none unit within the margin: rejected (margin)
+    c[25, 3] = 235
+    c[40:42, 1] = 250        # too short: rejected (short)
+    d = Decider(WORDS, True, seg_cfg())
+    ev = d.update(c, 0) + d.flush()
+    st = d.take_stretches()
+    assert [s.id for s in st] == [0, 1, 2]
+    assert [(s.fired, s.reason, WORDS[s.unit]) for s in st] == [(True, None, "yes"), (False, "margin", "up"),
+                                                                (False, "short", "no")]
+    assert [k.stretch for k in ev] == [0] and ev[0].to_dict()["stretch"] == 0
+    assert (st[0].start, st[0].end, st[0].code) == (2, ev[0].step, 200)
+    assert d.take_stretches() == []
+    # refractory and peak
+    d = Decider(WORDS, True, seg_cfg(refractory_ms=30))
+    c2 = np.zeros((60, 4), np.uint8)
+    c2[2:8, 0] = 200
+    c2[14:20, 1] = 200       # decided at 22: within 30 steps of the keyword at 10
+    c2[40:46, 2] = 140       # below peak 150
+    d.update(c2, 0)
+    d.flush()
+    assert [(s.fired, s.reason) for s in d.take_stretches()] == [(True, None), (False, "refractory"), (False, "peak")]
+
+
+def test_run_rule_keyword_carries_the_id_its_stretch_gets_when_the_run_ends():
+    cfg = DecisionConfig(threshold=100, margin=10, min_steps=3, refractory_ms=100, rule="run")
+    d = Decider(WORDS, True, cfg)
+    c = np.zeros((200, 4), np.uint8)
+    c[2:40, 1] = 200         # "no" fires at step 4; its run (its stretch) ends at 39
+    c[60:70, 0] = 200        # "yes": inside the refractory time: a rejected stretch
+    c[100:101, 2] = 200      # too short: no stretch at all
+    ev = d.update(c[:20], 0)
+    assert [(k.word, k.stretch) for k in ev] == [("no", 0)] and d.take_stretches() == []   # still running
+    ev += d.update(c[20:], 20)
+    st = d.take_stretches()
+    assert [(s.id, s.start, s.end, WORDS[s.unit], s.fired, s.reason) for s in st] == [
+        (0, 2, 39, "no", True, None), (1, 60, 69, "yes", False, "refractory")]
+    assert [k.word for k in ev] == ["no"] and st[1].code == 200
+
+
+def test_stretch_ids_are_unique_across_deciders_sharing_a_counter():
+    import itertools
+
+    ids = itertools.count()
+    c = np.zeros((30, 4), np.uint8)
+    c[2:10, 0] = 200
+    out = []
+    for _ in range(3):       # a reload makes a new decider; the ids go on
+        d = Decider(WORDS, True, seg_cfg(), ids=ids)
+        out += [k.stretch for k in d.update(c, 0) + d.flush()]
+    assert out == [0, 1, 2]
+    # the id does not take part in keyword equality (decide_offline_fast gives none)
+    a = Decider(WORDS, True, seg_cfg()).update(c, 0)
+    b = Decider(WORDS, True, seg_cfg(), ids=itertools.count(7)).update(c, 0)
+    assert a == b and a[0].stretch == 0 and b[0].stretch == 7

@@ -338,3 +338,79 @@ def test_label_over_mqtt_control(tiny_model_path, mqtt_broker):
     assert on["ok"] and on["result"]["on"] and on["result"]["config"]["rate_out"] == 3
     assert not bad["ok"] and "unknown word 'nine'" in bad["error"]
     assert ok["ok"] and ok["result"]["label"] == "high" and ok["result"]["replayed_steps"] > 0, ok
+
+
+def test_stretch_ids_round_trip_over_mqtt(mqtt_broker):
+    """A keyword payload's ``stretch`` and a ``rejected`` payload's ``stretch`` (real mosquitto) are ids that
+    ``label`` accepts: the reply names the same stretch, and ``stretches`` lists them as fired / not fired."""
+    pytest.importorskip("aiomqtt")
+    from conftest import DIGITS_WAV
+    from test_pipeline import Subscriber, request
+
+    from spikewire.pipeline import Pipeline
+    from spikewire.sinks import parse_sink
+    from spikewire.sources import WavSource
+    from spikewire.wire import decode_keyword, decode_rejected
+
+    prefix, dev = "t-ids", "ids"
+
+    async def go():
+        async with Subscriber(mqtt_broker, [f"{prefix}/#"]) as sub:
+            sink = parse_sink(mqtt_broker.url(prefix), device_id=dev,
+                              mqtt_options={"connect_timeout": 5.0, "close_timeout": 60.0})
+            pipe = Pipeline("kws-digits", WavSource(DIGITS_WAV, speed=1.0, block_ms=10), [sink], metrics_interval=0,
+                            device_id=dev, learn=True, rejected=True)
+            task = asyncio.create_task(pipe.run())
+            base = f"{prefix}/{dev}"
+            try:
+                # the bundled recording's first rejected stretch ("short") comes after two keywords
+                await sub.wait_for(lambda: sub.on(f"{dev}/rejected") and len(sub.on(f"{dev}/keyword")) >= 2, 30)
+                kw = decode_keyword(sub.on(f"{dev}/keyword")[1])
+                rej = decode_rejected(sub.on(f"{dev}/rejected")[0])
+                other = "one" if kw["word"] != "one" else "two"
+                r_kw = await request(sub, base, {"cmd": "label", "id": 1, "word": other, "stretch": kw["stretch"]},
+                                     timeout=30)
+                r_rej = await request(sub, base, {"cmd": "label", "id": 2, "word": "six", "stretch": rej["stretch"]},
+                                      timeout=30)
+                listed = await request(sub, base, {"cmd": "stretches", "id": 3})
+            finally:
+                pipe.request_stop()
+                await task
+            return kw, rej, r_kw, r_rej, listed
+
+    kw, rej, r_kw, r_rej, listed = asyncio.run(asyncio.wait_for(go(), 120))
+    assert isinstance(kw["stretch"], int) and isinstance(rej["stretch"], int) and kw["stretch"] != rej["stretch"]
+    assert rej["reason"] in ("short", "peak", "margin", "refractory") and rej["model"] == "kws-digits"
+    assert r_kw["ok"] and r_kw["result"]["stretch"] == kw["stretch"], r_kw
+    assert r_rej["ok"] and r_rej["result"]["stretch"] == rej["stretch"] and r_rej["result"]["label"] == "six", r_rej
+    fired = {s["id"]: s["fired"] for s in listed["result"]["stretches"]}
+    assert fired[kw["stretch"]] is True and fired[rej["stretch"]] is False
+
+
+def test_error_replies_change_nothing(tiny_model_path, long_wav):
+    """Every refused label / reward leaves the live core's weights and the learning counts as they were."""
+    async def script(pipe, call):
+        while sum(s.fired for s in pipe.learning.stretches) < 1:
+            await asyncio.sleep(0.02)
+        core = pipe.learning_bundle().core
+        get = lambda: {m: core.get_weights(m) for m in MATRICES}  # noqa: E731
+        before, counts = await pipe.run_core_thread(get), dict(pipe.learning.counts)
+        last = pipe.learning.stretches[-1].id
+        replies = [await call("label", word="seven"), await call("label", word="low", stretch=last + 10**6),
+                   await call("reward", value=-1, stretch=last + 10**6), await call("reward", value=3),
+                   await call("label", word="low", stretch=-5)]
+        await call("learn", on=False)
+        replies += [await call("label", word="low", stretch=last), await call("reward", value=1)]
+        after = await pipe.run_core_thread(get)
+        return before, after, counts, dict(pipe.learning.counts), replies
+
+    (before, after, c0, c1, replies), pipe = _pipeline_run(tiny_model_path, long_wav, script,
+                                                          learning=LearningConfig(rate_in=4, rate_out=2))
+    assert all(not r["ok"] for r in replies), replies
+    assert ["unknown word" in replies[0]["error"], "unknown stretch" in replies[1]["error"],
+            "unknown stretch" in replies[2]["error"], "+1 or -1" in replies[3]["error"],
+            "learning is off" in replies[5]["error"], "learning is off" in replies[6]["error"]] == [True] * 6
+    assert all(np.array_equal(before[m], after[m]) for m in MATRICES)
+    for k in ("labels", "rewards", "replays", "weights_changed", "reverts"):
+        assert c1[k] == c0[k], k
+    assert not pipe.learning.dirty

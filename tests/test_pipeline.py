@@ -67,7 +67,7 @@ def keyword_lines(text: str) -> list[dict]:
 
 
 def strip(events: list[dict]) -> list[dict]:
-    return [{k: e[k] for k in ("word", "score", "t_start", "t_end")} for e in events]
+    return [{k: e[k] for k in ("word", "score", "t_start", "t_end", "stretch") if k in e} for e in events]
 
 
 class Subscriber:

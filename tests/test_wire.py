@@ -286,6 +286,37 @@ def test_keyword_codec():
         decode_keyword(b"\xff")
 
 
+def test_keyword_stretch_id_round_trips_and_is_bounded():
+    doc = decode_keyword(encode_keyword({**EVENT, "stretch": 41}, model="m", seq=0, session="s"))
+    assert doc["stretch"] == 41
+    assert "stretch" not in decode_keyword(encode_keyword(EVENT, model="m", seq=0, session="s"))
+    for bad in (-1, 2 ** 53, True, "7", 1.5):
+        with pytest.raises(ValueError, match="stretch"):
+            encode_keyword({**EVENT, "stretch": bad}, model="m", seq=0, session="s")
+        payload = json.dumps({**EVENT, "stretch": bad, "model": "m", "seq": 0, "session": "s"})
+        with pytest.raises(PayloadError, match="stretch"):
+            decode_keyword(payload)
+
+
+def test_rejected_codec():
+    from spikewire.wire import decode_rejected, encode_rejected
+
+    ev = {"stretch": 12, "best": "seven", "score": 0.55, "t_start": 1.5, "t_end": 2.0, "reason": "margin"}
+    assert decode_rejected(encode_rejected(ev, model="m", session="s")) == {**ev, "model": "m", "session": "s"}
+    for change, msg in (({"reason": "bored"}, "reason"), ({"stretch": -3}, "stretch"), ({"best": ""}, "best"),
+                        ({"t_end": 1.0}, "t_start <= t_end"), ({"score": float("inf")}, "finite")):
+        with pytest.raises(ValueError, match=msg):
+            encode_rejected({**ev, **change}, model="m", session="s")
+    with pytest.raises(ValueError, match="sink-owned"):
+        encode_rejected({**ev, "model": "x"}, model="m", session="s")
+    with pytest.raises(PayloadError, match="misses best"):
+        decode_rejected(json.dumps({"stretch": 1}))
+    with pytest.raises(PayloadError, match="model and session"):
+        decode_rejected(json.dumps(ev))
+    with pytest.raises(PayloadError, match="more than 65536"):
+        decode_rejected(b"{" + b" " * (1 << 17) + b"}")
+
+
 def test_repeated_spikes_round_trip_as_counts():
     # an input channel may fire several times in one step: the count must survive
     data = encode_spike_batch(100, 4, steps=[2, 0, 2, 2], units=[1, 0, 1, 0], n_units=2)
