@@ -121,13 +121,14 @@ RUN_DEFAULTS: dict = {
     "model": "kws-digits", "source": "mic", "sink": ["stdout"], "fast": False, "speed": 1.0, "rate": None,
     "block_ms": None, "device_id": None, "broker": None, "spikes": False, "metrics_interval": 5.0,
     "snapshot_dir": ".", "drain_timeout": 5.0, "duration": None, "log_level": None, "mqtt": {}, "control": {},
-    "learn": False, "checkpoint": None, "checkpoint_s": 60.0,
+    "learn": False, "checkpoint": None, "checkpoint_s": 60.0, "rejected": False, "commands": None,
 }
 _RUN_TYPES: dict = {"model": str, "source": str, "sink": (str, list), "fast": bool, "speed": (int, float),
                     "rate": int, "block_ms": (int, float), "device_id": str, "broker": str, "spikes": bool,
                     "metrics_interval": (int, float), "snapshot_dir": str, "drain_timeout": (int, float),
                     "duration": (int, float), "log_level": str, "mqtt": dict, "control": dict,
-                    "learn": bool, "checkpoint": str, "checkpoint_s": (int, float)}
+                    "learn": bool, "checkpoint": str, "checkpoint_s": (int, float), "rejected": bool,
+                    "commands": str}
 
 
 class _UsageError(ValueError):
@@ -314,7 +315,7 @@ def build_pipeline(cfg: dict, *, stream=None):
                     snapshot_dir=cfg["snapshot_dir"], drain_timeout=float(cfg["drain_timeout"]),
                     device_id=cfg["device_id"], control=_control_policy(cfg.get("control") or {}),
                     learn=bool(cfg.get("learn")), checkpoint=cfg.get("checkpoint"),
-                    checkpoint_s=float(cfg.get("checkpoint_s", 60.0)))
+                    checkpoint_s=float(cfg.get("checkpoint_s", 60.0)), rejected=bool(cfg.get("rejected")))
 
 
 def _default_device_id() -> str:
@@ -335,9 +336,19 @@ def _run_and_report(cfg: dict, prog: str) -> int:
 
     async def go() -> dict:
         pipeline = build_pipeline(cfg)
+        where = _command_input(cfg)
         if cfg["duration"]:
             asyncio.get_running_loop().call_later(float(cfg["duration"]), pipeline.request_stop)
-        return await run_pipeline(pipeline)
+        if where is None:
+            return await run_pipeline(pipeline)
+        local = asyncio.create_task(_local_commands(pipeline, where), name="commands")
+        try:
+            return await run_pipeline(pipeline)
+        finally:
+            local.cancel()
+            for r in await asyncio.gather(local, return_exceptions=True):
+                if isinstance(r, Exception):
+                    log.error("commands: %s", r, exc_info=r)
 
     try:
         final = asyncio.run(go())
@@ -354,6 +365,64 @@ def _run_and_report(cfg: dict, prog: str) -> int:
         return 130
     print(json.dumps({"event": "final_metrics", **final}, separators=(",", ":")), file=sys.stderr)
     return 0
+
+
+def _command_input(cfg: dict) -> str | None:
+    """Where a local user's commands come from: ``"stdin"``, a path (file or FIFO), or None (off).
+    Default: stdin with ``--learn``, unless stdin carries the audio (``--source stdin``)."""
+    commands, stdin_audio = cfg.get("commands"), cfg["source"] == "stdin"
+    if commands in ("off", "none"):
+        return None
+    if commands in ("-", "stdin"):
+        if stdin_audio:
+            raise _UsageError("--commands stdin: stdin carries the audio (--source stdin); give a FIFO or a file: "
+                              "--commands PATH (mkfifo PATH)")
+        return "stdin"
+    if commands:
+        if not os.path.exists(commands):
+            raise _UsageError(f"--commands {commands}: no such file or FIFO (make one with: mkfifo {commands})")
+        return commands
+    if not cfg.get("learn"):
+        return None
+    if stdin_audio:
+        log.warning("commands from stdin are off: stdin carries the audio; give --commands PATH (a FIFO) "
+                    "or use MQTT control")
+        return None
+    return "stdin"
+
+
+def _print_json_line(doc: dict) -> None:
+    from .sinks import STDOUT_LOCK
+
+    try:
+        with STDOUT_LOCK:
+            sys.stdout.write(json.dumps(doc, separators=(", ", ": ")) + "\n")
+            sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # the reader left: the stdout sink counts what it could not write
+        pass
+
+
+async def _local_commands(pipeline, where: str) -> None:
+    """Command lines from stdin / a file / a FIFO into the pipeline's commands, replies on stdout."""
+    import asyncio
+
+    from .localcontrol import CommandLines, stdin_is_usable
+
+    if where == "stdin" and not stdin_is_usable(0):
+        log.warning("commands: stdin is a terminal this process is not in the foreground of; not reading it "
+                    "(give --commands PATH, a FIFO)")
+        return
+    while not pipeline.running:
+        await asyncio.sleep(0.01)
+    reader: CommandLines | None = None
+    channel = pipeline.control_channel(lambda data: reader.on_reply(data), name=f"commands:{where}")
+    reader = CommandLines(channel, _print_json_line, path=None if where == "stdin" else where)
+    reader.start()
+    log.info("commands: reading %s (try: help)", reader.spec)
+    try:
+        await channel.run()
+    finally:
+        reader.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -419,9 +488,19 @@ def add_runtime_commands(sub) -> None:
     r.add_argument("--drain-timeout", type=float, help="seconds to drain on stop (default 5)")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
     r.add_argument("--learn", action="store_true", default=None,
-                   help="on-line learning on from the start (label/reward over control; docs/learning.md)")
+                   help="on-line learning on from the start; commands (label WORD [ID], ...) from stdin "
+                   "(see --commands) and over MQTT control (docs/learning.md)")
     r.add_argument("--checkpoint", metavar="PATH", help="learnt weights: restored from / saved to this file")
     r.add_argument("--checkpoint-s", type=float, help="seconds between checkpoints when weights changed (default 60)")
+    r.add_argument("--commands", metavar="PATH",
+                   help="where a local user's commands come from (learn on|off, label WORD [ID], reward +1|-1 [ID], "
+                   "save, revert, stretches, status, help; replies on stdout): a file or a FIFO (mkfifo), "
+                   "'stdin', or 'off'. Default with --learn: stdin, unless --source stdin (the audio): then "
+                   "give a FIFO here")
+    r.add_argument("--rejected", action="store_true", default=None,
+                   help="also send the stretches the decision rejected, with their ids (stdout lines "
+                   "{\"event\": \"rejected\", ...}, MQTT PREFIX/DEVICE/rejected), so that a word that was not "
+                   "heard can be labelled: label WORD ID")
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="keyword spotting on a bundled recording of spoken digits (no mic, no broker)")

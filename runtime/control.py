@@ -29,6 +29,7 @@ __all__ = [
     "ControlCommand",
     "ControlPayloadError",
     "encode_reply",
+    "parse_command_line",
     "parse_control",
 ]
 
@@ -68,6 +69,89 @@ def parse_control(payload: bytes | str) -> ControlCommand:
     if not isinstance(cmd, str) or not cmd:
         raise ControlPayloadError(f"control 'cmd' must be a non-empty string, got {cmd!r:.60}", req_id)
     return ControlCommand(cmd=cmd, id=req_id, args=doc)
+
+
+#: The longest command line :func:`parse_command_line` takes (a terminal line, not a payload).
+MAX_COMMAND_LINE = 4096
+
+
+def _scalar(text: str) -> Any:
+    """``key=value`` values of a command line: true/false, integers (``+1`` too), else the text."""
+    low = text.lower()
+    if low in ("true", "on", "yes"):
+        return True
+    if low in ("false", "off", "no"):
+        return False
+    try:
+        return int(text, 10)
+    except ValueError:
+        return text
+
+
+def parse_command_line(line: str, request_id: Any = None) -> dict | None:
+    """A command typed by a local user (``spikewire run --learn``: the terminal, stdin or a FIFO) as the
+    control request it stands for (docs/runtime.md, "Commands from the terminal"); None for a blank
+    line or a ``#`` comment. Raises :class:`ControlPayloadError` for a line it cannot read.
+
+    ``learn on|off [KEY=VALUE ...]``, ``label WORD [ID]``, ``reward +1|-1 [ID]``, ``reload [PATH]``,
+    ``snapshot [PATH]``, any other ``CMD [KEY=VALUE ...]`` (``matrices=in,out`` is a list), or a JSON
+    request ``{"cmd": ...}`` as on MQTT. The result goes through the same registry as MQTT control.
+    """
+    if len(line) > MAX_COMMAND_LINE:
+        raise ControlPayloadError(f"command line longer than {MAX_COMMAND_LINE} characters", request_id)
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("{"):
+        doc = decode_json_object(text, "command", ControlPayloadError)
+        doc.setdefault("id", request_id)
+        return doc
+    words = text.split()
+    cmd, rest = words[0], words[1:]
+    doc: dict[str, Any] = {"cmd": cmd, "id": request_id}
+    positional = [w for w in rest if "=" not in w]
+    keyed = [w for w in rest if "=" in w]
+
+    def bad(msg: str) -> ControlPayloadError:
+        return ControlPayloadError(f"{cmd}: {msg}", request_id)
+
+    def stretch_id(w: str) -> int:
+        try:
+            v = int(w, 10)
+        except ValueError:
+            raise bad(f"stretch id must be an integer, got {w!r:.40}") from None
+        if v < 0:
+            raise bad(f"stretch id must be >= 0, got {v}")
+        return v
+
+    if cmd == "learn" and positional:
+        if len(positional) > 1 or positional[0].lower() not in ("on", "off"):
+            raise bad("usage: learn on|off [KEY=VALUE ...]")
+        doc["on"] = positional[0].lower() == "on"
+    elif cmd == "label" and positional:
+        if len(positional) > 2:
+            raise bad("usage: label WORD [STRETCH_ID]")
+        doc["word"] = positional[0]
+        if len(positional) == 2:
+            doc["stretch"] = stretch_id(positional[1])
+    elif cmd == "reward" and positional:
+        if len(positional) > 2 or positional[0] not in ("+1", "1", "-1"):
+            raise bad("usage: reward +1|-1 [STRETCH_ID]")
+        doc["value"] = int(positional[0])
+        if len(positional) == 2:
+            doc["stretch"] = stretch_id(positional[1])
+    elif cmd in ("reload", "snapshot") and positional:
+        if len(positional) > 1:
+            raise bad(f"usage: {cmd} [PATH]")
+        doc["path"] = positional[0]
+    elif positional:
+        raise bad(f"unexpected {' '.join(positional)!r:.60} (arguments are KEY=VALUE)")
+    for kv in keyed:
+        key, _, value = kv.partition("=")
+        if not key or key in ("cmd", "id") or key in doc:
+            raise bad(f"bad or repeated argument {key!r:.40}")
+        doc[key] = value.split(",") if key == "matrices" else _scalar(value)
+    return doc
 
 
 def encode_reply(request_id: Any, ok: bool, *, result: Any = None, error: str | None = None) -> bytes:
@@ -232,6 +316,10 @@ class CommandRegistry:
     def names(self) -> list[str]:
         """Registered commands that are allowed (all of them unless :attr:`allowed` is set)."""
         return sorted(n for n in self._specs if self.allowed is None or n in self.allowed)
+
+    def help(self) -> dict[str, str]:
+        """The allowed commands and their help texts."""
+        return {n: self._specs[n].help for n in self.names()}
 
     def validate(self, command: ControlCommand) -> CommandSpec:
         """Check that the command exists and its arguments match; raises :class:`CommandError`."""

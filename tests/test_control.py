@@ -218,3 +218,35 @@ def test_pipeline_control_channel_is_a_door_into_its_commands(tiny_model_path):
     assert [r["id"] for r in replies] == [0, 1, 2] and all(r["ok"] for r in replies), replies
     assert replies[0]["result"]["paused"] is True and replies[2]["result"]["paused"] is False
     assert replies[1]["result"]["paused"] is True  # status ran after pause, in order
+
+
+def test_command_lines_of_a_local_user():
+    from spikewire.control import parse_command_line as p
+
+    assert p("  ") is None and p("# a comment") is None
+    assert p("learn on", 1) == {"cmd": "learn", "id": 1, "on": True}
+    assert p("learn off rule=superspike rate_out=4 matrices=in,out") == {
+        "cmd": "learn", "id": None, "on": False, "rule": "superspike", "rate_out": 4, "matrices": ["in", "out"]}
+    assert p("label seven") == {"cmd": "label", "id": None, "word": "seven"}
+    assert p("label seven 12") == {"cmd": "label", "id": None, "word": "seven", "stretch": 12}
+    assert p("reward +1") == {"cmd": "reward", "id": None, "value": 1}
+    assert p("reward -1 3") == {"cmd": "reward", "id": None, "value": -1, "stretch": 3}
+    assert p("save") == {"cmd": "save", "id": None} and p("stretches")["cmd"] == "stretches"
+    assert p("reload models/x.swm discard=true") == {"cmd": "reload", "id": None, "path": "models/x.swm",
+                                                    "discard": True}
+    assert p('{"cmd": "label", "word": "two", "stretch": 4}', 9) == {"cmd": "label", "word": "two", "stretch": 4,
+                                                                    "id": 9}
+    for line, msg in (("label seven twelve", "stretch id must be an integer"), ("label seven -2", ">= 0"),
+                      ("label a 1 2", "usage: label"), ("reward 2", "usage: reward"), ("learn maybe", "usage: learn"),
+                      ("pause now", "unexpected"), ("label x id=3", "bad or repeated"), ("{nope", "not JSON"),
+                      ("label " + "x" * 5000, "longer than")):
+        with pytest.raises(ControlPayloadError, match=msg):
+            p(line, 5)
+    # a typed command goes through the registry like an MQTT payload: its validation answers
+    r = CommandRegistry()
+    r.register("label", lambda word, stretch=None: {"word": word, "stretch": stretch}, required={"word": str},
+               optional={"stretch": int})
+    ok = json.loads(run_bounded(r.handle(json.dumps(p("label seven 3", 1)))))
+    assert ok == {"id": 1, "ok": True, "result": {"word": "seven", "stretch": 3}}
+    bad = json.loads(run_bounded(r.handle(json.dumps(p("label", 2)))))
+    assert not bad["ok"] and "missing argument(s) word" in bad["error"]
