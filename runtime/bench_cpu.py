@@ -165,11 +165,11 @@ def _replay_phase(m, evs) -> dict:
         out, state = _run_keeping(core, e, buf.wants_checkpoint(t))
         buf.add(t, e, state)
         dec.update(out.cadc, t)
-        fired += [s for s in dec.take_stretches() if s[3]]
+        fired += [s for s in dec.take_stretches() if s.fired]
         t += e.n_steps
     dec.flush()
-    fired += [s for s in dec.take_stretches() if s[3]]
-    start, end, unit, _ = fired[-1]
+    fired += [s for s in dec.take_stretches() if s.fired]
+    start, end, unit = fired[-1].start, fired[-1].end, fired[-1].unit
     t_ck, ck, ev = buf.covering(start, end)
     learner = OnlineLearner(m.core, m.params, {w: core.get_weights(w) for w in MATRICES}, base_weights=m.weights)
     modes = target_modes(m.core.n_out, label=unit)
