@@ -157,7 +157,7 @@ def test_virtual_mic_reports_the_played_audio(virtual_mic, model_name):
     cadc = model.make_core().run(encode(heard, RATE, model.frontend)).cadc
     dec = model.decider()
     want = [k.to_dict() for k in dec.update(cadc, 0) + dec.flush()]  # the pipeline flushes at the end too
-    assert [{k: g[k] for k in ("word", "score", "t_start", "t_end")} for g in got] == want
+    assert [{k: g[k] for k in ("word", "score", "t_start", "t_end", "stretch")} for g in got] == want
     assert len(want) >= 5
     # and the words match those of the file itself (times shifted by the lead-in)
     file_cadc = model.make_core().run(ev_file).cadc
