@@ -80,13 +80,14 @@ def test_docs_acl_is_the_recipe():
     # a device writes its output topics one by one: no wildcard that would cover its own control topic
     device_writes = [ln.split()[-1] for ln in lines if ln.startswith("pattern write fleet/")]
     assert sorted(device_writes) == sorted(f"fleet/%u/{t}" for t in
-                                           ("status", "keyword", "metrics", "spikes/+", "control/reply")), ACL
+                                           ("status", "keyword", "rejected", "metrics", "spikes/+",
+                                                                     "control/reply")), ACL
     assert "pattern write homeassistant/+/%u/+/config" in lines, ACL
     assert "pattern write homeassistant/+/%u/+/config" in ACL.splitlines(), ACL
 
 
 def test_device_publishes_only_its_output_topics(acl_broker):
-    """The real sink (status, will, keyword, spikes, metrics, a control reply) fits the device's rights;
+    """The real sink (status, will, keyword, rejected, spikes, metrics, a control reply) fits the device's rights;
     other devices' topics, its own control topic and anything else under its prefix are refused."""
     from spikewire.wire import encode_spike_batch
 
@@ -102,7 +103,9 @@ def test_device_publishes_only_its_output_topics(acl_broker):
                 await sink.publish_keyword({"word": "seven", "score": 0.9, "t_start": 1.0, "t_end": 1.5})
                 sink.publish_spikes("input", encode_spike_batch(0, 2, [0, 1], [3, 4], n_units=8))
                 sink.publish_metrics({"steps": 2})
-                want = {f"{PREFIX}/pi-01/{t}" for t in ("keyword", "spikes/input", "metrics")}
+                sink.publish_rejected({"stretch": 3, "best": "six", "score": 0.2, "t_start": 2.0, "t_end": 2.1,
+                                       "reason": "short"})
+                want = {f"{PREFIX}/pi-01/{t}" for t in ("keyword", "rejected", "spikes/input", "metrics")}
                 await wait_until(lambda: want <= {t for t, _ in seen}, new)
                 # the sink publishes these only after it has subscribed to its control topic
                 await op.publish(f"{PREFIX}/pi-01/control", b'{"cmd": "nothing", "id": 1}', qos=1)
@@ -124,6 +127,7 @@ def test_device_publishes_only_its_output_topics(acl_broker):
     topics = [t for t, _ in seen]
     assert (f"{PREFIX}/pi-01/status", b"online") in seen and (f"{PREFIX}/pi-01/status", b"offline") in seen
     assert json.loads(next(p for t, p in seen if t == f"{PREFIX}/pi-01/keyword"))["word"] == "seven"
+    assert json.loads(next(p for t, p in seen if t == f"{PREFIX}/pi-01/rejected"))["stretch"] == 3
     assert json.loads(dict(seen)[f"{PREFIX}/pi-01/control/reply"])["id"] == 1
     # the operator's command is the only message on pi-01's control topic; nothing else of the rogue's
     assert [p for t, p in seen if t == f"{PREFIX}/pi-01/control"] == [b'{"cmd": "nothing", "id": 1}']
