@@ -477,7 +477,8 @@ def test_spike_files_read_or_fail_clearly(tmp_path, data):
 # --- the learning commands over control (learn, label, reward, revert, save, stretches) -----------------
 
 LEARN_ARGS = ["on", "rule", "matrices", "rate_in", "rate_rec", "rate_out", "signal_shift", "feedback", "weights",
-              "target_hi", "target_lo", "surrogate_log2", "trace_shift", "passes", "word", "stretch", "value", "x"]
+              "target_hi", "target_lo", "surrogate_log2", "trace_shift", "passes", "si", "si_c_log2", "si_xi_log2",
+              "word", "stretch", "value", "x"]
 arg_values = st.one_of(json_values, st.sampled_from([True, False, 0, 1, -1, 2, 12, 30, 31, 100, 101, 2**62, "eprop",
                                                      "readout", "superspike", "random", "stochastic", "low", "high",
                                                      ["in"], ["out"], ["in", "rec", "out"], ["in", "in"]]))
@@ -508,7 +509,8 @@ def test_learning_commands_with_any_arguments(tmp_path, tiny_model_path, data):
         replies = []
         try:
             for i in range(25):
-                cmd = data.draw(st.sampled_from(["learn", "learn", "label", "reward", "revert", "save", "stretches"]))
+                cmd = data.draw(st.sampled_from(["learn", "learn", "label", "reward", "revert", "consolidate", "save",
+                                                 "stretches"]))
                 args = data.draw(st.dictionaries(st.sampled_from(LEARN_ARGS), arg_values, max_size=3))
                 payload = json.dumps({"cmd": cmd, "id": i, **args}, allow_nan=False)
                 r = json.loads(await pipe.commands.handle(payload, timeout=10))
