@@ -563,3 +563,32 @@ def test_home_assistant_settings_and_configs(table, vocabulary):
                 assert doc["event_types"] == vocabulary and doc["value_template"] == hass.EVENT_TEMPLATE
         else:
             assert payload == b""
+
+
+# --- command lines from the terminal, a file or a FIFO (spikewire run --learn --commands PATH) ---------------
+
+command_words = st.sampled_from(["learn", "label", "reward", "save", "revert", "stretches", "status", "reload",
+                                 "snapshot", "help", "on", "off", "+1", "-1", "1", "7", "-3", "low", "x=1",
+                                 "rate_in=12", "matrices=in,out", "on=yes", "id=3", "cmd=pause", "=", "a=", "#"])
+
+
+@FUZZ
+@given(st.text(max_size=300) | st.lists(command_words | st.text(max_size=8), max_size=6).map(" ".join)
+       | st.integers(4090, 5000).map(lambda n: "label " + "w" * n))
+def test_command_lines_parse_or_fail_clearly(line):
+    """Any line is nothing (blank, comment), a request the MQTT parser also takes, or a ControlPayloadError;
+    bounded: longer than MAX_COMMAND_LINE characters is refused before it is split."""
+    from spikewire.control import MAX_COMMAND_LINE, parse_command_line
+
+    peak, out = peak_of(lambda: parse_command_line(line, request_id=5))
+    assert peak < 64 * len(line.encode("utf-8", "surrogatepass")) + 65536
+    if out is None:
+        assert not line.strip() or line.strip().startswith("#")
+        return
+    if isinstance(out, ControlPayloadError):
+        assert len(str(out)) < 300 and (out.request_id in (5, None)), str(out)[:300]
+        return
+    assert isinstance(out, dict), repr(out)
+    assert len(line) <= MAX_COMMAND_LINE
+    got = peak_of(lambda: parse_control(json.dumps(out)))[1]   # what the channel does with it next
+    assert isinstance(got, (ControlCommand, ControlPayloadError)), repr(got)
