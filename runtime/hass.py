@@ -25,11 +25,13 @@ DEFAULT_PREFIX = "homeassistant"
 _ID = re.compile(r"[A-Za-z0-9_-]+")  # HA: node_id and object_id characters
 
 #: The keyword event as HA's event entity wants it: a JSON object whose ``event_type`` is one of
-#: ``event_types``; the other keys become attributes of the event. (HA renders it with its
+#: ``event_types``; the other keys become attributes of the event (``stretch``: the id that
+#: ``label WORD ID`` names, null from a device that does not send it). (HA renders it with its
 #: ``to_json`` filter; tests/test_hass.py renders it with Jinja2 on real keyword payloads.)
 EVENT_TEMPLATE = ('{{ {"event_type": value_json.word, "score": value_json.score, '
                   '"t_start": value_json.t_start, "t_end": value_json.t_end, "model": value_json.model, '
-                  '"seq": value_json.seq, "session": value_json.session} | to_json }}')
+                  '"seq": value_json.seq, "session": value_json.session, '
+                  '"stretch": value_json.stretch | default(none)} | to_json }}')
 
 #: Sensors taken from the metrics message: object id -> (name, template, extra config).
 SENSORS: dict[str, tuple[str, str, dict]] = {

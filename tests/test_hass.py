@@ -88,6 +88,7 @@ def test_discovery_retained_configs_events_and_availability(mqtt_broker, ids):
     assert ha_event["event_type"] == "two" and ha_event["event_type"] in event["event_types"]
     assert ha_event["seq"] == kw and ha_event["score"] == 0.5 and ha_event["t_end"] == 1.25
     assert ha_event["session"] == sink.session and ha_event["model"] == "kws-test"
+    assert ha_event["stretch"] is None  # this payload carries no stretch id: null, not a template error
 
     status = docs[f"{ha}/binary_sensor/{dev}/status/config"]
     assert status["state_topic"] == topics.status and "availability_topic" not in status
@@ -205,3 +206,6 @@ def test_run_config_announces_the_models_vocabulary(mqtt_broker, ids):
     events = [json.loads(ha_render(config["value_template"], p)) for _, p, _ in kws]
     assert all(e["event_type"] in vocabulary for e in events)
     assert [e["event_type"] for e in events] == [json.loads(p)["word"] for _, p, _ in kws]
+    # the stretch id reaches Home Assistant as an attribute, so an automation can send `label WORD ID`
+    assert [e["stretch"] for e in events] == [json.loads(p)["stretch"] for _, p, _ in kws]
+    assert all(isinstance(e["stretch"], int) for e in events)
