@@ -349,6 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="pcen: VOICES_FRONTEND; log: train.py's front end (no normalisation, floor -65 dB)")
     p.add_argument("--n-hid", type=int, default=TrainConfig.n_hid)
     p.add_argument("--variants", type=int, default=8)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate in integer weight units")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a loaded 2-core machine 2 threads made a batch 4-5x slower)")
@@ -370,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(a.out)
     try:
         cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
-                            threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
+                            lr=a.lr, threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
                             n_noise=100, max_ms=a.max_ms,
                             frontend={**(LOG_FRONTEND if a.frontend == "log" else {}), **frontend_overrides(a.fe)})
         recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats,
