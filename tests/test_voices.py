@@ -301,3 +301,34 @@ def test_fold_all_and_synthetic_voices_on_a_generated_root(tmp_path):
     trv, tev = fold_utterances(str(root), "validation", 0, fsdd_test_out=True, synthetic=str(syn))
     assert sum(u.corpus in (SYNTH_DIGITS, SYNTH_WORDS) for u in trv) == 3
     assert not any(u.corpus in (SYNTH_DIGITS, SYNTH_WORDS) for u in tev)
+
+
+def test_augment_in_stream_puts_speech_before_the_sample_for_the_front_end_only():
+    from spikewire.tools.trainset import _encode_audio
+    from spikewire.tools.voices import augment_in_stream
+
+    rate = 8000
+    x = tone(rate, 0.4, 500.0)
+    hist = [(tone(16000, 0.5, 900.0, amp=0.3), 16000)]
+    off = Recipe(noise_prob=0.0, room_prob=0.0)
+    a, skip = augment_in_stream(x, rate, np.random.default_rng(3), off, (), hist)
+    assert skip == 0 and np.array_equal(a, augment(x, rate, np.random.default_rng(3), off))   # history_prob 0
+    on = Recipe(noise_prob=0.0, room_prob=0.0, history_prob=1.0, history_gap_s=(0.2, 0.2),
+                history_level_db=(0.0, 0.0), pre_ms=(0.0, 0.0))
+    y, skip = augment_in_stream(x, rate, np.random.default_rng(3), on, (), hist)
+    assert skip == int(0.5 * rate) + int(0.2 * rate)                 # the 16 kHz lead resampled to 8 kHz
+    assert np.all(y[int(0.5 * rate):skip] == 0.0) and np.max(np.abs(y[:int(0.5 * rate)])) > 0.01
+    # the lead is at the sample's speech level (history_level_db 0)
+    assert abs(db(active_rms(y[:int(0.5 * rate)], rate)) - db(active_rms(y[skip:], rate))) < 1.0
+    # the lead-in's steps are dropped after the front end heard them: the tail of the whole encoding
+    fe = frontend_config(voices_config("x", step_ms=4.0))
+    ip, ch = _encode_audio(y, rate, fe, 10_000, skip)
+    full_ip, full_ch = _encode_audio(y, rate, fe, 10_000)
+    k = int(skip * 1000 / rate / 4.0)
+    assert ip.shape[0] == full_ip.shape[0] - k
+    assert np.array_equal(ch, full_ch[full_ip[k]:]) and np.array_equal(ip, full_ip[k:] - full_ip[k])
+    # PCEN remembers the lead: the sample's first 100 ms differ from the same audio heard alone
+    alone_ip, alone_ch = _encode_audio(y[skip:], rate, fe, 10_000)
+    assert not np.array_equal(alone_ch[:alone_ip[25]], ch[:ip[25]])
+    with pytest.raises(ValueError, match="history_prob"):
+        Recipe(history_prob=1.5)

@@ -15,6 +15,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from spikewire.audio import read_wav
+from spikewire.events import Events
 from spikewire.frontend import FrontEndConfig, encode
 
 from .augment import in_context, noise_segment
@@ -36,8 +37,16 @@ class Sample:
         return int(self.indptr.shape[0]) - 1
 
 
-def _encode_audio(x: np.ndarray, rate: int, fe: FrontEndConfig, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def _encode_audio(x: np.ndarray, rate: int, fe: FrontEndConfig, max_steps: int,
+                  skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Events of ``x``, at most ``max_steps``; the first ``skip`` samples are a lead-in that only the
+    front end hears (its adaptive state, e.g. PCEN's smoothed level, carries over): the steps that
+    end inside it are dropped."""
     ev = encode(x, rate, fe)
+    k = min(int(skip * 1000.0 / rate / fe.step_ms), ev.n_steps) if skip > 0 else 0
+    if k:
+        ip = ev.indptr[k:]
+        ev = Events(ip - ip[0], ev.channels[ip[0]:])
     if ev.n_steps > max_steps:
         ip = ev.indptr[:max_steps + 1]
         return ip.copy(), ev.channels[:ip[-1]].copy()
@@ -169,8 +178,9 @@ class Data:
         def build():
             t0 = time.time()
             rng = np.random.default_rng([self.cfg.seed, self.variant_seed + variant])
-            out = [Sample(*_encode_audio(y, r, self.fe, self.max_steps), label)
-                   for y, r, label in self._variant_audio(rng)]
+            # _variant_audio yields (audio, rate, label) or (audio, rate, label, lead-in samples)
+            out = [Sample(*_encode_audio(a[0], a[1], self.fe, self.max_steps, *a[3:]), a[2])
+                   for a in self._variant_audio(rng)]
             for _ in range(self.cfg.n_noise):
                 out.append(Sample(*_encode_audio(noise_segment(rng), 8000, self.fe, self.max_steps), self.none))
             log.info("encoded %s variant %d: %d samples (%d words of the vocabulary) in %.1f s", self.variant_name,

@@ -86,13 +86,19 @@ class Recipe:
     speed: tuple = (0.9, 1.1)
     pre_ms: tuple = (0.0, 300.0)
     post_ms: tuple = (100.0, 300.0)
+    # speech before the sample that only the front end hears (augment_in_stream): PCEN's smoothed
+    # level after another word, as in a stream; level relative to the sample's, gap before its context
+    history_prob: float = 0.0
+    history_gap_s: tuple = (0.1, 1.5)
+    history_level_db: tuple = (-10.0, 6.0)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(f"Recipe: {msg}")
 
-        for name in ("level_dbfs", "tilt", "rt60_s", "snr_db", "speed", "pre_ms", "post_ms"):
+        for name in ("level_dbfs", "tilt", "rt60_s", "snr_db", "speed", "pre_ms", "post_ms", "history_gap_s",
+                     "history_level_db"):
             r = getattr(self, name)
             need(len(r) == 2 and r[0] <= r[1], f"{name} must be (lo, hi) with lo <= hi, got {r!r}")
         need(self.level_dbfs[1] <= 0.0, f"level_dbfs must be <= 0 dBFS, got {self.level_dbfs!r}")
@@ -100,7 +106,8 @@ class Recipe:
         need(self.speed[0] > 0.0, f"speed must be positive, got {self.speed!r}")
         need(self.rt60_s[0] > 0.0, f"rt60_s must be positive, got {self.rt60_s!r}")
         need(self.pre_ms[0] >= 0.0 and self.post_ms[0] >= 0.0, "pre_ms/post_ms must be >= 0")
-        for name in ("room_prob", "noise_prob", "babble_prob"):
+        need(self.history_gap_s[0] >= 0.0, f"history_gap_s must be >= 0, got {self.history_gap_s!r}")
+        for name in ("room_prob", "noise_prob", "babble_prob", "history_prob"):
             need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in 0..1, got {getattr(self, name)!r}")
         for name in ("fsdd_per_speaker", "rare_repeats", "n_words", "hard_negative_repeats", "synth_per_voice"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
@@ -164,6 +171,31 @@ def augment(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
     """One augmented copy of an utterance (float32 in [-1, 1], same rate).
 
     ``babble``: other utterances at ``rate`` (float) for babble noise."""
+    return _augment(x, rate, rng, recipe, babble)[0]
+
+
+def augment_in_stream(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
+                      babble: Sequence[np.ndarray] = (), history: Sequence[tuple] = ()) -> tuple[np.ndarray, int]:
+    """:func:`augment`, and with probability ``recipe.history_prob`` another utterance before it:
+    ``(audio, lead-in samples)``.  The lead-in (a clip of ``history``, ``[(audio, rate)]``, at
+    ``history_level_db`` relative to the sample's speech level, then a gap of ``history_gap_s``, under
+    the same background noise) is meant for the front end only (``trainset._encode_audio`` drops
+    its steps): in a stream a word follows other speech, and PCEN's smoothed level still remembers
+    it (time constant ``pcen_ms``), which an isolated training word never shows."""
+    if not history or recipe.history_prob <= 0.0 or rng.random() >= recipe.history_prob:
+        return _augment(x, rate, rng, recipe, babble)
+    h, hr = history[int(rng.integers(len(history)))]
+    h = np.asarray(h, np.float64)
+    if hr != rate and h.size > 1:
+        h = np.interp(np.arange(0.0, h.size - 1, hr / rate), np.arange(h.size), h)
+    lead = (h, rng.uniform(*recipe.history_level_db), int(rng.uniform(*recipe.history_gap_s) * rate))
+    return _augment(x, rate, rng, recipe, babble, lead)
+
+
+def _augment(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
+             babble: Sequence[np.ndarray] = (), lead: Optional[tuple] = None) -> tuple[np.ndarray, int]:
+    """:func:`augment` with an optional ``lead = (audio, level dB relative to the speech, gap samples)``
+    put before the context: ``(audio, lead-in samples)``."""
     y = _speed(x, rng.uniform(*recipe.speed))
     y = tilt(y, rng.uniform(*recipe.tilt))
     if rng.random() < recipe.room_prob:
@@ -174,6 +206,13 @@ def augment(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
     pre = int(rng.uniform(*recipe.pre_ms) * rate / 1000)
     post = int(rng.uniform(*recipe.post_ms) * rate / 1000)
     y = np.concatenate([np.zeros(pre), y, np.zeros(post)])
+    skip = 0
+    if lead is not None:
+        h, rel_db, gap = lead
+        ha = active_rms(h, rate)
+        h = h * (level * 10 ** (rel_db / 20) / ha) if ha > 0 else h
+        skip = h.shape[0] + gap
+        y = np.concatenate([h, np.zeros(gap), y])
     if rng.random() < recipe.noise_prob:
         snr = rng.uniform(*recipe.snr_db)
         if babble and rng.random() < recipe.babble_prob:
@@ -190,7 +229,7 @@ def augment(x: np.ndarray, rate: int, rng: np.random.Generator, recipe: Recipe,
         else:
             nz = _noise(rng, y.shape[0], ("white", "pink", "brown")[int(rng.integers(3))])
         y = y + nz * (level / 10 ** (snr / 20))
-    return np.clip(y, -1.0, 1.0).astype(np.float32)
+    return np.clip(y, -1.0, 1.0).astype(np.float32), skip
 
 
 # ---------------------------------------------------------------------------
@@ -289,12 +328,21 @@ class VoicesData(Data):
         for i in rng.choice(len(word_pool), size=min(60, len(word_pool)), replace=False) if word_pool else []:
             x, r = load(word_pool[int(i)].path)
             bab[r].append(x)
+        history: list = []  # speech before a sample (history_prob): training words and digits, any rate
+        if self.recipe.history_prob > 0:
+            hist_rng = np.random.default_rng([self.cfg.seed, 2100, int(rng.integers(2**31))])
+            digit_pool = [u for u in self.train_utts if u.known]
+            for pool in (word_pool, digit_pool):
+                for i in hist_rng.choice(len(pool), size=min(60, len(pool)), replace=False) if pool else []:
+                    history.append(load(pool[int(i)].path))
         for u in picked:
             x, r = load(u.path)
-            yield augment(x, r, rng, self.recipe, bab.get(r, ())), r, self.label_of(u)
+            y, skip = augment_in_stream(x, r, rng, self.recipe, bab.get(r, ()), history)
+            yield y, r, self.label_of(u), skip
         for _, p in self.espeak:
             x, r = load(p)
-            yield augment(x, r, rng, self.recipe, bab.get(r, ())), r, self.none
+            y, skip = augment_in_stream(x, r, rng, self.recipe, bab.get(r, ()), history)
+            yield y, r, self.none, skip
 
 
 def voices_config(out: str, **kw) -> TrainConfig:
