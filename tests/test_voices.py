@@ -332,3 +332,14 @@ def test_augment_in_stream_puts_speech_before_the_sample_for_the_front_end_only(
     assert not np.array_equal(alone_ch[:alone_ip[25]], ch[:ip[25]])
     with pytest.raises(ValueError, match="history_prob"):
         Recipe(history_prob=1.5)
+
+
+def test_train_overrides_from_the_command_line():
+    from spikewire.tools.voices import train_overrides
+
+    cfg = voices_config("x", **train_overrides(["rec_lr_scale=0.3", "snr_db=[20, 30]"]))
+    assert cfg.rec_lr_scale == 0.3 and cfg.snr_db == (20, 30)
+    for bad, msg in ((["lr=0.1"], "FIELD one of"), (["nope=1"], "FIELD one of"), (["ema"], "FIELD=VALUE"),
+                     (["ema=x"], "not JSON")):
+        with pytest.raises(ValueError, match=msg):
+            train_overrides(bad)

@@ -368,6 +368,25 @@ def recipe_overrides(items: Sequence[str]) -> dict:
     return out
 
 
+def train_overrides(items: Sequence[str]) -> dict:
+    """``FIELD=JSON`` strings -> TrainConfig keyword arguments (lists become tuples); ValueError names a bad
+    one.  The fields main() sets from its own options are not accepted here."""
+    own = {"out", "epochs", "float_epochs", "n_hid", "seed", "lr", "threads", "variants", "cache", "max_ms",
+           "frontend", "espeak_per_word", "n_noise"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - own
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or k not in names:
+            raise ValueError(f"--train {it!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        try:
+            val = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--train {it!r}: VALUE is not JSON ({e})") from None
+        out[k] = tuple(val) if isinstance(val, list) else val
+    return out
+
+
 def frontend_overrides(items: Sequence[str]) -> dict:
     """``FIELD=JSON`` strings -> FrontEndConfig overrides (ValueError names a bad one; step_ms is the
     TrainConfig's)."""
@@ -408,6 +427,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="any other Recipe field, VALUE as JSON (e.g. snr_db=[10,40], noise_prob=0.5); repeatable")
     p.add_argument("--synthetic", default="", metavar="DIR",
                    help="synthetic voices (python -m spikewire.tools.synthvoices --out DIR) as extra training speakers")
+    p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a TrainConfig field (e.g. rec_lr_scale=0.3), VALUE as JSON; repeatable")
     p.add_argument("--fe", action="append", default=[], metavar="FIELD=VALUE",
                    help="a FrontEndConfig field over the recipe's front end, VALUE as JSON (e.g. n_channels=32); "
                         "repeatable")
@@ -421,7 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = voices_config(str(out), epochs=a.epochs, float_epochs=a.float_epochs, n_hid=a.n_hid, seed=a.seed,
                             lr=a.lr, threads=a.threads, variants=a.variants, cache=a.cache, espeak_per_word=5,
                             n_noise=100, max_ms=a.max_ms,
-                            frontend={**(LOG_FRONTEND if a.frontend == "log" else {}), **frontend_overrides(a.fe)})
+                            frontend={**(LOG_FRONTEND if a.frontend == "log" else {}), **frontend_overrides(a.fe)},
+                            **train_overrides(a.train))
         recipe = Recipe(n_words=a.n_words, fsdd_per_speaker=a.fsdd_per_speaker, rare_repeats=a.rare_repeats,
                         **recipe_overrides(a.set))
         fe = frontend_config(cfg)
