@@ -458,8 +458,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     res = train(cfg, resume=a.resume, data=data, fe=fe)
     path = out / f"{a.name}.swm"
-    held = ("the fold's held-out digits" + (" and the FSDD test split" if a.fsdd_test_out else "")
-            + f" ({len(data.test)} files, every digit corpus)")
+    if a.fold == ALL_FOLD:
+        held = f"the FSDD test split ({len(data.test)} files; every speaker is also in training)"
+    else:
+        held = ("the fold's held-out digits" + (" and the FSDD test split" if a.fsdd_test_out else "")
+                + f" ({len(data.test)} files, every digit corpus)")
     model = export_model(res, cfg, path, a.name, extra_metrics={"fold": a.fold, "recipe": dataclasses.asdict(recipe),
                                                                "fsdd_test_out": a.fsdd_test_out, "test_set": held,
                                                                "synthetic": a.synthetic})
