@@ -265,12 +265,18 @@ DIGITS_WAV_SPANS_S = [(0.300, 0.732), (1.332, 1.900), (2.500, 2.979), (3.579, 4.
                       (5.682, 6.162), (6.762, 7.271), (7.871, 8.479), (9.079, 9.294), (9.894, 10.284)]
 
 
+#: what the shipped kws-digits (v3) hears of the bundled recording through the file source, in order:
+#: bit-exact on every CPU.  v3 is calibrated to keep other words out and finds about half of the FSDD
+#: test split's digits in streams (48 % hits, MODEL_CARD.md); v2.2 heard all ten.
+SHIPPED_DEMO_WORDS = ["seven", "one"]
+
+
 def assert_heard_the_digits(got: list[dict], t_offset: float = 0.0, min_heard: int = 9) -> None:
     """Every keyword is the digit being spoken when it fired (or within 0.5 s after), no digit twice,
     and at least ``min_heard`` of the 10 digits are heard.  The bundled recording through the file
-    source is bit-exact on every CPU (the demo hears all 10); through a microphone the audio is
-    resampled and delayed by the sound server, and at a 97 % streaming hit rate (MODEL_CARD.md) one
-    miss is possible there, a wrong word is not."""
+    source is bit-exact on every CPU (:data:`SHIPPED_DEMO_WORDS`); through a microphone the audio is
+    resampled and delayed by the sound server, so one miss more is possible there, a wrong word is
+    not."""
     heard = {}
     for e in got:
         t = e["t_end"] - t_offset

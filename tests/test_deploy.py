@@ -17,6 +17,8 @@ import pytest
 from spikewire.cli import main
 from spikewire.assets import deploy_template as template
 
+from conftest import SHIPPED_DEMO_WORDS
+
 NAMES = {"device.toml", "spikewire.service", "install.sh", "bundle.json", "SHA256SUMS",
          "models/kws-digits.swm"}
 
@@ -126,7 +128,7 @@ def test_install_sh_prefix_no_system_installs_a_working_spikewire(bundle, tmp_pa
     assert fresh.stderr.splitlines()[0].startswith(str(prefix / "opt/spikewire/venv"))
     here_run = _run(sys.executable, "-P", "-c", code, "kws-digits", cwd=tmp_path)
     events = [json.loads(line) for line in fresh.stdout.splitlines()]
-    assert len([e for e in events if "word" in e]) == 10  # the recording holds 10 digits
+    assert [e["word"] for e in events if "word" in e] == SHIPPED_DEMO_WORDS  # what kws-digits hears of it
     assert events == [json.loads(line) for line in here_run.stdout.splitlines()]
     # the installed console script is the venv's and runs
     assert _run(str(exe), "--help", env=env).stdout.startswith("usage: spikewire")

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import Subscriber, run_bounded
+from conftest import SHIPPED_DEMO_WORDS, Subscriber, run_bounded
 from spikewire import __version__
 from spikewire.hass import EVENT_TEMPLATE, SENSORS, Discovery, discovery_messages
 from spikewire.mqtt import MqttSink
@@ -194,7 +194,7 @@ def test_run_config_announces_the_models_vocabulary(mqtt_broker, ids):
     async def go():
         async with Subscriber(mqtt_broker, f"spikewire/{dev}/keyword") as kws:
             await run_pipeline(build_pipeline(cfg))
-            await kws.wait_for(lambda m: len(m) >= 9)
+            await kws.wait_for(lambda m: len(m) >= len(SHIPPED_DEMO_WORDS))
         async with Subscriber(mqtt_broker, f"{ha}/event/{dev}/keyword/config") as sub:
             await sub.wait_for(lambda m: m)
         return kws.messages, sub.messages

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DIGITS_WAV, REPO, assert_heard_the_digits, make_tiny_model
+from conftest import DIGITS_WAV, REPO, SHIPPED_DEMO_WORDS, assert_heard_the_digits, make_tiny_model
 from spikewire.audio import read_wav_int16
 from spikewire.control import ControlPolicy
 from spikewire.frontend import encode
@@ -146,7 +146,8 @@ def test_demo_hears_the_spoken_digits_with_the_shipped_model(capsys):
     assert main(["demo"]) == 0
     got = keyword_lines(capsys.readouterr().out)
     assert {e["model"] for e in got} == {"kws-digits"}
-    assert_heard_the_digits(got, min_heard=10)
+    assert [e["word"] for e in got] == SHIPPED_DEMO_WORDS
+    assert_heard_the_digits(got, min_heard=len(SHIPPED_DEMO_WORDS))
 
 
 @pytest.mark.parametrize("block_ms", [7, 10, 100])
