@@ -150,6 +150,16 @@ def test_demo_hears_the_spoken_digits_with_the_shipped_model(capsys):
     assert_heard_the_digits(got, min_heard=len(SHIPPED_DEMO_WORDS))
 
 
+def test_demo_with_the_fsdd_model_hears_all_ten_digits(capsys):
+    """kws-digits-fsdd (v2.2, shipped beside v3) knows the recording's voices: every digit, in order."""
+    from spikewire.cli import main
+
+    assert main(["demo", "--model", "kws-digits-fsdd"]) == 0
+    got = keyword_lines(capsys.readouterr().out)
+    assert {e["model"] for e in got} == {"kws-digits-fsdd"}
+    assert_heard_the_digits(got, min_heard=10)
+
+
 @pytest.mark.parametrize("block_ms", [7, 10, 100])
 def test_wav_source_matches_offline_for_any_block_size(tiny_model_path, expected, block_ms):
     out = io.StringIO()

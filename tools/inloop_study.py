@@ -223,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spikewire.tools.inloop_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="", help="FSDD folder (with recordings/)")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default="kws-digits", help="the software-trained model (path or shipped name)")
+    p.add_argument("--model", default="kws-digits-fsdd",
+                   help="the software-trained model (path or shipped name; default: the FSDD model the study was made with)")
     p.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     p.add_argument("--chips", type=int, nargs="+", default=[3, 4, 5])
     p.add_argument("--epochs", type=int, default=2)
