@@ -440,8 +440,18 @@ class LearningSession:
         registry.register("consolidate", self.cmd_consolidate,
                           help="synaptic intelligence: the end of a task; what was learnt becomes importance")
 
+    def effective_config(self) -> LearningConfig:
+        """What the next label learns with: the config given (constructor or ``learn``), else the
+        streaming model's own ``learning`` config, else LearningConfig's defaults."""
+        pipe = getattr(self, "_pipe", None)
+        if not self._lc_given and pipe is not None:
+            b = pipe.learning_bundle()
+            if b is not None and b.model.learning is not None:
+                return b.model.learning_config()
+        return self.lc
+
     def status(self) -> dict:
-        return {"on": self.active, "config": self.lc.to_dict(), "passes": self.replay_config.passes,
+        return {"on": self.active, "config": self.effective_config().to_dict(), "passes": self.replay_config.passes,
                 "buffer": {"steps": self.buffer.steps, "events": self.buffer.events, "bytes": self.buffer.nbytes,
                            "first_step": self.buffer.first_step, "restarts": self.buffer.restarts},
                 "counts": dict(self.counts), "last_update": self.last_update,
@@ -590,7 +600,7 @@ class LearningSession:
 
     async def cmd_consolidate(self) -> dict:
         async with self._lock_():
-            if not self.lc.si:
+            if not self.effective_config().si:
                 raise CommandError("consolidate: synaptic intelligence is off (send learn with si=true first)")
             b = self._pipe.learning_bundle()
             learner = await self._ensure_learner(b)

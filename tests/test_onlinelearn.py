@@ -414,3 +414,41 @@ def test_error_replies_change_nothing(tiny_model_path, long_wav):
     for k in ("labels", "rewards", "replays", "weights_changed", "reverts"):
         assert c1[k] == c0[k], k
     assert not pipe.learning.dirty
+
+
+def test_the_shipped_model_learns_from_labels_with_its_own_learning_config():
+    """kws-digits carries its learning config (the readout rule, rate 2^-8; docs/learning.md): a pipeline
+    started with learning on and no config of its own reports and uses it, and labelling what the
+    recording said moves the readout's shadow weights and nothing else."""
+    from conftest import DIGITS_WAV, DIGITS_WAV_SPANS_S, DIGITS_WAV_WORDS
+    from spikewire.model import load
+
+    model = load("kws-digits")
+    assert model.learning is not None and model.learning["rule"] == "readout" and model.learning["learn"] == ["out"]
+    step_s = model.frontend.step_ms / 1000.0
+
+    async def script(pipe, call):
+        r = {"config": await call("learn"), "labels": []}
+        done = set()
+        while len(done) < 8:
+            for s in list(pipe.learning.stretches):
+                if s.id in done:
+                    continue
+                done.add(s.id)
+                t = s.end * step_s
+                i = min(range(len(DIGITS_WAV_SPANS_S)), key=lambda i: abs(DIGITS_WAV_SPANS_S[i][1] - t))
+                r["labels"].append(await call("label", word=DIGITS_WAV_WORDS[i], stretch=s.id))
+            await asyncio.sleep(0.02)
+        r["acc"] = pipe.learning._learner.state()["acc"]  # the learner is idle between labels
+        return r
+
+    r, pipe = _pipeline_run("kws-digits", DIGITS_WAV, script)
+    cfg = r["config"]["result"]["config"]
+    assert cfg["rule"] == "readout" and cfg["learn"] == ["out"] and cfg["rate_out"] == 8, cfg
+    assert len(r["labels"]) >= 8 and all(x["ok"] for x in r["labels"]), r["labels"]
+    # the readout's shadow weights (Q16, initialised to w * 2^16) moved, the hidden ones were not touched;
+    # a 6-bit weight changes only once its shadow has moved half a step (docs/learning.md)
+    acc = r["acc"]
+    moved = acc["out"] != model.weights["out"].astype(np.int32) * 65536
+    assert moved.sum() > 100, int(moved.sum())
+    assert np.array_equal(acc["in"], model.weights["in"].astype(np.int32) * 65536)

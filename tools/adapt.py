@@ -279,7 +279,8 @@ def build_parser(prog: str = "spikewire adapt") -> argparse.ArgumentParser:
                    help="the shots are played (and labelled) this many times in the same order (default 1)")
     p.add_argument("--gap", type=float, default=1.0, help="seconds of silence after each shot (default 1)")
     p.add_argument("--learning", default="{}", metavar="JSON",
-                   help="LearningConfig fields over the default (e-prop, in+out, rates 12/8, shadow weights), "
+                   help="LearningConfig fields over the model's own learning config (kws-digits: the readout rule at "
+                   "rate 2^-8), or, for a model without one, the default (e-prop, in+out, rates 12/8, shadow weights), "
                    "e.g. '{\"rule\": \"superspike\"}' (docs/learning.md)")
     p.add_argument("--consolidate", action="store_true",
                    help="synaptic intelligence: start from the model's importance and learning config "
@@ -311,7 +312,7 @@ def main(argv=None, prog: str = "python -m spikewire.tools.adapt") -> int:
             if a.consolidate:
                 lc = LearningConfig.from_dict({**(model.learning or DEFAULT_LEARNING), **lcd, "si": True})
             else:
-                lc = LearningConfig.from_dict({**DEFAULT_LEARNING, **lcd})
+                lc = LearningConfig.from_dict({**(model.learning or DEFAULT_LEARNING), **lcd})
             ReplayConfig(passes=a.passes)
         except (ValueError, TypeError) as e:
             raise AdaptError(f"--learning / --passes: {e}") from None
