@@ -339,6 +339,11 @@ def test_train_overrides_from_the_command_line():
 
     cfg = voices_config("x", **train_overrides(["rec_lr_scale=0.3", "snr_db=[20, 30]"]))
     assert cfg.rec_lr_scale == 0.3 and cfg.snr_db == (20, 30)
+    # a larger model than bss2 allows: only with the unbounded preset
+    big = voices_config("x", n_hid=384, **train_overrides(['preset="unbounded"']))
+    assert big.core_config(64, 11).preset == "unbounded" and big.core_config(64, 11).n_hid == 384
+    with pytest.raises(ValueError, match="bss2"):
+        voices_config("x", n_hid=384).core_config(64, 11)
     for bad, msg in ((["lr=0.1"], "FIELD one of"), (["nope=1"], "FIELD one of"), (["ema"], "FIELD=VALUE"),
                      (["ema=x"], "not JSON")):
         with pytest.raises(ValueError, match=msg):

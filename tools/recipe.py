@@ -28,6 +28,7 @@ class TrainConfig:
     lr_min_frac: float = 0.05  # cosine decay to lr * this
     weight_decay: float = 0.0
     n_hid: int = 192  # 64 inputs + 192 recurrent rows = the 256 synapse rows of bss2
+    preset: str = "bss2"  # the core preset the model must fit ("unbounded": no size limits)
     variants: int = 8
     step_ms: float = 4.0  # front-end step = core time step
     # front-end settings other than step_ms (FrontEndConfig field -> value; the rest are its defaults)
@@ -93,7 +94,7 @@ class TrainConfig:
         need(not self.exclude_speakers or bool(self.data), "exclude_speakers needs data (an FSDD folder)")
 
     def core_config(self, n_in: int, n_out: int, cadc_base: int = -8192, cadc_shift: int = 6) -> CoreConfig:
-        return CoreConfig(n_in=n_in, n_hid=self.n_hid, n_out=n_out, preset="bss2", dt_ms=self.step_ms,
+        return CoreConfig(n_in=n_in, n_hid=self.n_hid, n_out=n_out, preset=self.preset, dt_ms=self.step_ms,
                           hidden=PopulationConfig(tau_syn_ms=self.tau_syn_ms, tau_mem_ms=self.tau_mem_ms),
                           readout=PopulationConfig(tau_syn_ms=self.out_tau_syn_ms, tau_mem_ms=self.out_tau_mem_ms),
                           shift_in=self.shift_in, shift_rec=self.shift_rec, shift_out=self.shift_out,
